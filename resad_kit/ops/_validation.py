@@ -1,0 +1,93 @@
+"""Input checks shared by the primitives (private).
+
+Every public primitive validates its inputs with these helpers so that error
+messages look the same everywhere: they name the function, the argument, what
+was expected and what was received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__: list[str] = []
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """Dtype used for thresholds, norms and reductions: float32, or float64 if any input is."""
+    if any(t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def check_tensor(
+    fn: str,
+    name: str,
+    x: object,
+    *,
+    min_ndim: int = 0,
+    ndim: int | None = None,
+    shape_doc: str = "",
+    floating: bool = True,
+    nonempty: bool = True,
+) -> torch.Tensor:
+    """Check that ``x`` is a tensor of suitable rank and dtype; return it."""
+    doc = f" {shape_doc}" if shape_doc else ""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: `{name}` must be a torch.Tensor{doc}; got {type(x).__name__}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(
+            f"{fn}: `{name}` must have {ndim} dimensions{doc}; got shape {tuple(x.shape)}"
+        )
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"{fn}: `{name}` must have at least {min_ndim} dimensions{doc}; "
+            f"got shape {tuple(x.shape)}"
+        )
+    if floating and x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(
+            f"{fn}: `{name}` must be float16, bfloat16, float32 or float64; got {x.dtype}"
+        )
+    if nonempty and x.numel() == 0:
+        raise ValueError(f"{fn}: `{name}` must not be empty; got shape {tuple(x.shape)}")
+    return x
+
+
+def check_finite(fn: str, name: str, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or ±inf."""
+    if not bool(torch.isfinite(x).all()):
+        n_nan = int(torch.isnan(x).sum())
+        n_inf = int(torch.isinf(x).sum())
+        raise ValueError(
+            f"{fn}: `{name}` must be finite; got {n_nan} NaN and {n_inf} infinite entries"
+        )
+
+
+def check_same_shape(fn: str, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
+    """Raise ``ValueError`` unless all tensors have the same shape."""
+    shapes = [tuple(t.shape) for t in tensors]
+    if any(s != shapes[0] for s in shapes[1:]):
+        got = ", ".join(f"`{n}` {s}" for n, s in zip(names, shapes, strict=True))
+        raise ValueError(f"{fn}: shapes must match; got {got}")
+
+
+def check_binary(fn: str, name: str, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless every entry of ``x`` is 0 or 1."""
+    if not bool(((x == 0) | (x == 1)).all()):
+        raise ValueError(
+            f"{fn}: `{name}` must be binary (0/1 or bool); got values outside {{0, 1}}"
+        )
+
+
+def check_dim(fn: str, x: torch.Tensor, dim: int) -> int:
+    """Normalise a possibly negative ``dim`` for ``x``; raise a named error if out of range."""
+    if x.ndim == 0:
+        raise ValueError(f"{fn}: input must have at least 1 dimension; got a 0-d tensor")
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(
+            f"{fn}: `dim`={dim} is out of range for an input of shape {tuple(x.shape)}"
+        )
+    return dim % x.ndim

@@ -1,0 +1,269 @@
+"""Radial penalty and sparsemax retrieval (Eq. 8, 33–34; spec §3.3, §5.2)."""
+
+from __future__ import annotations
+
+import math
+
+import entmax
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import resad_kit.ops.retrieval as retrieval_module
+from resad_kit.ops import SparseWeights, radial_distance, radial_penalty, retrieve
+
+
+def _dense_reference(query, bank, r_query=None, r_bank=None, gamma=0.0):
+    """Eq. 8, 33, 34 written out densely with entmax's sparsemax (independent of resad_kit)."""
+    q = F.normalize(query.double(), dim=-1)
+    b = F.normalize(bank.double(), dim=-1)
+    sim = q @ b.transpose(-1, -2)
+    if r_query is not None:
+        sim = sim - gamma * (r_query.double()[:, None] - r_bank.double()[None, :]).abs()
+    weights = entmax.sparsemax(sim, dim=-1)
+    return weights @ b, weights
+
+
+def _features(seed, *shape):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- radial distance and penalty
+
+
+def test_radial_distance_paper_grid():
+    r = radial_distance(37, 37)
+    assert r.shape == (1369,)
+    assert r.dtype == torch.float32
+    assert r[18 * 37 + 18] == 0  # centre patch (18, 18)
+    torch.testing.assert_close(r.max(), torch.tensor(18 * math.sqrt(2)))
+    grid = r.reshape(37, 37)
+    assert torch.equal(grid, grid.flip(0))
+    assert torch.equal(grid, grid.flip(1))
+    assert torch.equal(grid, grid.T)
+
+
+def test_radial_distance_non_square_row_major():
+    r = radial_distance(2, 3, dtype=torch.float64)
+    expected = [math.hypot(y - 0.5, x - 1.0) for y in range(2) for x in range(3)]
+    torch.testing.assert_close(r, torch.tensor(expected, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
+def test_radial_distance_rejects_bad_sizes(bad):
+    with pytest.raises(ValueError, match="`h`"):
+        radial_distance(bad, 3)
+
+
+def test_radial_penalty_properties_k1_and_tiling():
+    """Spec §5.2: symmetric for K=1, zero diagonal, maximum 18√2·γ; K shots tile columns."""
+    r = radial_distance(37, 37)
+    p = radial_penalty(r, r, gamma=0.01)
+    assert p.shape == (1369, 1369)
+    assert torch.equal(p, p.T)
+    assert (p.diagonal() == 0).all()
+    torch.testing.assert_close(p.max(), torch.tensor(0.01 * 18 * math.sqrt(2)))
+    p4 = radial_penalty(r, r.repeat(4), gamma=0.01)
+    assert torch.equal(p4, p.repeat(1, 4))
+
+
+def test_radial_penalty_leading_dims_and_errors():
+    rq, rb = torch.rand(2, 5), torch.rand(2, 7)
+    assert radial_penalty(rq, rb, 0.5).shape == (2, 5, 7)
+    with pytest.raises(ValueError, match="`gamma`"):
+        radial_penalty(rq, rb, -0.1)
+    with pytest.raises(ValueError, match="`r_bank`"):
+        radial_penalty(rq, torch.tensor([math.nan]))
+
+
+# ---------------------------------------------------------------- retrieve: reference tests
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.01, 0.2])
+@pytest.mark.parametrize("k", [None, 4])
+def test_retrieve_equals_dense_reference(gamma, k):
+    h = w = 6
+    shots = 3
+    query = _features(0, h * w, 16)
+    bank = _features(1, shots * h * w, 16)
+    r = radial_distance(h, w)
+    out = retrieve(query, bank, query_radius=r, bank_radius=r.repeat(shots), gamma=gamma, k=k)
+    ref, weights = _dense_reference(query, bank, r, r.repeat(shots), gamma)
+    torch.testing.assert_close(out.reference.double(), ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.weights.to_dense().double(), weights, atol=1e-6, rtol=0)
+
+
+def test_retrieve_float64_matches_reference_tightly():
+    query, bank = _features(2, 3, 25, 8).double(), _features(3, 50, 8).double()
+    out = retrieve(query, bank)
+    for i in range(3):
+        ref, _ = _dense_reference(query[i], bank)
+        torch.testing.assert_close(out.reference[i], ref, atol=1e-12, rtol=0)
+
+
+@given(
+    n=st.integers(1, 20),
+    m=st.integers(1, 30),
+    d=st.integers(1, 12),
+    gamma=st.sampled_from([0.0, 0.01, 0.5]),
+    seed=st.integers(0, 2**16),
+)
+def test_repeated_bank_feature_is_returned(n, m, d, gamma, seed):
+    """A bank made of one repeated feature: every query retrieves exactly that feature."""
+    query = _features(seed, n, d)
+    feature = _features(seed + 1, d)
+    bank = feature.expand(m, d)
+    out = retrieve(
+        query, bank, query_radius=torch.rand(n), bank_radius=torch.rand(m) * 5, gamma=gamma
+    )
+    expected = F.normalize(feature, dim=0).expand(n, d)
+    # float32 sums of up to 30 weights: a few ulps of 1
+    torch.testing.assert_close(out.reference, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.weights.values.sum(-1), torch.ones(n), atol=1e-5, rtol=0)
+
+
+@given(
+    batch=st.integers(1, 3),
+    n=st.integers(1, 90),
+    m=st.integers(1, 40),
+    chunk=st.integers(1, 200),
+    k=st.one_of(st.none(), st.integers(1, 8)),
+    per_query_bank=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_chunked_equals_unchunked(batch, n, m, chunk, k, per_query_bank, seed):
+    query = _features(seed, batch, n, 6)
+    bank = _features(seed + 1, *((batch,) if per_query_bank else ()), m, 6)
+    rq, rb = torch.rand(n), torch.rand(m) * 3
+    full = retrieve(query, bank, query_radius=rq, bank_radius=rb)
+    chunked = retrieve(query, bank, query_radius=rq, bank_radius=rb, k=k, chunk_size=chunk)
+    assert torch.equal(full.reference, chunked.reference)
+    assert torch.equal(full.weights.values, chunked.weights.values)
+    assert torch.equal(full.weights.indices, chunked.weights.indices)
+
+
+def test_chunk_size_bounds_the_similarity_block(monkeypatch):
+    """No similarity block larger than chunk_size × M is ever formed."""
+    seen = []
+    original = retrieval_module._sparse_sparsemax
+
+    def spy(sim, k):
+        seen.append(tuple(sim.shape))
+        return original(sim, k)
+
+    monkeypatch.setattr(retrieval_module, "_sparse_sparsemax", spy)
+    retrieve(_features(4, 3, 49, 8), _features(5, 98, 8), chunk_size=10)
+    assert len(seen) == 3  # 147 rows in chunks of 64 (10 rounded up to the GEMM tile)
+    assert all(rows <= 64 and cols == 98 for rows, cols in seen)
+    assert sum(rows for rows, _ in seen) == 3 * 49
+
+
+def test_per_query_bank_equals_separate_calls():
+    query, bank = _features(6, 2, 3, 10, 5), _features(7, 2, 3, 12, 5)
+    out = retrieve(query, bank, k=3)
+    for i in range(2):
+        for j in range(3):
+            single = retrieve(query[i, j], bank[i, j])
+            torch.testing.assert_close(out.reference[i, j], single.reference, atol=0, rtol=0)
+            torch.testing.assert_close(
+                out.weights.to_dense()[i, j], single.weights.to_dense(), atol=0, rtol=0
+            )
+
+
+def test_sparse_weights_form():
+    out = retrieve(_features(8, 4, 20, 8), _features(9, 60, 8))
+    w = out.weights
+    assert w.indices.dtype == torch.int64
+    assert w.indices.shape == w.values.shape == (4, 20, w.values.shape[-1])
+    assert w.num_entries == 60
+    assert ((w.indices >= 0) & (w.indices < 60)).all()
+    values = w.values
+    assert (values[..., :-1] >= values[..., 1:]).all()  # largest first
+    assert (w.support_size() >= 1).all()
+    assert torch.equal(w.support_size(), (w.to_dense() > 0).sum(-1))
+    torch.testing.assert_close(w.to_dense().sum(-1), torch.ones(4, 20), atol=1e-6, rtol=0)
+
+
+def test_own_patch_retrieved_when_margin_is_at_least_one():
+    """Spec §5.2: γ=0 and the query in the bank with a similarity margin ≥ 1 → exact copy."""
+    query = torch.eye(6) * 3.0  # self-similarity 9, cross-similarity 0 (dot products)
+    bank = torch.cat([torch.eye(6) * 3.0, torch.zeros(2, 6)])
+    out = retrieve(query, bank, normalize=False)
+    assert torch.equal(out.reference, query)
+    assert torch.equal(out.weights.support_size(), torch.ones(6, dtype=torch.int64))
+
+
+def test_radial_penalty_steers_retrieval():
+    """Two identical bank features at different radii: the penalty picks the same-radius one."""
+    feature = _features(10, 1, 4)
+    bank = feature.repeat(2, 1)
+    query_radius, bank_radius = torch.tensor([0.0]), torch.tensor([0.0, 200.0])
+    out = retrieve(
+        feature, bank, query_radius=query_radius, bank_radius=bank_radius, gamma=0.01
+    )
+    assert out.weights.indices[0, 0] == 0
+    assert out.weights.values[0, 0] == 1.0
+    flat = retrieve(feature, bank, query_radius=query_radius, bank_radius=bank_radius, gamma=0.0)
+    torch.testing.assert_close(flat.weights.to_dense(), torch.tensor([[0.5, 0.5]]))
+
+
+def test_gradcheck_float64():
+    r = radial_distance(3, 3, dtype=torch.float64)
+    query = _features(11, 9, 5).double().requires_grad_(True)
+    bank = _features(12, 18, 5).double().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda q, b: retrieve(q, b, query_radius=r, bank_radius=r.repeat(2), gamma=0.1).reference,
+        (query, bank),
+    )
+
+
+def test_dtypes_and_device(dtype, device):
+    query = _features(13, 2, 16, 8).to(device)
+    bank = _features(14, 32, 8).to(device)
+    out = retrieve(query.to(dtype), bank.to(dtype), chunk_size=7)
+    assert out.reference.dtype == dtype
+    assert out.reference.device.type == device.type
+    assert out.weights.values.dtype == torch.float32
+    ref32 = retrieve(query.to(dtype).float(), bank.to(dtype).float()).reference
+    torch.testing.assert_close(out.reference.float(), ref32.to(dtype).float(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"query": torch.zeros(4, 8), "bank": torch.zeros(5, 7)}, "D=8"),
+        ({"query": torch.zeros(8), "bank": torch.zeros(5, 8)}, "`query`"),
+        ({"query": torch.zeros(4, 8), "bank": torch.zeros(0, 8)}, "`bank` must not be empty"),
+        ({"query": torch.zeros(2, 4, 8), "bank": torch.zeros(3, 5, 8)}, "leading dims"),
+        ({"query": torch.full((4, 8), math.nan), "bank": torch.zeros(5, 8)}, "`query`.*NaN"),
+        ({"query": torch.zeros(4, 8), "bank": torch.full((5, 8), math.inf)}, "`bank`.*infinite"),
+        ({"query_radius": torch.zeros(4)}, "both"),
+        ({"query_radius": torch.zeros(3), "bank_radius": torch.zeros(5)}, "`query_radius`"),
+        ({"query_radius": torch.zeros(4), "bank_radius": torch.zeros(4)}, "`bank_radius`"),
+        ({"gamma": -1.0}, "`gamma`"),
+        ({"chunk_size": 0}, "`chunk_size`"),
+        ({"k": 0}, "`k`"),
+    ],
+)
+def test_bad_input_raises(kwargs, match):
+    args = {"query": torch.randn(4, 8), "bank": torch.randn(5, 8)} | kwargs
+    with pytest.raises(ValueError, match=match):
+        retrieve(**args)
+
+
+def test_sparse_weights_to_dense_handles_padding():
+    w = SparseWeights(torch.tensor([[1, 0, 0]]), torch.tensor([[0.6, 0.4, 0.0]]), 4)
+    torch.testing.assert_close(w.to_dense(), torch.tensor([[0.4, 0.6, 0.0, 0.0]]))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    r = radial_distance(37, 37)
+    query, bank = _features(15, 2, 1369, 64), _features(16, 4 * 1369, 64)
+    kwargs = {"query_radius": r, "bank_radius": r.repeat(4), "gamma": 0.01}
+    cpu = retrieve(query, bank, **kwargs)
+    cuda_kwargs = {key: (v.cuda() if torch.is_tensor(v) else v) for key, v in kwargs.items()}
+    gpu = retrieve(query.cuda(), bank.cuda(), k=128, chunk_size=512, **cuda_kwargs)
+    torch.testing.assert_close(gpu.reference.cpu(), cpu.reference, atol=1e-5, rtol=0)
