@@ -80,6 +80,16 @@ class Retrieval(NamedTuple):
             Not re-normalised: :func:`resad_kit.ops.visual_residual` normalises it, as the
             official code does (spec §3.3).
         weights: the sparse weights ``W`` (Eq. 33).
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.ops import retrieve
+        >>> reference, weights = retrieve(torch.eye(3)[:2], torch.eye(3) * 2)
+        >>> reference  # each query retrieves the normalised bank row it matches
+        tensor([[1., 0., 0.],
+                [0., 1., 0.]])
+        >>> weights.support_size()
+        tensor([1, 1])
     """
 
     reference: torch.Tensor
@@ -97,7 +107,8 @@ def radial_distance(
 
     ``r(n) = sqrt((x − (w−1)/2)² + (y − (h−1)/2)²)`` for patch ``n = y·w + x`` (row-major, the
     order of CLIP's patch tokens). For a 37×37 grid the centre is patch (18, 18) and
-    ``r ∈ [0, 18√2]``. For a bank of ``K`` shots (shot-major) use ``radial_distance(h, w).repeat(K)``.
+    ``r ∈ [0, 18√2]``. For a bank of ``K`` shots (shot-major) use
+    ``radial_distance(h, w).repeat(K)``.
 
     Args:
         h: patch rows. w: patch columns.
@@ -239,8 +250,7 @@ def retrieve(
     if query_radius is not None and bank_radius is not None:
         if query_radius.shape != (n,):
             raise ValueError(
-                f"{fn}: `query_radius` must have shape (N,)=({n},); "
-                f"got {tuple(query_radius.shape)}"
+                f"{fn}: `query_radius` must have shape (N,)=({n},); got {tuple(query_radius.shape)}"
             )
         if bank_radius.shape != (m,):
             raise ValueError(

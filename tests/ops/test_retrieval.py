@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import resad_kit.ops.retrieval as retrieval_module
-from resad_kit.ops import SparseWeights, radial_distance, radial_penalty, retrieve
+from resad_kit.ops import Retrieval, SparseWeights, radial_distance, radial_penalty, retrieve
 
 
 def _dense_reference(query, bank, r_query=None, r_bank=None, gamma=0.0):
@@ -174,7 +174,10 @@ def test_per_query_bank_equals_separate_calls():
 
 def test_sparse_weights_form():
     out = retrieve(_features(8, 4, 20, 8), _features(9, 60, 8))
-    w = out.weights
+    assert isinstance(out, Retrieval)
+    assert isinstance(out.weights, SparseWeights)
+    reference, w = out  # a NamedTuple: unpacks as (reference, weights)
+    assert reference is out.reference
     assert w.indices.dtype == torch.int64
     assert w.indices.shape == w.values.shape == (4, 20, w.values.shape[-1])
     assert w.num_entries == 60
@@ -200,9 +203,7 @@ def test_radial_penalty_steers_retrieval():
     feature = _features(10, 1, 4)
     bank = feature.repeat(2, 1)
     query_radius, bank_radius = torch.tensor([0.0]), torch.tensor([0.0, 200.0])
-    out = retrieve(
-        feature, bank, query_radius=query_radius, bank_radius=bank_radius, gamma=0.01
-    )
+    out = retrieve(feature, bank, query_radius=query_radius, bank_radius=bank_radius, gamma=0.01)
     assert out.weights.indices[0, 0] == 0
     assert out.weights.values[0, 0] == 1.0
     flat = retrieve(feature, bank, query_radius=query_radius, bank_radius=bank_radius, gamma=0.0)

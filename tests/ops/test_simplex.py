@@ -192,7 +192,7 @@ def test_bad_input_raises_value_error(fn, x, kwargs, match):
 
 
 def test_non_tensor_raises_type_error():
-    with pytest.raises(TypeError, match="`x` must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"`x` must be a torch\.Tensor"):
         sparsemax([1.0, 2.0])
 
 

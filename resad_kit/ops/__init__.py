@@ -1,0 +1,51 @@
+"""Pure tensor functions of Res²CLIP: sparsemax, retrieval, residuals, scores, maps.
+
+The training losses live in :mod:`resad_kit.ops.losses` (imported as a submodule so that
+their names do not crowd this namespace).
+"""
+
+from resad_kit.ops import losses
+from resad_kit.ops.maps import gaussian_blur, upsample_patches
+from resad_kit.ops.residuals import (
+    global_residual,
+    prompt_ensemble_mean,
+    text_residual,
+    visual_residual,
+)
+from resad_kit.ops.retrieval import (
+    Retrieval,
+    SparseWeights,
+    radial_distance,
+    radial_penalty,
+    retrieve,
+)
+from resad_kit.ops.scores import (
+    cosine_score,
+    fuse,
+    magnitude_score,
+    projection_score,
+    top_fraction_mean,
+)
+from resad_kit.ops.simplex import sparsemax, sparsemax_threshold
+
+__all__ = [
+    "Retrieval",
+    "SparseWeights",
+    "cosine_score",
+    "fuse",
+    "gaussian_blur",
+    "global_residual",
+    "losses",
+    "magnitude_score",
+    "projection_score",
+    "prompt_ensemble_mean",
+    "radial_distance",
+    "radial_penalty",
+    "retrieve",
+    "sparsemax",
+    "sparsemax_threshold",
+    "text_residual",
+    "top_fraction_mean",
+    "upsample_patches",
+    "visual_residual",
+]

@@ -1,0 +1,199 @@
+"""Map post-processing: bilinear upsampling of patch scores and Gaussian smoothing (spec 3.5).
+
+* :func:`upsample_patches` turns per-patch scores on an ``h×w`` grid (row-major,
+  ``n = y·w + x``) into an ``H×W`` pixel map with bilinear interpolation
+  (``align_corners=False``), as eqs. 6, 9 and 11 do with ``Upsample(·)``.
+* :func:`gaussian_blur` smooths maps with a normalised Gaussian kernel (App. F.2:
+  σ = 4, 5×5), applied separably. Zero padding is the default because the
+  official code uses a ``Conv2d`` with zero padding (borders get darker).
+
+Both compute in float32 (float64 for float64 inputs) and return the input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from einops import pack, rearrange, unpack
+
+from resad_kit.ops._validation import check_finite, check_tensor, compute_dtype
+
+__all__ = ["gaussian_blur", "upsample_patches"]
+
+_PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}
+
+
+def _gaussian_kernel1d(
+    kernel_size: int, sigma: float, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Normalised 1-D Gaussian of odd length centred on the middle tap."""
+    x = torch.arange(kernel_size, dtype=dtype, device=device) - (kernel_size - 1) / 2
+    g = torch.exp(-(x**2) / (2.0 * sigma**2))
+    return g / g.sum()
+
+
+def _check_positive_int(fn: str, name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{fn}: `{name}` must be an int; got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{fn}: `{name}` must be positive; got {value}")
+    return int(value)
+
+
+def gaussian_blur(
+    maps: torch.Tensor,
+    sigma: float = 4.0,
+    kernel_size: int = 5,
+    padding: str = "zeros",
+) -> torch.Tensor:
+    """Smooth maps with a normalised Gaussian kernel, applied separably (App. F.2).
+
+    The kernel is ``g(x) ∝ exp(−x² / 2σ²)`` for ``x = −r … r``, ``r = (kernel_size − 1)/2``,
+    normalised to sum 1. Two 1-D convolutions (rows, then columns) equal one 2-D
+    convolution with the outer-product kernel ``g gᵀ`` — the official code's
+    normalised 5×5 kernel. With ``padding="zeros"`` (default, like the code's
+    ``Conv2d``) values near the border are pulled towards 0; ``"reflect"`` and
+    ``"replicate"`` pad with mirrored or repeated border values instead.
+
+    Args:
+        maps: maps to smooth.
+        sigma: standard deviation of the Gaussian, in pixels (> 0).
+        kernel_size: odd positive kernel side.
+        padding: ``"zeros"``, ``"reflect"`` or ``"replicate"``.
+
+    Returns:
+        The smoothed maps, same shape and dtype as ``maps`` (computed in float32).
+
+    Raises:
+        ValueError: on fewer than 2 dims, empty or non-finite maps, a non-positive
+            ``sigma``, an even or non-positive ``kernel_size``, an unknown ``padding``,
+            or ``padding="reflect"`` with a map side ≤ ``kernel_size // 2``.
+
+    Shape:
+        - maps: ``(..., H, W)``
+        - output: ``(..., H, W)``
+
+    Paper: App. F.2 (σ = 4, 5×5); spec 3.5.
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.ops.maps import gaussian_blur
+        >>> m = torch.ones(1, 5, 5)
+        >>> gaussian_blur(m)[0, 2]  # zero padding darkens the borders
+        tensor([0.6063, 0.8124, 1.0000, 0.8124, 0.6063])
+        >>> gaussian_blur(m, padding="reflect")[0, 2]
+        tensor([1., 1., 1., 1., 1.])
+        >>> gaussian_blur(torch.zeros(2, 3, 37, 37)).shape
+        torch.Size([2, 3, 37, 37])
+    """
+    fn = "gaussian_blur"
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+        raise TypeError(f"{fn}: `sigma` must be a float; got {type(sigma).__name__}")
+    if not (0.0 < float(sigma) < math.inf):
+        raise ValueError(f"{fn}: `sigma` must be positive and finite; got {sigma}")
+    k = _check_positive_int(fn, "kernel_size", kernel_size)
+    if k % 2 == 0:
+        raise ValueError(f"{fn}: `kernel_size` must be odd; got {kernel_size}")
+    if padding not in _PADDING_MODES:
+        raise ValueError(
+            f"{fn}: `padding` must be one of {sorted(_PADDING_MODES)}; got {padding!r}"
+        )
+    m = check_tensor(fn, "maps", maps, min_ndim=2, shape_doc="(..., H, W)")
+    check_finite(fn, "maps", m)
+    r = k // 2
+    h, w = m.shape[-2:]
+    if padding == "reflect" and min(h, w) <= r:
+        raise ValueError(
+            f"{fn}: `padding`='reflect' needs H and W > kernel_size // 2 = {r}; "
+            f"got `maps` of shape {tuple(m.shape)}"
+        )
+    cdtype = compute_dtype(m)
+    x, ps = pack([m.to(cdtype)], "* h w")
+    x = rearrange(x, "b h w -> b 1 h w")
+    if r > 0:
+        x = F.pad(x, (r, r, r, r), mode=_PADDING_MODES[padding])
+    g = _gaussian_kernel1d(k, float(sigma), cdtype, m.device)
+    x = F.conv2d(x, rearrange(g, "k -> 1 1 k 1"))  # along H
+    x = F.conv2d(x, rearrange(g, "k -> 1 1 1 k"))  # along W
+    (out,) = unpack(rearrange(x, "b 1 h w -> b h w"), ps, "* h w")
+    return out.to(m.dtype)
+
+
+def _parse_pair(fn: str, name: str, value: object) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return (
+            _check_positive_int(fn, f"{name}[0]", value[0]),
+            _check_positive_int(fn, f"{name}[1]", value[1]),
+        )
+    if isinstance(value, (tuple, list)):
+        raise ValueError(f"{fn}: `{name}` must be an int or a pair (H, W); got {value!r}")
+    side = _check_positive_int(fn, name, value)
+    return side, side
+
+
+def upsample_patches(
+    scores: torch.Tensor,
+    size: int | tuple[int, int],
+    grid: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Bilinearly upsample per-patch scores to a pixel map (``Upsample`` of eqs. 6, 9, 11).
+
+    The N scores are laid out on the ``h×w`` patch grid in row-major order
+    (``n = y·w + x``, the order of CLIP's patch embedding) and resized with
+    ``F.interpolate(mode="bilinear", align_corners=False)``, as the official code
+    does (37×37 → 518×518).
+
+    Args:
+        scores: per-patch scores.
+        size: output size, an int ``S`` for ``S×S`` or a pair ``(H, W)``.
+        grid: patch grid ``(h, w)`` with ``h·w = N``; ``None`` infers a square grid.
+
+    Returns:
+        The pixel map, in the dtype of ``scores`` (interpolated in float32).
+
+    Raises:
+        ValueError: on empty or non-finite scores, non-positive sizes, ``grid=None``
+            with N not a perfect square, or ``h·w ≠ N``.
+
+    Shape:
+        - scores: ``(..., N)``
+        - output: ``(..., H, W)``
+
+    Paper: eqs. (6), (9), (11); spec 3.5.
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.ops.maps import upsample_patches
+        >>> upsample_patches(torch.zeros(2, 1369), 518).shape
+        torch.Size([2, 518, 518])
+        >>> upsample_patches(torch.tensor([0.0, 1.0]), (1, 4), grid=(1, 2))
+        tensor([[0.0000, 0.2500, 0.7500, 1.0000]])
+    """
+    fn = "upsample_patches"
+    s = check_tensor(fn, "scores", scores, min_ndim=1, shape_doc="(..., N)")
+    check_finite(fn, "scores", s)
+    out_h, out_w = _parse_pair(fn, "size", size)
+    n = s.shape[-1]
+    if grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(
+                f"{fn}: `scores` (..., N) has N={n} patches, not a perfect square; "
+                f"pass `grid`=(h, w) with h·w = N (got shape {tuple(s.shape)})"
+            )
+        gh, gw = side, side
+    else:
+        gh, gw = _parse_pair(fn, "grid", grid)
+        if gh * gw != n:
+            raise ValueError(
+                f"{fn}: `grid`=({gh}, {gw}) holds {gh * gw} patches but `scores` (..., N) "
+                f"has N={n} (shape {tuple(s.shape)})"
+            )
+    x, ps = pack([s.to(compute_dtype(s))], "* n")
+    x = rearrange(x, "b (h w) -> b 1 h w", h=gh, w=gw)
+    x = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)
+    (out,) = unpack(rearrange(x, "b 1 h w -> b h w"), ps, "* h w")
+    return out.to(s.dtype)
