@@ -27,6 +27,7 @@ LOSSES = {
     "Reduction", "global_hinge_loss", "local_hinge_loss", "magnitude_loss",
     "direction_regularizer", "magnitude_regularizer", "stop_gradient_projection",
     "text_branch_loss", "visual_branch_loss", "residual_branch_loss",
+    "binary_focal_loss", "dice_loss", "l1_loss",
 }  # fmt: skip
 
 

@@ -3,6 +3,8 @@
 Every loss is a pure function of tensors that returns a scalar tensor. The method composes
 them: the text-branch loss (eq. 13), the visual-branch loss (eq. 14) and the residual-branch
 loss of one alternating phase (eq. 15); their sum is ``L_total`` (eq. 16, all weights 1).
+The probability losses of the other methods (focal, L1, Dice) are defined in
+:mod:`resad_kit.ops.segmentation_losses` and re-exported here.
 
 Shape legend: ``B`` batch, ``S`` the spatial dims of one map (``H×W`` after upsampling to the
 mask, or ``N`` patches), ``D`` channels.
@@ -49,11 +51,15 @@ from resad_kit.ops._validation import (
     check_tensor,
     compute_dtype,
 )
+from resad_kit.ops.segmentation_losses import binary_focal_loss, dice_loss, l1_loss
 
 __all__ = [
     "Reduction",
+    "binary_focal_loss",
+    "dice_loss",
     "direction_regularizer",
     "global_hinge_loss",
+    "l1_loss",
     "local_hinge_loss",
     "magnitude_loss",
     "magnitude_regularizer",
