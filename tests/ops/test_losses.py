@@ -22,7 +22,6 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resad_kit.ops import losses
 from resad_kit.ops.losses import (
     direction_regularizer,
     global_hinge_loss,
@@ -180,23 +179,6 @@ def _uniform(shape, gen, low, high):
 # --------------------------------------------------------------------------------------------
 # Public surface
 # --------------------------------------------------------------------------------------------
-
-
-def test_public_surface():
-    assert sorted(losses.__all__) == sorted(
-        [
-            "Reduction",
-            "direction_regularizer",
-            "global_hinge_loss",
-            "local_hinge_loss",
-            "magnitude_loss",
-            "magnitude_regularizer",
-            "residual_branch_loss",
-            "stop_gradient_projection",
-            "text_branch_loss",
-            "visual_branch_loss",
-        ]
-    )
 
 
 # --------------------------------------------------------------------------------------------
