@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from resad_kit.ops._validation import check_finite, check_tensor
+from resad_kit.ops._validation import check_finite, check_tensor, patch_grid
 
 __all__ = ["GlobalAdapter", "LocalConvAdapter", "Res2CLIPAdapters", "ResidualAdapter"]
 
@@ -274,7 +274,7 @@ class LocalConvAdapter(nn.Module):
         fn = type(self).__name__
         residual = _check_residual(fn, residual, self.dim, min_ndim=2, doc="(..., N, D)")
         n = residual.shape[-2]
-        h, w = _resolve_grid(fn, n, grid)
+        h, w = patch_grid(fn, "residual", n, grid)
 
         x = residual.reshape(-1, n, self.dim)
         z = rearrange(F.relu(self.down(self.norm(x))), "b (h w) c -> b c h w", h=h, w=w)
@@ -282,28 +282,6 @@ class LocalConvAdapter(nn.Module):
         u = rearrange(u, "b c h w -> b (h w) c")
         delta = self.up(F.relu(self.blend(self.internal_norm(u))))
         return residual + delta.reshape(residual.shape)
-
-
-def _resolve_grid(fn: str, n: int, grid: tuple[int, int] | None) -> tuple[int, int]:
-    if grid is None:
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ValueError(
-                f"{fn}: `residual` has N={n} tokens, not a perfect square; pass `grid=(h, w)`"
-            )
-        return side, side
-    if (
-        not isinstance(grid, Sequence)
-        or len(grid) != 2
-        or any(isinstance(g, bool) or not isinstance(g, int) or g <= 0 for g in grid)
-    ):
-        raise ValueError(f"{fn}: `grid` must be a pair of positive ints (h, w); got {grid!r}")
-    h, w = grid
-    if h * w != n:
-        raise ValueError(
-            f"{fn}: `grid`={(h, w)} has h·w={h * w} cells but `residual` has N={n} tokens"
-        )
-    return h, w
 
 
 class Res2CLIPAdapters(nn.Module):

@@ -7,6 +7,7 @@ was expected and what was received.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -91,3 +92,28 @@ def check_dim(fn: str, x: torch.Tensor, dim: int) -> int:
             f"{fn}: `dim`={dim} is out of range for an input of shape {tuple(x.shape)}"
         )
     return dim % x.ndim
+
+
+def patch_grid(fn: str, name: str, n: int, grid: object) -> tuple[int, int]:
+    """The ``(h, w)`` grid of ``n`` row-major patches: ``grid`` checked, or a square inferred.
+
+    ``name`` is the argument that holds the ``N`` patches (for the error messages).
+    """
+    if grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(
+                f"{fn}: `{name}` has N={n} patches, not a perfect square; "
+                f"pass `grid`=(h, w) with h·w = N"
+            )
+        return side, side
+    if not (
+        isinstance(grid, (tuple, list))
+        and len(grid) == 2
+        and all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)
+    ):
+        raise ValueError(f"{fn}: `grid` must be a pair of positive ints (h, w); got {grid!r}")
+    h, w = grid
+    if h * w != n:
+        raise ValueError(f"{fn}: `grid`=({h}, {w}) holds {h * w} patches but `{name}` has N={n}")
+    return h, w

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from einops import pack, rearrange, unpack
 
-from resad_kit.ops._validation import check_finite, check_tensor, compute_dtype
+from resad_kit.ops._validation import check_finite, check_tensor, compute_dtype, patch_grid
 
 __all__ = ["gaussian_blur", "upsample_patches"]
 
@@ -176,22 +176,7 @@ def upsample_patches(
     s = check_tensor(fn, "scores", scores, min_ndim=1, shape_doc="(..., N)")
     check_finite(fn, "scores", s)
     out_h, out_w = _parse_pair(fn, "size", size)
-    n = s.shape[-1]
-    if grid is None:
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ValueError(
-                f"{fn}: `scores` (..., N) has N={n} patches, not a perfect square; "
-                f"pass `grid`=(h, w) with h·w = N (got shape {tuple(s.shape)})"
-            )
-        gh, gw = side, side
-    else:
-        gh, gw = _parse_pair(fn, "grid", grid)
-        if gh * gw != n:
-            raise ValueError(
-                f"{fn}: `grid`=({gh}, {gw}) holds {gh * gw} patches but `scores` (..., N) "
-                f"has N={n} (shape {tuple(s.shape)})"
-            )
+    gh, gw = patch_grid(fn, "scores", s.shape[-1], grid)
     x, ps = pack([s.to(compute_dtype(s))], "* n")
     x = rearrange(x, "b (h w) -> b 1 h w", h=gh, w=gw)
     x = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)

@@ -393,7 +393,9 @@ def test_grid_errors() -> None:
     adapter = LocalConvAdapter(16)
     with pytest.raises(ValueError, match="not a perfect square"):
         adapter(torch.randn(1, 12, 16))
-    with pytest.raises(ValueError, match=r"h·w=15 .* N=12"):
+    with pytest.raises(
+        ValueError, match=r"`grid`=\(3, 5\) holds 15 patches but `residual` has N=12"
+    ):
         adapter(torch.randn(1, 12, 16), grid=(3, 5))
     for grid in [(3,), (0, 12), (3.0, 4), "34"]:
         with pytest.raises(ValueError, match="`grid` must be a pair"):
