@@ -26,28 +26,27 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from resad_kit.ops._validation import check_finite, check_tensor, patch_grid
+from resad_kit.ops._validation import (
+    check_finite,
+    check_positive_int,
+    check_tensor,
+    patch_grid,
+)
 
 __all__ = ["GlobalAdapter", "LocalConvAdapter", "Res2CLIPAdapters", "ResidualAdapter"]
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
-def _check_positive_int(fn: str, name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{fn}: `{name}` must be a positive int; got {value!r}")
-    return value
-
-
 def _resolve_bottleneck(fn: str, dim: int, bottleneck: int | None) -> int:
-    _check_positive_int(fn, "dim", dim)
+    check_positive_int(fn, "dim", dim)
     if bottleneck is None:
         if dim // 4 == 0:
             raise ValueError(
                 f"{fn}: the default `bottleneck` dim // 4 is 0 for dim={dim}; pass `bottleneck`"
             )
         return dim // 4
-    return _check_positive_int(fn, "bottleneck", bottleneck)
+    return check_positive_int(fn, "bottleneck", bottleneck)
 
 
 def _check_residual(fn: str, residual: object, dim: int, *, min_ndim: int, doc: str) -> Tensor:
@@ -234,14 +233,14 @@ class LocalConvAdapter(nn.Module):
         super().__init__()
         fn = type(self).__name__
         hidden = _resolve_bottleneck(fn, dim, bottleneck)
-        _check_positive_int(fn, "kernel_size", kernel_size)
+        check_positive_int(fn, "kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"{fn}: `kernel_size` must be odd; got {kernel_size}")
         dilations = tuple(dilations)
         if not dilations:
             raise ValueError(f"{fn}: `dilations` must not be empty")
         for d in dilations:
-            _check_positive_int(fn, "dilations", d)
+            check_positive_int(fn, "dilations", d)
         self.dim = dim
         self.bottleneck = hidden
         self.dilations = dilations
@@ -315,7 +314,7 @@ class Res2CLIPAdapters(nn.Module):
 
     def __init__(self, dim: int = 768, num_layers: int = 4, bottleneck: int | None = None) -> None:
         super().__init__()
-        _check_positive_int(type(self).__name__, "num_layers", num_layers)
+        check_positive_int(type(self).__name__, "num_layers", num_layers)
         self.text = GlobalAdapter(dim, bottleneck)
         self.residual_text = GlobalAdapter(dim, bottleneck)
         self.residual_global = GlobalAdapter(dim, bottleneck)

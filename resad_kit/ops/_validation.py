@@ -94,6 +94,16 @@ def check_dim(fn: str, x: torch.Tensor, dim: int) -> int:
     return dim % x.ndim
 
 
+def check_positive_int(fn: str, name: str, value: object, *, optional: bool = False) -> int | None:
+    """Return ``value`` if it is a positive int (or ``None`` when ``optional``); else raise."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        allowed = "None or a positive int" if optional else "a positive int"
+        raise ValueError(f"{fn}: `{name}` must be {allowed}; got {value!r}")
+    return value
+
+
 def patch_grid(fn: str, name: str, n: int, grid: object) -> tuple[int, int]:
     """The ``(h, w)`` grid of ``n`` row-major patches: ``grid`` checked, or a square inferred.
 

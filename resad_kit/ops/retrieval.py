@@ -22,7 +22,12 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from resad_kit.ops._validation import check_finite, check_tensor, compute_dtype
+from resad_kit.ops._validation import (
+    check_finite,
+    check_positive_int,
+    check_tensor,
+    compute_dtype,
+)
 from resad_kit.ops.simplex import _threshold_rows
 
 __all__ = ["Retrieval", "SparseWeights", "radial_distance", "radial_penalty", "retrieve"]
@@ -124,9 +129,8 @@ def radial_distance(
                 [1.0000, 0.0000, 1.0000],
                 [1.4142, 1.0000, 1.4142]])
     """
-    for name, value in (("h", h), ("w", w)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"radial_distance: `{name}` must be a positive int; got {value!r}")
+    check_positive_int("radial_distance", "h", h)
+    check_positive_int("radial_distance", "w", w)
     dtype = dtype or torch.float32
     ys = torch.arange(h, device=device, dtype=dtype) - (h - 1) / 2
     xs = torch.arange(w, device=device, dtype=dtype) - (w - 1) / 2
@@ -258,12 +262,8 @@ def retrieve(
             )
         check_finite(fn, "query_radius", query_radius)
         check_finite(fn, "bank_radius", bank_radius)
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"{fn}: `chunk_size` must be None or a positive int; got {chunk_size!r}")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ValueError(f"{fn}: `k` must be None or a positive int; got {k!r}")
+    check_positive_int(fn, "chunk_size", chunk_size, optional=True)
+    check_positive_int(fn, "k", k, optional=True)
 
     dtype = compute_dtype(query, bank)
     rows = rearrange(query, "... n d -> (...) n d").to(dtype)

@@ -19,7 +19,12 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from resad_kit.ops._validation import check_dim, check_tensor, compute_dtype
+from resad_kit.ops._validation import (
+    check_dim,
+    check_positive_int,
+    check_tensor,
+    compute_dtype,
+)
 
 __all__ = ["sparsemax", "sparsemax_threshold"]
 
@@ -72,8 +77,7 @@ def _validated_rows(
         raise ValueError(
             f"{fn}: `x` must have at least one entry along dim={dim}; got shape {tuple(x.shape)}"
         )
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ValueError(f"{fn}: `k` must be None or a positive int; got {k!r}")
+    check_positive_int(fn, "k", k, optional=True)
     rows = rearrange(x.movedim(dim, -1), "... m -> (...) m").to(compute_dtype(x))
     row_max = rows.amax(dim=-1, keepdim=True)
     bad = torch.isnan(rows).any() | torch.isposinf(rows).any() | torch.isneginf(row_max).any()
