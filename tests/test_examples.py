@@ -43,3 +43,15 @@ def test_demo_on_real_mvtec_sample():
     assert len(rows) == 10  # 2 good + 4 defect types × 2 in the shipped sample
     assert {r[1] for r in rows} == {"good", "bent_lead", "cut_lead", "damaged_case", "misplaced"}
     assert all(r[4].endswith("%") for r in rows if r[1] != "good")
+
+
+def test_readme_snippet_runs():
+    """The README's code example runs as written and gives one score per patch (Eq. 9)."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```python\n(.*?)```", readme, re.S)
+    assert block is not None
+    namespace: dict[str, object] = {}
+    exec(block.group(1), namespace)
+    anomaly = namespace["anomaly"]
+    assert tuple(anomaly.shape) == (1369,)
+    assert bool((anomaly >= 0).all())  # magnitudes of visual residuals
