@@ -27,7 +27,6 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from resad_kit.ops._validation import (
-    check_finite,
     check_positive_int,
     check_tensor,
     patch_grid,
@@ -50,13 +49,12 @@ def _resolve_bottleneck(fn: str, dim: int, bottleneck: int | None) -> int:
 
 
 def _check_residual(fn: str, residual: object, dim: int, *, min_ndim: int, doc: str) -> Tensor:
-    x = check_tensor(fn, "residual", residual, min_ndim=min_ndim, shape_doc=doc)
+    x = check_tensor(fn, "residual", residual, min_ndim=min_ndim, shape_doc=doc, finite=True)
     if x.shape[-1] != dim:
         raise ValueError(
             f"{fn}: `residual` must have shape {doc.replace('D', str(dim))}; "
             f"got shape {tuple(x.shape)}"
         )
-    check_finite(fn, "residual", x)
     return x
 
 

@@ -34,8 +34,9 @@ def check_tensor(
     shape_doc: str = "",
     floating: bool = True,
     nonempty: bool = True,
+    finite: bool = False,
 ) -> torch.Tensor:
-    """Check that ``x`` is a tensor of suitable rank and dtype; return it."""
+    """Check that ``x`` is a tensor of suitable rank and dtype (and finite); return it."""
     doc = f" {shape_doc}" if shape_doc else ""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{fn}: `{name}` must be a torch.Tensor{doc}; got {type(x).__name__}")
@@ -54,6 +55,8 @@ def check_tensor(
         )
     if nonempty and x.numel() == 0:
         raise ValueError(f"{fn}: `{name}` must not be empty; got shape {tuple(x.shape)}")
+    if finite:
+        check_finite(fn, name, x)
     return x
 
 
@@ -73,6 +76,24 @@ def check_same_shape(fn: str, names: Sequence[str], tensors: Sequence[torch.Tens
     if any(s != shapes[0] for s in shapes[1:]):
         got = ", ".join(f"`{n}` {s}" for n, s in zip(names, shapes, strict=True))
         raise ValueError(f"{fn}: shapes must match; got {got}")
+
+
+def check_broadcast_channels(
+    fn: str, names: tuple[str, str], a: torch.Tensor, b: torch.Tensor
+) -> None:
+    """Raise ``ValueError`` unless ``a`` and ``b`` share the last dim ``D`` and broadcast."""
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(
+            f"{fn}: `{names[0]}` and `{names[1]}` must have the same channel size D "
+            f"(last dimension); got shapes {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    try:
+        torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{fn}: `{names[0]}` and `{names[1]}` must be broadcastable; "
+            f"got shapes {tuple(a.shape)} and {tuple(b.shape)}"
+        ) from None
 
 
 def check_binary(fn: str, name: str, x: torch.Tensor) -> None:

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from resad_kit.ops._validation import (
     check_binary,
-    check_finite,
+    check_broadcast_channels,
     check_same_shape,
     check_tensor,
     compute_dtype,
@@ -149,15 +149,6 @@ def _check_finite_float(fn: str, name: str, value: object) -> float:
     return float(value)
 
 
-def _check_values(
-    fn: str, name: str, x: object, *, ndim: int | None = None, min_ndim: int = 0, doc: str = ""
-) -> torch.Tensor:
-    """A finite floating tensor (scores, projections, norms)."""
-    x = check_tensor(fn, name, x, ndim=ndim, min_ndim=min_ndim, shape_doc=doc)
-    check_finite(fn, name, x)
-    return x
-
-
 def _check_nonnegative(fn: str, name: str, x: torch.Tensor) -> None:
     if bool((x < 0).any()):
         raise ValueError(
@@ -180,9 +171,8 @@ def _check_target(
 ) -> torch.Tensor | float:
     """A finite float, or a finite floating tensor with the shape of ``like``."""
     if isinstance(target, torch.Tensor):
-        check_tensor(fn, name, target)
+        check_tensor(fn, name, target, finite=True)
         check_same_shape(fn, (like_name, name), (like, target))
-        check_finite(fn, name, target)
         return target
     return _check_finite_float(fn, name, target)
 
@@ -232,26 +222,14 @@ def _check_vector_pair(
     fn: str, names: tuple[str, str], a: object, b: object, docs: tuple[str, str]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two finite ``(..., D)`` tensors with the same ``D`` whose leading dims broadcast."""
-    a = _check_values(fn, names[0], a, min_ndim=1, doc=docs[0])
-    b = _check_values(fn, names[1], b, min_ndim=1, doc=docs[1])
-    try:
-        torch.broadcast_shapes(a.shape, b.shape)
-    except RuntimeError:
-        ok = False
-    else:
-        ok = a.shape[-1] == b.shape[-1]
-    if not ok:
-        raise ValueError(
-            f"{fn}: `{names[0]}` {tuple(a.shape)} and `{names[1]}` {tuple(b.shape)} must "
-            "share the channel dim D and broadcast"
-        )
+    a = check_tensor(fn, names[0], a, min_ndim=1, shape_doc=docs[0], finite=True)
+    b = check_tensor(fn, names[1], b, min_ndim=1, shape_doc=docs[1], finite=True)
+    check_broadcast_channels(fn, names, a, b)
     return a, b
 
 
 def _check_scalar(fn: str, name: str, x: object) -> torch.Tensor:
-    x = check_tensor(fn, name, x, ndim=0, shape_doc="(a scalar tensor)")
-    check_finite(fn, name, x)
-    return x
+    return check_tensor(fn, name, x, ndim=0, shape_doc="(a scalar tensor)", finite=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,7 +337,7 @@ def global_hinge_loss(
     """
     fn = "global_hinge_loss"
     reduction = _check_reduction(fn, reduction)
-    scores = _check_values(fn, "scores", scores, ndim=1, doc="(B,)")
+    scores = check_tensor(fn, "scores", scores, ndim=1, shape_doc="(B,)", finite=True)
     labels = _check_binary_like(fn, "labels", labels, scores, "scores")
     target = _check_target(fn, "target", target, scores, "scores")
     return _global_hinge(scores, labels, target, reduction)
@@ -408,7 +386,9 @@ def local_hinge_loss(
     """
     fn = "local_hinge_loss"
     reduction = _check_reduction(fn, reduction)
-    score_map = _check_values(fn, "score_map", score_map, min_ndim=2, doc="(B, *S)")
+    score_map = check_tensor(
+        fn, "score_map", score_map, min_ndim=2, shape_doc="(B, *S)", finite=True
+    )
     mask = _check_binary_like(fn, "mask", mask, score_map, "score_map")
     target = _check_target(fn, "target", target, score_map, "score_map")
     return _local_hinge(score_map, mask, target, reduction)
@@ -450,8 +430,10 @@ def magnitude_loss(
     """
     fn = "magnitude_loss"
     reduction = _check_reduction(fn, reduction)
-    adapted_norm = _check_values(fn, "adapted_norm", adapted_norm, min_ndim=2, doc="(B, *S)")
-    raw_norm = _check_values(fn, "raw_norm", raw_norm, min_ndim=2, doc="(B, *S)")
+    adapted_norm = check_tensor(
+        fn, "adapted_norm", adapted_norm, min_ndim=2, shape_doc="(B, *S)", finite=True
+    )
+    raw_norm = check_tensor(fn, "raw_norm", raw_norm, min_ndim=2, shape_doc="(B, *S)", finite=True)
     check_same_shape(fn, ("adapted_norm", "raw_norm"), (adapted_norm, raw_norm))
     _check_nonnegative(fn, "adapted_norm", adapted_norm)
     _check_nonnegative(fn, "raw_norm", raw_norm)
@@ -520,8 +502,10 @@ def magnitude_regularizer(adapted_norm: torch.Tensor, raw_norm: torch.Tensor) ->
         tensor(0.7500)
     """
     fn = "magnitude_regularizer"
-    adapted_norm = _check_values(fn, "adapted_norm", adapted_norm, min_ndim=1, doc="(B, ...)")
-    raw_norm = _check_values(fn, "raw_norm", raw_norm, min_ndim=1, doc="(B, ...)")
+    adapted_norm = check_tensor(
+        fn, "adapted_norm", adapted_norm, min_ndim=1, shape_doc="(B, ...)", finite=True
+    )
+    raw_norm = check_tensor(fn, "raw_norm", raw_norm, min_ndim=1, shape_doc="(B, ...)", finite=True)
     check_same_shape(fn, ("adapted_norm", "raw_norm"), (adapted_norm, raw_norm))
     _check_nonnegative(fn, "adapted_norm", adapted_norm)
     _check_nonnegative(fn, "raw_norm", raw_norm)
@@ -643,7 +627,9 @@ def text_branch_loss(
     fn = "text_branch_loss"
     reduction = _check_reduction(fn, reduction)
     margin = _check_finite_float(fn, "margin", margin)
-    global_score = _check_values(fn, "global_score", global_score, ndim=1, doc="(B,)")
+    global_score = check_tensor(
+        fn, "global_score", global_score, ndim=1, shape_doc="(B,)", finite=True
+    )
     labels = _check_binary_like(fn, "labels", labels, global_score, "global_score")
     batch = global_score.shape[0]
     maps = _check_sequence(fn, "local_scores", local_scores)
@@ -654,7 +640,7 @@ def text_branch_loss(
     checked = []
     for i, (score_map, (mask_name, mask)) in enumerate(zip(maps, layer_masks, strict=True)):
         name = f"local_scores[{i}]"
-        score_map = _check_values(fn, name, score_map, min_ndim=2, doc="(B, *S)")
+        score_map = check_tensor(fn, name, score_map, min_ndim=2, shape_doc="(B, *S)", finite=True)
         _check_batch_size(fn, name, score_map, batch, "global_score")
         checked.append((score_map, _check_binary_like(fn, mask_name, mask, score_map, name)))
     loss = _global_hinge(global_score, labels, margin, reduction)
@@ -704,8 +690,8 @@ def visual_branch_loss(
     checked = []
     for i, (a, r, (mask_name, mask)) in enumerate(zip(adapted, raw, layer_masks, strict=True)):
         a_name, r_name = f"adapted_norms[{i}]", f"raw_norms[{i}]"
-        a = _check_values(fn, a_name, a, min_ndim=2, doc="(B, *S)")
-        r = _check_values(fn, r_name, r, min_ndim=2, doc="(B, *S)")
+        a = check_tensor(fn, a_name, a, min_ndim=2, shape_doc="(B, *S)", finite=True)
+        r = check_tensor(fn, r_name, r, min_ndim=2, shape_doc="(B, *S)", finite=True)
         check_same_shape(fn, (a_name, r_name), (a, r))
         _check_nonnegative(fn, a_name, a)
         _check_nonnegative(fn, r_name, r)
@@ -776,8 +762,8 @@ def residual_branch_loss(
     reduction = _check_reduction(fn, reduction)
     margin = _check_finite_float(fn, "margin", margin)
     regularizer = _check_scalar(fn, "regularizer", regularizer)
-    global_projection = _check_values(
-        fn, "global_projection", global_projection, ndim=1, doc="(B,)"
+    global_projection = check_tensor(
+        fn, "global_projection", global_projection, ndim=1, shape_doc="(B,)", finite=True
     )
     global_raw_norm = _check_target(
         fn, "global_raw_norm", global_raw_norm, global_projection, "global_projection"
@@ -793,7 +779,7 @@ def residual_branch_loss(
         zip(projections, raw_norms, layer_masks, strict=True)
     ):
         p_name, r_name = f"local_projections[{i}]", f"local_raw_norms[{i}]"
-        p = _check_values(fn, p_name, p, min_ndim=2, doc="(B, *S)")
+        p = check_tensor(fn, p_name, p, min_ndim=2, shape_doc="(B, *S)", finite=True)
         _check_batch_size(fn, p_name, p, batch, "global_projection")
         r = _check_target(fn, r_name, r, p, p_name)
         checked.append((p, r, _check_binary_like(fn, mask_name, mask, p, p_name)))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from einops import pack, rearrange, unpack
 
-from resad_kit.ops._validation import check_finite, check_tensor, compute_dtype, patch_grid
+from resad_kit.ops._validation import check_tensor, compute_dtype, patch_grid
 
 __all__ = ["gaussian_blur", "upsample_patches"]
 
@@ -101,8 +101,7 @@ def gaussian_blur(
         raise ValueError(
             f"{fn}: `padding` must be one of {sorted(_PADDING_MODES)}; got {padding!r}"
         )
-    m = check_tensor(fn, "maps", maps, min_ndim=2, shape_doc="(..., H, W)")
-    check_finite(fn, "maps", m)
+    m = check_tensor(fn, "maps", maps, min_ndim=2, shape_doc="(..., H, W)", finite=True)
     r = k // 2
     h, w = m.shape[-2:]
     if padding == "reflect" and min(h, w) <= r:
@@ -173,8 +172,7 @@ def upsample_patches(
         tensor([[0.0000, 0.2500, 0.7500, 1.0000]])
     """
     fn = "upsample_patches"
-    s = check_tensor(fn, "scores", scores, min_ndim=1, shape_doc="(..., N)")
-    check_finite(fn, "scores", s)
+    s = check_tensor(fn, "scores", scores, min_ndim=1, shape_doc="(..., N)", finite=True)
     out_h, out_w = _parse_pair(fn, "size", size)
     gh, gw = patch_grid(fn, "scores", s.shape[-1], grid)
     x, ps = pack([s.to(compute_dtype(s))], "* n")

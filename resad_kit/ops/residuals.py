@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from resad_kit.ops._validation import check_finite, check_tensor, compute_dtype
+from resad_kit.ops._validation import check_broadcast_channels, check_tensor, compute_dtype
 
 __all__ = [
     "global_residual",
@@ -42,31 +42,6 @@ def _check_eps(fn: str, eps: float) -> None:
         raise TypeError(f"{fn}: `eps` must be a float; got {type(eps).__name__}")
     if not 0.0 < eps < float("inf"):
         raise ValueError(f"{fn}: `eps` must be positive and finite; got {eps}")
-
-
-def _check_vectors(
-    fn: str, name: str, x: object, shape_doc: str, min_ndim: int = 1
-) -> torch.Tensor:
-    """Tensor, floating, non-empty, finite, at least ``min_ndim`` dims; return it."""
-    t = check_tensor(fn, name, x, min_ndim=min_ndim, shape_doc=shape_doc)
-    check_finite(fn, name, t)
-    return t
-
-
-def _broadcast_batch(fn: str, names: tuple[str, str], a: torch.Tensor, b: torch.Tensor) -> None:
-    """Check that ``a`` and ``b`` share the channel size and have broadcastable batch dims."""
-    if a.shape[-1] != b.shape[-1]:
-        raise ValueError(
-            f"{fn}: `{names[0]}` and `{names[1]}` must have the same channel size D "
-            f"(last dimension); got shapes {tuple(a.shape)} and {tuple(b.shape)}"
-        )
-    try:
-        torch.broadcast_shapes(a.shape, b.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"{fn}: `{names[0]}` and `{names[1]}` must be broadcastable; "
-            f"got shapes {tuple(a.shape)} and {tuple(b.shape)}"
-        ) from None
 
 
 def _unit(x: torch.Tensor, cdtype: torch.dtype, eps: float) -> torch.Tensor:
@@ -109,7 +84,7 @@ def prompt_ensemble_mean(
     """
     fn = "prompt_ensemble_mean"
     _check_eps(fn, eps)
-    x = _check_vectors(fn, "embeddings", embeddings, "(..., P, D)", min_ndim=2)
+    x = check_tensor(fn, "embeddings", embeddings, min_ndim=2, shape_doc="(..., P, D)", finite=True)
     cdtype = compute_dtype(x)
     x32 = _unit(x, cdtype, eps) if normalize_each else x.to(cdtype)
     return x32.mean(dim=-2).to(x.dtype)
@@ -159,9 +134,9 @@ def text_residual(
     """
     fn = "text_residual"
     _check_eps(fn, eps)
-    a = _check_vectors(fn, "anomalous", anomalous, "(..., D)")
-    n = _check_vectors(fn, "normal", normal, "(..., D)")
-    _broadcast_batch(fn, ("anomalous", "normal"), a, n)
+    a = check_tensor(fn, "anomalous", anomalous, min_ndim=1, shape_doc="(..., D)", finite=True)
+    n = check_tensor(fn, "normal", normal, min_ndim=1, shape_doc="(..., D)", finite=True)
+    check_broadcast_channels(fn, ("anomalous", "normal"), a, n)
     cdtype = compute_dtype(a, n)
     r = _unit(a, cdtype, eps) - _unit(n, cdtype, eps)
     if unit:
@@ -213,9 +188,9 @@ def visual_residual(
     """
     fn = "visual_residual"
     _check_eps(fn, eps)
-    q = _check_vectors(fn, "query", query, "(..., D)")
-    r = _check_vectors(fn, "reference", reference, "(..., D)")
-    _broadcast_batch(fn, ("query", "reference"), q, r)
+    q = check_tensor(fn, "query", query, min_ndim=1, shape_doc="(..., D)", finite=True)
+    r = check_tensor(fn, "reference", reference, min_ndim=1, shape_doc="(..., D)", finite=True)
+    check_broadcast_channels(fn, ("query", "reference"), q, r)
     cdtype = compute_dtype(q, r)
     return (_unit(q, cdtype, eps) - _unit(r, cdtype, eps)).to(torch.result_type(q, r))
 
@@ -267,8 +242,10 @@ def global_residual(
     """
     fn = "global_residual"
     _check_eps(fn, eps)
-    q = _check_vectors(fn, "query", query, "(..., D)")
-    refs = _check_vectors(fn, "references", references, "(..., K, D)", min_ndim=2)
+    q = check_tensor(fn, "query", query, min_ndim=1, shape_doc="(..., D)", finite=True)
+    refs = check_tensor(
+        fn, "references", references, min_ndim=2, shape_doc="(..., K, D)", finite=True
+    )
     if q.shape[-1] != refs.shape[-1]:
         raise ValueError(
             f"{fn}: `query` (..., D) and `references` (..., K, D) must have the same channel "

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from resad_kit.ops._validation import (
-    check_finite,
     check_positive_int,
     check_tensor,
     compute_dtype,
@@ -158,10 +157,8 @@ def radial_penalty(
         ((1369, 2738), 0.2546)
     """
     fn = "radial_penalty"
-    check_tensor(fn, "r_query", r_query, min_ndim=1, shape_doc="(..., N)")
-    check_tensor(fn, "r_bank", r_bank, min_ndim=1, shape_doc="(..., M)")
-    check_finite(fn, "r_query", r_query)
-    check_finite(fn, "r_bank", r_bank)
+    check_tensor(fn, "r_query", r_query, min_ndim=1, shape_doc="(..., N)", finite=True)
+    check_tensor(fn, "r_bank", r_bank, min_ndim=1, shape_doc="(..., M)", finite=True)
     _check_gamma(fn, gamma)
     dtype = compute_dtype(r_query, r_bank)
     return gamma * (r_query.to(dtype)[..., :, None] - r_bank.to(dtype)[..., None, :]).abs()
@@ -231,10 +228,8 @@ def retrieve(
         True
     """
     fn = "retrieve"
-    check_tensor(fn, "query", query, min_ndim=2, shape_doc="(..., N, D)")
-    check_tensor(fn, "bank", bank, min_ndim=2, shape_doc="(M, D) or (..., M, D)")
-    check_finite(fn, "query", query)
-    check_finite(fn, "bank", bank)
+    check_tensor(fn, "query", query, min_ndim=2, shape_doc="(..., N, D)", finite=True)
+    check_tensor(fn, "bank", bank, min_ndim=2, shape_doc="(M, D) or (..., M, D)", finite=True)
     _check_gamma(fn, gamma)
     n, d = query.shape[-2:]
     lead = query.shape[:-2]
@@ -252,6 +247,8 @@ def retrieve(
     if (query_radius is None) != (bank_radius is None):
         raise ValueError(f"{fn}: give both `query_radius` and `bank_radius`, or neither")
     if query_radius is not None and bank_radius is not None:
+        check_tensor(fn, "query_radius", query_radius, shape_doc="(N,)", finite=True)
+        check_tensor(fn, "bank_radius", bank_radius, shape_doc="(M,)", finite=True)
         if query_radius.shape != (n,):
             raise ValueError(
                 f"{fn}: `query_radius` must have shape (N,)=({n},); got {tuple(query_radius.shape)}"
@@ -260,8 +257,6 @@ def retrieve(
             raise ValueError(
                 f"{fn}: `bank_radius` must have shape (M,)=({m},); got {tuple(bank_radius.shape)}"
             )
-        check_finite(fn, "query_radius", query_radius)
-        check_finite(fn, "bank_radius", bank_radius)
     check_positive_int(fn, "chunk_size", chunk_size, optional=True)
     check_positive_int(fn, "k", k, optional=True)
 

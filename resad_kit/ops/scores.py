@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from resad_kit.ops._validation import (
-    check_finite,
+    check_broadcast_channels,
     check_same_shape,
     check_tensor,
     compute_dtype,
 )
-from resad_kit.ops.residuals import _EPS, _broadcast_batch, _check_eps, _check_vectors
+from resad_kit.ops.residuals import _EPS, _check_eps
 
 __all__ = [
     "cosine_score",
@@ -86,9 +86,11 @@ def projection_score(
     """
     fn = "projection_score"
     _check_eps(fn, eps)
-    r = _check_vectors(fn, "residual", residual, "(..., D)")
-    d = _check_vectors(fn, "direction", direction, "(D,) or (..., D)")
-    _broadcast_batch(fn, ("residual", "direction"), r, d)
+    r = check_tensor(fn, "residual", residual, min_ndim=1, shape_doc="(..., D)", finite=True)
+    d = check_tensor(
+        fn, "direction", direction, min_ndim=1, shape_doc="(D,) or (..., D)", finite=True
+    )
+    check_broadcast_channels(fn, ("residual", "direction"), r, d)
     cdtype = compute_dtype(r, d)
     d = d.to(cdtype)
     norm = torch.linalg.vector_norm(d, dim=-1, keepdim=True)
@@ -135,9 +137,11 @@ def cosine_score(
     """
     fn = "cosine_score"
     _check_eps(fn, eps)
-    f = _check_vectors(fn, "features", features, "(..., D)")
-    d = _check_vectors(fn, "direction", direction, "(D,) or (..., D)")
-    _broadcast_batch(fn, ("features", "direction"), f, d)
+    f = check_tensor(fn, "features", features, min_ndim=1, shape_doc="(..., D)", finite=True)
+    d = check_tensor(
+        fn, "direction", direction, min_ndim=1, shape_doc="(D,) or (..., D)", finite=True
+    )
+    check_broadcast_channels(fn, ("features", "direction"), f, d)
     cdtype = compute_dtype(f, d)
     f_hat = F.normalize(f.to(cdtype), dim=-1, eps=eps)
     d_hat = F.normalize(d.to(cdtype), dim=-1, eps=eps)
@@ -170,7 +174,7 @@ def magnitude_score(residual: torch.Tensor) -> torch.Tensor:
         tensor([5., 0.])
     """
     fn = "magnitude_score"
-    r = _check_vectors(fn, "residual", residual, "(..., D)")
+    r = check_tensor(fn, "residual", residual, min_ndim=1, shape_doc="(..., D)", finite=True)
     norm = torch.linalg.vector_norm(r.to(compute_dtype(r)), dim=-1)
     return norm.to(r.dtype)
 
@@ -220,8 +224,7 @@ def top_fraction_mean(maps: torch.Tensor, fraction: float = 0.01) -> torch.Tenso
     """
     fn = "top_fraction_mean"
     q = _check_fraction(fn, fraction)
-    m = check_tensor(fn, "maps", maps, min_ndim=2, shape_doc="(..., H, W)")
-    check_finite(fn, "maps", m)
+    m = check_tensor(fn, "maps", maps, min_ndim=2, shape_doc="(..., H, W)", finite=True)
     h, w = m.shape[-2:]
     k = max(1, int(q * h * w))
     flat = rearrange(m.to(compute_dtype(m)), "... h w -> ... (h w)")
@@ -311,8 +314,7 @@ def fuse(
     if not tensors:
         raise ValueError(f"{fn}: `maps` must not be empty; got no maps")
     for name, t in zip(names, tensors, strict=True):
-        check_tensor(fn, name, t)
-        check_finite(fn, name, t)
+        check_tensor(fn, name, t, finite=True)
     check_same_shape(fn, names, tensors)
     devices = {t.device for t in tensors}
     if len(devices) > 1:
