@@ -1,0 +1,188 @@
+"""``AnomalyDataset``: one category and split of an anomaly-detection data set (spec §6.1).
+
+The sample list (paths, labels, defect types, masks) is built once, without reading any
+image, and is available as :attr:`AnomalyDataset.samples`; images are read in
+``__getitem__``, so a ``torch.utils.data.DataLoader`` with workers parallelises the IO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypedDict
+
+import torch
+from torch.utils.data import Dataset
+
+from resad_kit.data.layouts import Sample, scan_samples
+from resad_kit.data.transforms import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    check_interpolation,
+    check_normalization,
+    image_to_tensor,
+    mask_to_tensor,
+    open_image,
+)
+from resad_kit.ops._validation import check_positive_int
+
+__all__ = ["AnomalyDataset", "AnomalyItem"]
+
+
+class AnomalyItem(TypedDict):
+    """One item of :class:`AnomalyDataset` (a dict, so that ``DataLoader`` collates it).
+
+    Keys:
+        image: ``(3, S, S)`` float32, squash-resized (bicubic) and normalised.
+        mask: ``(1, S_m, S_m)`` float32 in ``{0, 1}`` (``S_m = mask_size``, default ``S``);
+            all zeros for normal images.
+        label: ``0`` normal, ``1`` anomalous.
+        defect: the defect type (see :class:`~resad_kit.data.Sample`).
+        category: the category name.
+        path: the image file, as a string.
+    """
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    label: int
+    defect: str
+    category: str
+    path: str
+
+
+class AnomalyDataset(Dataset):
+    """Images, masks and labels of one category and split, in the MVTec AD, BTAD or VisA layout.
+
+    The layout is read from disk (``layout="auto"``, see
+    :func:`~resad_kit.data.detect_layout`): MVTec AD (also MPDD, DTD-Synthetic, the
+    synthetic data set and the shipped samples), BTAD, or VisA's ``split_csv/1cls.csv``.
+    Images are converted to RGB, squash-resized to ``image_size`` with bicubic
+    interpolation (any input size; no crop) and normalised with ``mean``/``std`` (default
+    OpenAI CLIP; pass the backbone's values). Masks are binarised (``> 0``) and resized
+    with nearest neighbour (``mask_interpolation="bilinear"``: the official code's bilinear
+    resize + ``> 0.5``). A mask whose size differs from its image's is an error.
+
+    Args:
+        root: the data root (the folder holding the category folders, or VisA's root).
+        category: category name, e.g. ``"hazelnut"``, ``"01"``, ``"pcb1"``.
+        split: ``"train"`` or ``"test"``.
+        image_size: side ``S`` of the square image tensors (paper: 518).
+        layout: ``"auto"``, ``"mvtec"``, ``"btad"`` or ``"visa"``.
+        mean: per-channel normalisation mean; ``None`` with ``std=None`` keeps ``[0, 1]``.
+        std: per-channel normalisation std.
+        mask_size: side of the mask tensors; default ``image_size`` (e.g. 256 to evaluate
+            at a lower resolution than the model input).
+        mask_interpolation: ``"nearest"`` (default) or ``"bilinear"`` (official code).
+
+    Attributes:
+        samples: the :class:`~resad_kit.data.Sample` list (no image loaded).
+        layout: the layout that was used.
+
+    Raises:
+        ValueError: unknown layout, split or category (the message lists what exists), a
+            missing file or mask, a mask whose size differs from its image's (when read),
+            bad ``image_size``/``mean``/``std``/``mask_interpolation``.
+
+    Example:
+        >>> import tempfile
+        >>> from resad_kit.data import AnomalyDataset, synthesize_dataset
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = synthesize_dataset(
+        ...         tmp, categories=["brick"], n_train=2, n_test=4, image_size=32
+        ...     )
+        ...     test = AnomalyDataset(tmp, "brick", "test", image_size=16)
+        ...     item = test[3]
+        >>> test
+        AnomalyDataset(category='brick', split='test', layout='mvtec', n=4, anomalous=2,
+                       image_size=16)
+        >>> [(s.defect, s.label) for s in test.samples]
+        [('good', 0), ('good', 0), ('hole', 1), ('scratch', 1)]
+        >>> item["image"].shape, item["mask"].shape, item["label"], item["defect"]
+        (torch.Size([3, 16, 16]), torch.Size([1, 16, 16]), 1, 'scratch')
+        >>> bool(item["mask"].any())
+        True
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        category: str,
+        split: str = "test",
+        image_size: int = 518,
+        layout: str = "auto",
+        *,
+        mean: Sequence[float] | None = OPENAI_CLIP_MEAN,
+        std: Sequence[float] | None = OPENAI_CLIP_STD,
+        mask_size: int | None = None,
+        mask_interpolation: str = "nearest",
+    ) -> None:
+        fn = "AnomalyDataset"
+        self.image_size = check_positive_int(fn, "image_size", image_size)
+        self.mask_size = check_positive_int(fn, "mask_size", mask_size, optional=True) or (
+            self.image_size
+        )
+        self.mask_interpolation = check_interpolation(fn, mask_interpolation)
+        self._norm = check_normalization(fn, mean, std)
+        self.root = Path(root)
+        self.category = str(category)
+        self.split = split
+        samples, self.layout = scan_samples(self.root, self.category, split, layout)
+        self.samples: tuple[Sample, ...] = samples
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """The label of every sample (``0`` normal, ``1`` anomalous), without reading images."""
+        return tuple(s.label for s in self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> AnomalyItem:
+        n = len(self.samples)
+        if not -n <= index < n:
+            raise IndexError(f"AnomalyDataset: index {index} out of range for {n} samples")
+        s = self.samples[index]
+        image = open_image("AnomalyDataset", "image", s.path)
+        if s.mask_path is None:
+            mask = torch.zeros(1, self.mask_size, self.mask_size)
+        else:
+            mask_image = open_image("AnomalyDataset", "mask", s.mask_path)
+            if mask_image.size != image.size:
+                raise ValueError(
+                    f"AnomalyDataset: mask {str(s.mask_path)!r} is {mask_image.size[0]}×"
+                    f"{mask_image.size[1]} (w×h) but its image {str(s.path)!r} is "
+                    f"{image.size[0]}×{image.size[1]}"
+                )
+            mask = mask_to_tensor(mask_image, self.mask_size, self.mask_interpolation)
+        return AnomalyItem(
+            image=image_to_tensor(image, self.image_size, self._norm),
+            mask=mask,
+            label=s.label,
+            defect=s.defect,
+            category=s.category,
+            path=str(s.path),
+        )
+
+    def images(self, indices: Sequence[int]) -> torch.Tensor:
+        """Stack the images at ``indices`` into one ``(K, 3, S, S)`` tensor.
+
+        Example:
+            >>> import tempfile
+            >>> from resad_kit.data import AnomalyDataset, synthesize_dataset
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     _ = synthesize_dataset(
+            ...         tmp, categories=["grass"], n_train=3, n_test=0, image_size=24
+            ...     )
+            ...     AnomalyDataset(tmp, "grass", "train", image_size=8).images([0, 2]).shape
+            torch.Size([2, 3, 8, 8])
+        """
+        if len(indices) == 0:
+            raise ValueError("AnomalyDataset.images: `indices` must not be empty")
+        return torch.stack([self[i]["image"] for i in indices])
+
+    def __repr__(self) -> str:
+        return (
+            f"AnomalyDataset(category={self.category!r}, split={self.split!r}, "
+            f"layout={self.layout!r}, n={len(self)}, anomalous={sum(self.labels)}, "
+            f"image_size={self.image_size})"
+        )

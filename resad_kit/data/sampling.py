@@ -1,0 +1,177 @@
+"""Few-shot normal reference images (spec §6.2 and §10.2 item 16).
+
+The paper evaluates with ``K ∈ {1, 2, 4}`` normal images of the target class, drawn from
+the **train split**, three runs with different reference sets; it does not publish the
+seeds. Two selections are offered:
+
+* ``method="random"`` (default): sort the normal training images by their path relative to
+  the data root, draw ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))``
+  and take its first ``k`` entries. Only torch's CPU generator is involved and the order
+  does not depend on the file system, so the same seed gives the same images on every
+  machine. For one seed, the ``k``-shot set is a prefix of the ``k+1``-shot set.
+* ``method="first"``: the first ``k`` normal training images in the data set's own order
+  (sorted file names; VisA's CSV order) — what the official code does when it is given
+  neither a reference list nor ``--shuffle``. ``seed`` is ignored.
+
+The official code's published 1-shot lists (JSON files of paths) can be used with
+:func:`references_from_paths`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from resad_kit.data.dataset import AnomalyDataset
+from resad_kit.ops._validation import check_positive_int
+
+__all__ = ["References", "references_from_paths", "sample_references"]
+
+METHODS = ("random", "first")
+
+
+@dataclass(frozen=True)
+class References:
+    """``K`` normal reference images of one category.
+
+    Attributes:
+        indices: positions in ``dataset.samples``.
+        paths: the image files' paths relative to the data root (POSIX style; record
+            them to document a run).
+        images: the images, read and preprocessed like the dataset's items.
+
+    Shape:
+        - images: ``(K, 3, S, S)``
+    """
+
+    indices: tuple[int, ...]
+    paths: tuple[str, ...]
+    images: torch.Tensor
+
+
+def _check_train(fn: str, dataset: object) -> AnomalyDataset:
+    if not isinstance(dataset, AnomalyDataset):
+        raise TypeError(f"{fn}: `dataset` must be an AnomalyDataset; got {type(dataset).__name__}")
+    if dataset.split != "train":
+        raise ValueError(
+            f"{fn}: references come from the train split (spec §6.2); got a dataset with "
+            f"split={dataset.split!r} — build AnomalyDataset(..., split='train')"
+        )
+    return dataset
+
+
+def _load(dataset: AnomalyDataset, indices: list[int]) -> References:
+    return References(
+        indices=tuple(indices),
+        paths=tuple(dataset.samples[i].relative_path for i in indices),
+        images=dataset.images(indices),
+    )
+
+
+def sample_references(
+    dataset: AnomalyDataset, k: int, seed: int = 0, *, method: str = "random"
+) -> References:
+    """Pick ``k`` normal images of the train split as few-shot references (spec §6.2).
+
+    Args:
+        dataset: the category's **train** split (``AnomalyDataset(..., split="train")``).
+        k: number of shots ``K``.
+        seed: the run's seed (``method="random"``); any int.
+        method: ``"random"`` (seeded, the module docstring gives the generator) or
+            ``"first"`` (the official code's default order; ``seed`` is ignored).
+
+    Returns:
+        The :class:`References` (indices, relative paths, ``(K, 3, S, S)`` images).
+
+    Raises:
+        ValueError: a dataset that is not the train split, ``k`` not a positive int or
+            larger than the number of normal images, an unknown ``method``.
+
+    Example:
+        >>> import tempfile
+        >>> from resad_kit.data import AnomalyDataset, sample_references, synthesize_dataset
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = synthesize_dataset(
+        ...         tmp, categories=["gravel"], n_train=6, n_test=0, image_size=24
+        ...     )
+        ...     train = AnomalyDataset(tmp, "gravel", "train", image_size=16)
+        ...     a = sample_references(train, 2, seed=1)
+        ...     b = sample_references(train, 3, seed=1)
+        ...     first = sample_references(train, 2, method="first")
+        >>> a.images.shape
+        torch.Size([2, 3, 16, 16])
+        >>> a.paths == b.paths[:2]  # same seed: the 2-shot set is a prefix of the 3-shot set
+        True
+        >>> first.paths
+        ('gravel/train/good/000.png', 'gravel/train/good/001.png')
+    """
+    fn = "sample_references"
+    dataset = _check_train(fn, dataset)
+    k = check_positive_int(fn, "k", k)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"{fn}: `seed` must be an int; got {seed!r}")
+    if method not in METHODS:
+        raise ValueError(f"{fn}: `method` must be one of {METHODS}; got {method!r}")
+    normal = [i for i, s in enumerate(dataset.samples) if s.label == 0]
+    if k > len(normal):
+        raise ValueError(
+            f"{fn}: `k`={k} is larger than the {len(normal)} normal training images of "
+            f"category {dataset.category!r}"
+        )
+    if method == "first":
+        return _load(dataset, normal[:k])
+    normal.sort(key=lambda i: dataset.samples[i].relative_path)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(normal), generator=generator)[:k].tolist()
+    return _load(dataset, [normal[j] for j in order])
+
+
+def references_from_paths(dataset: AnomalyDataset, paths: Iterable[str | Path]) -> References:
+    """References given as paths, e.g. a published list such as the official 1-shot JSON.
+
+    A path matches the sample whose path relative to the data root it equals or ends with
+    (``./data/MVTec/carpet/train/good/148.png`` matches ``carpet/train/good/148.png``), so
+    lists written on other machines work.
+
+    Args:
+        dataset: the category's train split.
+        paths: one path per shot, in order.
+
+    Returns:
+        The :class:`References`, in the given order.
+
+    Raises:
+        ValueError: an empty list, a path that matches no normal training image.
+
+    Example:
+        >>> import tempfile
+        >>> from resad_kit.data import AnomalyDataset, references_from_paths, synthesize_dataset
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = synthesize_dataset(
+        ...         tmp, categories=["coins"], n_train=3, n_test=0, image_size=24
+        ...     )
+        ...     train = AnomalyDataset(tmp, "coins", "train", image_size=16)
+        ...     refs = references_from_paths(train, ["/elsewhere/coins/train/good/002.png"])
+        >>> refs.indices, refs.paths
+        ((2,), ('coins/train/good/002.png',))
+    """
+    fn = "references_from_paths"
+    dataset = _check_train(fn, dataset)
+    wanted = [Path(p).as_posix() for p in paths]
+    if not wanted:
+        raise ValueError(f"{fn}: `paths` must not be empty")
+    normal = {s.relative_path: i for i, s in enumerate(dataset.samples) if s.label == 0}
+    indices = []
+    for p in wanted:
+        hits = [i for rel, i in normal.items() if p == rel or p.endswith("/" + rel)]
+        if len(hits) != 1:
+            raise ValueError(
+                f"{fn}: path {p!r} matches {len(hits)} normal training images of category "
+                f"{dataset.category!r} (relative paths look like "
+                f"{next(iter(normal), 'none')!r})"
+            )
+        indices.append(hits[0])
+    return _load(dataset, indices)
