@@ -8,7 +8,7 @@ smoothing and the top-1 % image score.
 
 This is a demonstration of the primitives, not Res²CLIP (no CLIP features, no text branch):
 its numbers say nothing about the method's accuracy. By default it reads the MVTec AD
-"hazelnut" sample that ships beside the repository (``../shared/data/mvtec_mini``); with
+"hazelnut" sample shipped in the repository (``examples/data/mvtec_mini``); with
 ``--synthetic`` (or when that folder is missing) it draws a synthetic texture with defects.
 
     python examples/primitives_demo.py [--root PATH] [--category hazelnut] [--shots 4]
@@ -37,7 +37,7 @@ from resad_kit.ops import (
 )
 
 log = logging.getLogger("primitives_demo")
-DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_mini"
+DEFAULT_ROOT = Path(__file__).resolve().parent / "data" / "mvtec_mini"
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:

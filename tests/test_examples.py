@@ -7,11 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "primitives_demo.py"
-SAMPLE = ROOT.parent / "shared" / "data" / "mvtec_mini"
+SAMPLE = ROOT / "examples" / "data" / "mvtec_mini"
 
 
 def _run(*args: str) -> str:
@@ -35,7 +33,6 @@ def test_demo_on_synthetic_texture():
     assert re.search(r"image-level AUROC over these 6 images: [01]\.\d{3}", out)
 
 
-@pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/mvtec_mini is not beside the repo")
 def test_demo_on_real_mvtec_sample():
     out = _run("--root", str(SAMPLE), "--category", "transistor", "--size", "112", "--shots", "2")
     assert "real MVTec AD sample" in out
