@@ -1,0 +1,34 @@
+"""CLIP backbone of Res²CLIP: V-V attention, layer taps, any input size, prompt ensembles.
+
+- :class:`ClipBackbone`: a frozen open_clip ViT read block by block (spec 1), built
+  by :meth:`ClipBackbone.from_pretrained` (open_clip tag or local checkpoint file) or
+  :meth:`ClipBackbone.tiny` (random weights, for tests);
+- :func:`vv_attention`, :func:`dual_attention`: V-V attention over a pretrained
+  attention layer, reusable by other methods;
+- :func:`interpolate_pos_embed`: positional-embedding resize (spec 1.2);
+- :class:`ImagePreprocess`: the image preprocessing matching the weights;
+- :func:`build_prompts`, :func:`encode_prompt_ensemble`: the paper's prompt
+  ensemble, text anchors and text residual (spec 2).
+"""
+
+from resad_kit.clip.attention import dual_attention, vv_attention
+from resad_kit.clip.backbone import ClipBackbone, Features
+from resad_kit.clip.checkpoints import WeightsNotFoundError
+from resad_kit.clip.config import BackboneConfig
+from resad_kit.clip.positional import interpolate_pos_embed
+from resad_kit.clip.preprocess import ImagePreprocess
+from resad_kit.clip.prompts import TextAnchors, build_prompts, encode_prompt_ensemble
+
+__all__ = [
+    "BackboneConfig",
+    "ClipBackbone",
+    "Features",
+    "ImagePreprocess",
+    "TextAnchors",
+    "WeightsNotFoundError",
+    "build_prompts",
+    "dual_attention",
+    "encode_prompt_ensemble",
+    "interpolate_pos_embed",
+    "vv_attention",
+]

@@ -1,0 +1,527 @@
+"""Frozen CLIP ViT backbone with V-V attention, layer taps and any input size (spec 1).
+
+``ClipBackbone`` wraps an ``open_clip.CLIP`` whose image tower is an OpenAI-style
+``VisionTransformer`` and reads it block by block (explicit taps, no hooks):
+
+1. patch embedding, CLS token, positional embedding interpolated to the input's
+   patch grid (bilinear, CLS entry kept; spec 1.2), ``ln_pre``;
+2. blocks ``1 … L − n`` are standard; the last ``n = vv_blocks`` blocks are
+   *dual-path* (spec 1.4): the ordinary stream ``x_o`` runs the standard block,
+   and the V-V stream ``x_v`` (seeded with ``x_o`` at the first dual-path block)
+   adds the block's V-V attention of ``LN_1(x_o)`` with no MLP;
+3. each tapped block ``l`` gives ``LN_post(x_v^(l)) @ proj`` (the ordinary
+   stream if block ``l`` is standard) without the CLS row: the patch features
+   ``(B, N, D)`` (spec 1.5);
+4. the global feature is ``x_o^(L)[CLS] @ proj`` (official code; ``LN_post``
+   first with ``global_ln_post=True``, which is open_clip's ``encode_image``).
+
+Shape legend: ``B`` images, ``S`` input side, ``h×w`` patch grid (``N = h·w``
+patches, row-major), ``C`` transformer width, ``D`` joint embedding dim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import open_clip
+import torch
+from einops import rearrange
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from torch import Tensor, nn
+
+from resad_kit.clip import checkpoints
+from resad_kit.clip.attention import dual_attention
+from resad_kit.clip.config import BackboneConfig
+from resad_kit.clip.positional import interpolate_pos_embed
+from resad_kit.clip.preprocess import OPENAI_MEAN, OPENAI_STD, ImagePreprocess
+from resad_kit.ops._validation import check_finite, check_positive_int, check_tensor
+
+__all__ = ["ClipBackbone", "Features"]
+
+logger = logging.getLogger(__name__)
+
+_PAPER_DEPTH = 24  # ViT-L/14: layers {6, 12, 18, 24} and 20 V-V blocks are fractions of 24
+
+
+class Features(NamedTuple):
+    """What :class:`ClipBackbone` returns for a batch of images (all float32).
+
+    Attributes:
+        patches: one ``(B, N, D)`` tensor per tapped layer, in the order of
+            ``backbone.layers``: projected patch tokens, CLS row dropped, row-major
+            over the ``h×w`` grid. Not normalised.
+        cls: ``(B, D)`` global image feature. Not normalised.
+        grid: the patch grid ``(h, w)`` with ``h·w = N``.
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.clip import ClipBackbone
+        >>> backbone = ClipBackbone.tiny()
+        >>> features = backbone(torch.zeros(2, 3, 64, 64))
+        >>> [tuple(p.shape) for p in features.patches], tuple(features.cls.shape), features.grid
+        ([(2, 64, 32), (2, 64, 32), (2, 64, 32), (2, 64, 32)], (2, 32), (8, 8))
+    """
+
+    patches: list[Tensor]
+    cls: Tensor
+    grid: tuple[int, int]
+
+
+def _quarters(depth: int) -> tuple[int, ...]:
+    return tuple(sorted({max(1, (depth * q + 2) // 4) for q in range(1, 5)}))
+
+
+class ClipBackbone(nn.Module):
+    """Frozen open_clip CLIP ViT read block by block: V-V attention, taps, any input size.
+
+    See the module docstring for the computation. The wrapped model is frozen
+    (``requires_grad=False``) and always in eval mode; ``forward`` and
+    :meth:`encode_text` run under ``torch.inference_mode`` (set
+    ``inference_mode=False`` to let gradients reach the input images) and return
+    float32 tensors that are ordinary tensors (usable in autograd). Batches, CUDA
+    and autocast (``torch.autocast`` with float16/bfloat16 around the call) work;
+    the model's own parameters stay float32 (spec 0).
+
+    Build it with :meth:`from_pretrained` (an open_clip tag or a local checkpoint
+    file) or :meth:`tiny` (random weights, for tests and offline demos; its
+    ``weights`` label says ``untrained``).
+
+    Args:
+        model: an ``open_clip.CLIP`` with an OpenAI-style ViT image tower.
+        config: :class:`BackboneConfig`; ``None`` is :meth:`BackboneConfig.paper`.
+        model_name: the architecture's name (shown in the repr).
+        weights: where the weights came from (shown in the repr).
+        trained: whether the weights are pretrained (False for random weights).
+        mean, std: RGB normalisation of the weights (for :attr:`preprocess`).
+        tokenizer: callable ``list[str] -> (P, context_length)`` token ids;
+            ``None`` uses CLIP's BPE tokenizer.
+        inference_mode: run under ``torch.inference_mode``.
+
+    Attributes:
+        layers: the tapped blocks (1-based). vv_blocks: number of dual-path blocks.
+        image_size, patch_size, grid: input side, patch side and the grid at ``image_size``.
+        embed_dim: ``D``; width: ``C``; depth: number of blocks ``L``.
+        preprocess: the :class:`ImagePreprocess` matching the weights;
+        mean, std: its normalisation.
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.clip import ClipBackbone
+        >>> backbone = ClipBackbone.tiny(seed=0)
+        >>> backbone
+        ClipBackbone(model='resad-tiny', weights='untrained: random init (seed 0)',
+                     image_size=64, grid=(8, 8), layers=(1, 2, 3, 4),
+                     vv_blocks=3 (blocks 2-4), global_ln_post=False)
+        >>> features = backbone(torch.randn(1, 3, 64, 64))
+        >>> features.cls.dtype, features.cls.requires_grad
+        (torch.float32, False)
+        >>> backbone.encode_text(["a photo of a damaged object."]).shape
+        torch.Size([1, 32])
+    """
+
+    def __init__(
+        self,
+        model: open_clip.CLIP,
+        config: BackboneConfig | None = None,
+        *,
+        model_name: str = "custom",
+        weights: str = "unknown",
+        trained: bool = True,
+        mean: Sequence[float] = OPENAI_MEAN,
+        std: Sequence[float] = OPENAI_STD,
+        tokenizer: Any = None,
+        inference_mode: bool = True,
+    ) -> None:
+        super().__init__()
+        fn = "ClipBackbone"
+        config = BackboneConfig.paper() if config is None else config
+        if not isinstance(config, BackboneConfig):
+            raise TypeError(f"{fn}: `config` must be a BackboneConfig; got {type(config).__name__}")
+        visual = getattr(model, "visual", None)
+        if not isinstance(visual, VisionTransformer):
+            raise ValueError(
+                f"{fn}: `model` must be an open_clip CLIP with a VisionTransformer image tower; "
+                f"got {type(visual).__name__}"
+            )
+        blocks = visual.transformer.resblocks
+        if (
+            visual.attn_pool is not None
+            or visual.pool_type != "tok"
+            or visual.proj is None
+            or not visual.transformer.batch_first
+            or not all(isinstance(b, ResidualAttentionBlock) and b.attn.batch_first for b in blocks)
+        ):
+            raise ValueError(
+                f"{fn}: the image tower must be OpenAI-style (CLS-token pooling, a `proj` matrix, "
+                "standard batch-first ResidualAttentionBlocks); this one is not"
+            )
+        if visual.patch_size[0] != visual.patch_size[1]:
+            raise ValueError(f"{fn}: square patches needed; got {visual.patch_size}")
+
+        self.model = model.eval().requires_grad_(False)
+        self.config = config
+        self.model_name = model_name
+        self.weights = weights
+        self.trained = trained
+        self.inference_mode = inference_mode
+        self.depth = len(blocks)
+        self.width = visual.transformer.width
+        self.embed_dim = visual.output_dim
+        self.patch_size = visual.patch_size[0]
+        self.native_grid: tuple[int, int] = tuple(visual.grid_size)  # type: ignore[assignment]
+        self.layers = self._resolve_layers(config.layers)
+        self.vv_blocks = self._resolve_vv_blocks(config.vv_blocks)
+        self.image_size = self._resolve_image_size(config.image_size, visual)
+        self.grid = (self.image_size // self.patch_size,) * 2
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.preprocess = ImagePreprocess(self.image_size, self.mean, self.std)  # type: ignore[arg-type]
+        self.tokenizer = tokenizer or open_clip.SimpleTokenizer(context_length=model.context_length)
+        self._pos_cache: dict[tuple[Any, ...], Tensor] = {}
+
+    # ------------------------------------------------------------------ construction
+
+    def _resolve_layers(self, layers: tuple[int, ...] | None) -> tuple[int, ...]:
+        if layers is None:
+            return _quarters(self.depth)
+        bad = [layer for layer in layers if layer > self.depth]
+        if bad:
+            raise ValueError(
+                f"ClipBackbone: `layers` {layers} exceed the depth {self.depth} of this model "
+                f"(blocks are 1-based); pass layers=None for the quarters {_quarters(self.depth)}"
+            )
+        return layers
+
+    def _resolve_vv_blocks(self, vv_blocks: int | None) -> int:
+        if vv_blocks is None:
+            return (20 * self.depth + _PAPER_DEPTH // 2) // _PAPER_DEPTH
+        if vv_blocks > self.depth:
+            raise ValueError(
+                f"ClipBackbone: `vv_blocks`={vv_blocks} exceeds the depth {self.depth} of this "
+                "model; pass vv_blocks=None to scale the paper's 20 of 24 blocks"
+            )
+        return vv_blocks
+
+    def _resolve_image_size(self, image_size: int | None, visual: VisionTransformer) -> int:
+        if image_size is None:
+            h, w = visual.image_size
+            if h != w:
+                raise ValueError(f"ClipBackbone: native input {visual.image_size} is not square")
+            return int(h)
+        if image_size % self.patch_size:
+            raise ValueError(
+                f"ClipBackbone: `image_size`={image_size} must be a multiple of the patch size "
+                f"{self.patch_size}"
+            )
+        return image_size
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name: str = "ViT-L-14-336",
+        pretrained: str | os.PathLike[str] | None = "openai",
+        config: BackboneConfig | None = None,
+        *,
+        quick_gelu: bool | None = None,
+        cache_dir: str | None = None,
+        device: str | torch.device | None = None,
+        **overrides: Any,
+    ) -> ClipBackbone:
+        """A backbone with pretrained weights: an open_clip tag or a local checkpoint file.
+
+        Args:
+            model_name: open_clip architecture (paper: ``"ViT-L-14-336"``), or
+                ``"resad-tiny"`` (the :meth:`tiny` architecture).
+            pretrained: an open_clip pretrained tag (``"openai"``: open_clip
+                downloads it or takes it from its cache), a path to a checkpoint file
+                (open_clip state dict as ``.pt``/``.pth``/``.bin``/``.safetensors``, or
+                OpenAI's ``.pt`` archive), or ``None`` for random weights (explicit only).
+            config: :class:`BackboneConfig`; ``None`` is :meth:`BackboneConfig.paper`.
+            quick_gelu: QuickGELU MLPs (the OpenAI weights need them); ``None``
+                decides from the tag, the name (``-quickgelu``) or the architecture's tags.
+            cache_dir: open_clip's download cache (default: the Hugging Face cache).
+            device: where to put the model (default CPU).
+            **overrides: fields of :class:`BackboneConfig` that replace those of
+                ``config`` (``image_size=518, layers=(6, 12, 18, 24), vv_blocks=20``, …).
+
+        Raises:
+            WeightsNotFoundError: the file is missing, or the tag's weights cannot be
+                downloaded and are not cached; the message says what was tried and how
+                to fix it (download command, local path / ``--checkpoint PATH``).
+            ValueError: unknown architecture or tag, a checkpoint that does not fit
+                the architecture, or an invalid config.
+
+        Example:
+            >>> import torch
+            >>> from resad_kit.clip import ClipBackbone
+            >>> source = ClipBackbone.tiny(seed=0)
+            >>> path = getfixture("tmp_path") / "tiny.pt"
+            >>> torch.save(source.model.state_dict(), path)
+            >>> loaded = ClipBackbone.from_pretrained(
+            ...     "resad-tiny", path, image_size=64, layers=None, vv_blocks=None
+            ... )
+            >>> images = torch.randn(1, 3, 64, 64)
+            >>> torch.equal(loaded(images).cls, source(images).cls)
+            True
+        """
+        base = BackboneConfig.paper() if config is None else config
+        try:
+            config = dataclasses.replace(base, **overrides)
+        except TypeError:
+            names = [f.name for f in dataclasses.fields(BackboneConfig)]
+            raise TypeError(
+                f"ClipBackbone.from_pretrained: unknown option(s) {sorted(overrides)}; "
+                f"BackboneConfig fields are {names}"
+            ) from None
+        gelu = checkpoints.resolve_quick_gelu(model_name, pretrained, quick_gelu)
+        mean, std = OPENAI_MEAN, OPENAI_STD
+        if pretrained is None:
+            path, weights = None, "untrained: random init"
+            logger.warning("ClipBackbone %s: random weights (pretrained=None)", model_name)
+        else:
+            path, tag_cfg = checkpoints.resolve_weights(model_name, pretrained, cache_dir)
+            mean, std = tag_cfg.get("mean", mean), tag_cfg.get("std", std)
+            weights = f"{pretrained}" if tag_cfg else f"file {path}"
+        model = checkpoints.build_model(model_name, gelu)
+        if path is not None:
+            checkpoints.load_weights(model, path, model_name)
+        tiny = model_name == checkpoints.TINY_MODEL_NAME
+        tokenizer = None if tiny else open_clip.get_tokenizer(model_name)
+        backbone = cls(
+            model,
+            config,
+            model_name=model_name,
+            weights=weights,
+            trained=path is not None,
+            mean=mean,
+            std=std,
+            tokenizer=tokenizer,
+        )
+        return backbone.to(device) if device is not None else backbone
+
+    @classmethod
+    def tiny(cls, seed: int = 0, image_size: int = 64, **overrides: Any) -> ClipBackbone:
+        """A tiny randomly initialised CLIP (same code path) for tests and offline demos.
+
+        Architecture ``"resad-tiny"``: ViT with 8 px patches, native input 32 px
+        (a 4×4 positional table, interpolated to the input grid), width 64, 4
+        blocks of 2 heads, QuickGELU, ``D = 32``; text tower of width 64 and 2
+        blocks with CLIP's real vocabulary and context length. Defaults: taps at
+        the quarters of the depth (blocks 1–4) and V-V on the last 3 blocks
+        (20/24 of 4, rounded), so the first tap is a standard block. The weights
+        are random: every output is untrained, and ``weights`` says so.
+
+        Args:
+            seed: seed of the random weights (the global RNG is left untouched).
+            image_size: input side (a multiple of 8).
+            **overrides: other fields of :class:`BackboneConfig` (default
+                ``layers=None, vv_blocks=None``: scaled to the depth).
+
+        Example:
+            >>> import torch
+            >>> from resad_kit.clip import ClipBackbone
+            >>> a, b = ClipBackbone.tiny(seed=1), ClipBackbone.tiny(seed=1)
+            >>> x = torch.randn(1, 3, 64, 64)
+            >>> torch.equal(a(x).cls, b(x).cls), a.trained, a.vv_block_indices
+            (True, False, (2, 3, 4))
+        """
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"ClipBackbone.tiny: `seed` must be an int ≥ 0; got {seed!r}")
+        fields = {"layers": None, "vv_blocks": None, **overrides, "image_size": image_size}
+        config = BackboneConfig(**fields)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = checkpoints.build_model(checkpoints.TINY_MODEL_NAME, quick_gelu=True)
+        return cls(
+            model,
+            config,
+            model_name=checkpoints.TINY_MODEL_NAME,
+            weights=f"untrained: random init (seed {seed})",
+            trained=False,
+        )
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return self.model.visual.conv1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the model's parameters (float32 unless converted on purpose)."""
+        return self.model.visual.conv1.weight.dtype
+
+    @property
+    def vv_block_indices(self) -> tuple[int, ...]:
+        """The 1-based blocks with V-V attention: ``L − vv_blocks + 1 … L``."""
+        return tuple(range(self.depth - self.vv_blocks + 1, self.depth + 1))
+
+    def train(self, mode: bool = True) -> ClipBackbone:
+        """Set the wrapper's flag; the frozen model itself always stays in eval mode."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def _apply(self, fn: Any, recurse: bool = True) -> ClipBackbone:
+        self._pos_cache.clear()  # device or dtype changes invalidate the resized tables
+        return super()._apply(fn, recurse)
+
+    def __repr__(self) -> str:
+        first = self.depth - self.vv_blocks + 1
+        vv = f"{self.vv_blocks} (blocks {first}-{self.depth})" if self.vv_blocks else "0"
+        return (
+            f"ClipBackbone(model={self.model_name!r}, weights={self.weights!r}, "
+            f"image_size={self.image_size}, grid={self.grid}, layers={self.layers}, "
+            f"vv_blocks={vv}, global_ln_post={self.config.global_ln_post})"
+        )
+
+    # ------------------------------------------------------------------ image tower
+
+    def pos_embed(self, grid: tuple[int, int]) -> Tensor:
+        """The positional table for a patch grid, interpolated once per grid and cached.
+
+        Shape: ``(1 + h·w, C)``.
+        """
+        table = self.model.visual.positional_embedding
+        key = (tuple(grid), table.device, table.dtype, table._version)
+        cached = self._pos_cache.get(key)
+        if cached is None:
+            device_type = table.device.type
+            no_autocast = (
+                torch.autocast(device_type, enabled=False)
+                if device_type in ("cpu", "cuda")
+                else contextlib.nullcontext()
+            )
+            with torch.inference_mode(False), torch.no_grad(), no_autocast:
+                cached = interpolate_pos_embed(
+                    table,
+                    grid,
+                    source_grid=self.native_grid,
+                    mode=self.config.pos_interpolation,
+                ).detach()
+            if len(self._pos_cache) >= 8:
+                self._pos_cache.clear()
+            self._pos_cache[key] = cached
+        return cached
+
+    def _check_images(self, images: object) -> Tensor:
+        fn = "ClipBackbone.forward"
+        x = check_tensor(fn, "images", images, ndim=4, shape_doc="(B, 3, H, W)")
+        p = self.patch_size
+        if x.shape[1] != 3 or x.shape[2] % p or x.shape[3] % p:
+            raise ValueError(
+                f"{fn}: `images` must have shape (B, 3, H, W) with H and W multiples of the "
+                f"patch size {p} (e.g. {self.image_size}); got shape {tuple(x.shape)}"
+            )
+        if x.device != self.device:
+            raise ValueError(
+                f"{fn}: `images` are on {x.device} but the backbone is on {self.device}; "
+                "move one of them"
+            )
+        if x.device.type != "meta":  # the meta device (shapes only) has no values to check
+            check_finite(fn, "images", x)
+        return x.to(self.dtype)
+
+    def _run(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.inference_mode() if self.inference_mode else contextlib.nullcontext()
+
+    def _finish(self, tensors: list[Tensor]) -> list[Tensor]:
+        # Tensors made under inference mode cannot enter autograd; clones can.
+        return [t.clone() for t in tensors] if self.inference_mode else tensors
+
+    def _tower(self, images: Tensor) -> tuple[list[Tensor], Tensor, tuple[int, int]]:
+        visual = self.model.visual
+        x = visual.conv1(images)  # (B, C, h, w)
+        h, w = x.shape[-2:]
+        x = rearrange(x, "b c h w -> b (h w) c")
+        cls_token = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls_token, x], dim=1) + self.pos_embed((h, w)).to(x.dtype)
+        x = visual.ln_pre(visual.patch_dropout(x))
+
+        first_vv = self.depth - self.vv_blocks + 1
+        wanted = set(self.layers)
+        taps: dict[int, Tensor] = {}
+        x_o, x_v = x, None
+        for index, block in enumerate(visual.transformer.resblocks, start=1):
+            if index < first_vv:
+                x_o = block(x_o)
+            else:
+                x_v = x_o if x_v is None else x_v
+                o_o, o_vv = dual_attention(block.ln_1(x_o), block.attn)
+                x_v = x_v + block.ls_1(o_vv)  # V-V stream: attention residual only, no MLP
+                x_o = x_o + block.ls_1(o_o)
+                x_o = x_o + block.ls_2(block.mlp(block.ln_2(x_o)))
+            if index in wanted:
+                taps[index] = x_o if x_v is None else x_v
+
+        patches = [
+            (visual.ln_post(taps[layer][:, 1:]) @ visual.proj).float() for layer in self.layers
+        ]
+        cls = x_o[:, 0]
+        if self.config.global_ln_post:
+            cls = visual.ln_post(cls)
+        return patches, (cls @ visual.proj).float(), (int(h), int(w))
+
+    def forward(self, images: Tensor) -> Features:
+        """Patch features of the tapped layers and the global feature of ``images``.
+
+        Args:
+            images: preprocessed images (see :attr:`preprocess`), on the backbone's
+                device; any float dtype (cast to the model's). Any ``H, W`` that are
+                multiples of the patch size (the positional table follows the grid).
+
+        Returns:
+            :class:`Features` ``(patches, cls, grid)``, float32.
+
+        Shape:
+            - images: ``(B, 3, H, W)``
+            - patches: ``len(layers)`` × ``(B, N, D)`` with ``N = (H/p)·(W/p)``
+            - cls: ``(B, D)``
+
+        Paper: sec. 3.1 (``F_v``, ``f_v``), sec. 4.1; spec 1.2–1.5.
+        """
+        x = self._check_images(images)
+        with self._run():
+            patches, cls, grid = self._tower(x)
+        *patches, cls = self._finish([*patches, cls])
+        return Features(patches, cls, grid)
+
+    # ------------------------------------------------------------------ text tower
+
+    def encode_text(self, prompts: str | Sequence[str], *, batch_size: int | None = None) -> Tensor:
+        """CLIP text embeddings of ``prompts`` (EOT token, ``ln_final``, ``text_projection``).
+
+        Args:
+            prompts: one prompt or a sequence of prompts.
+            batch_size: encode at most this many prompts at a time (``None``: all).
+
+        Returns:
+            Unnormalised embeddings, float32, on the backbone's device.
+
+        Shape:
+            - output: ``(P, D)``
+
+        Paper: eq. (32) ``E_t``; spec 2.1.
+        """
+        fn = "ClipBackbone.encode_text"
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(
+                f"{fn}: `prompts` must be a non-empty sequence of str; got {prompts!r}"
+            )
+        check_positive_int(fn, "batch_size", batch_size, optional=True)
+        tokens = self.tokenizer(prompts).to(self.device)
+        with self._run():
+            out = torch.cat(
+                [
+                    self.model.encode_text(chunk).float()
+                    for chunk in tokens.split(batch_size or len(prompts))
+                ]
+            )
+        return self._finish([out])[0]

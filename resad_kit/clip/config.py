@@ -1,0 +1,85 @@
+"""Configuration of :class:`~resad_kit.clip.ClipBackbone` (spec 1; flags of spec 10.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from resad_kit.ops._validation import check_positive_int
+
+__all__ = ["BackboneConfig"]
+
+POS_MODES = ("bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """How :class:`ClipBackbone` reads the image tower (spec 1, flags of spec 10.1).
+
+    Attributes:
+        image_size: side ``S`` of the square input the preprocessing produces
+            (paper: 518); ``None`` keeps the model's native size.
+        layers: tapped blocks, 1-based, in output order (paper + code: 6, 12, 18, 24);
+            ``None`` taps the quarters of the depth, ``round(L·q/4)`` for q = 1…4.
+        vv_blocks: number of last blocks with V-V attention (spec flag
+            ``vv_num_blocks``; paper sec. 4.1: 20, code: 19); ``None`` scales the
+            paper's 20 of 24 to the depth, ``round(20·L/24)``; 0 disables V-V.
+        global_ln_post: apply ``LN_post`` to the CLS token before ``proj`` (open_clip's
+            ``encode_image``). Default False: the official code projects the raw
+            ordinary-stream CLS token (spec 1.5; the paper is silent).
+        pos_interpolation: resize mode of the positional embedding (code: bilinear,
+            ``align_corners=False``; spec 1.2); ``"bicubic"`` is open_clip's choice.
+
+    Example:
+        >>> from resad_kit.clip import BackboneConfig
+        >>> BackboneConfig.paper().vv_blocks, BackboneConfig.official_code().vv_blocks
+        (20, 19)
+        >>> BackboneConfig.paper().layers
+        (6, 12, 18, 24)
+    """
+
+    image_size: int | None = 518
+    layers: tuple[int, ...] | None = (6, 12, 18, 24)
+    vv_blocks: int | None = 20
+    global_ln_post: bool = False
+    pos_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+
+    def __post_init__(self) -> None:
+        fn = "BackboneConfig"
+        check_positive_int(fn, "image_size", self.image_size, optional=True)
+        if self.layers is not None:
+            layers = tuple(self.layers) if isinstance(self.layers, Sequence) else None
+            if not layers:
+                raise ValueError(
+                    f"{fn}: `layers` must be a non-empty sequence of 1-based block indices "
+                    f"or None; got {self.layers!r}"
+                )
+            for layer in layers:
+                check_positive_int(fn, "layers", layer)
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"{fn}: `layers` must not repeat a block; got {layers}")
+            object.__setattr__(self, "layers", layers)
+        if self.vv_blocks is not None and (
+            isinstance(self.vv_blocks, bool)
+            or not isinstance(self.vv_blocks, int)
+            or self.vv_blocks < 0
+        ):
+            raise ValueError(
+                f"{fn}: `vv_blocks` must be None or an int ≥ 0; got {self.vv_blocks!r}"
+            )
+        if self.pos_interpolation not in POS_MODES:
+            raise ValueError(
+                f"{fn}: `pos_interpolation` must be one of {POS_MODES}; "
+                f"got {self.pos_interpolation!r}"
+            )
+
+    @classmethod
+    def paper(cls) -> BackboneConfig:
+        """The paper's setting: 518 px, taps {6, 12, 18, 24}, V-V on the last 20 blocks."""
+        return cls()
+
+    @classmethod
+    def official_code(cls) -> BackboneConfig:
+        """The official code's setting: as :meth:`paper` but V-V on the last 19 blocks."""
+        return cls(vv_blocks=19)

@@ -1,0 +1,93 @@
+"""Image preprocessing that matches the CLIP weights (spec 1.1).
+
+The official Res²CLIP code converts to RGB, resizes to ``S × S`` with bicubic
+interpolation (a *squash*: the aspect ratio is not kept and nothing is cropped),
+converts to a ``[0, 1]`` tensor and normalises with the weights' mean and std
+(OpenAI's for the OpenAI weights). :class:`ImagePreprocess` does exactly that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from resad_kit.ops._validation import check_positive_int
+
+__all__ = ["OPENAI_MEAN", "OPENAI_STD", "ImagePreprocess"]
+
+#: Per-channel RGB mean of the OpenAI CLIP training data (also open_clip's default).
+OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+#: Per-channel RGB standard deviation of the OpenAI CLIP training data.
+OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _check_triple(name: str, values: Sequence[float], *, positive: bool) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"ImagePreprocess: `{name}` must be 3 numbers (R, G, B); got {values!r}"
+        ) from None
+    if len(out) != 3 or not all(np.isfinite(out)) or (positive and min(out) <= 0):
+        kind = "positive finite" if positive else "finite"
+        raise ValueError(f"ImagePreprocess: `{name}` must be 3 {kind} numbers; got {values!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """PIL image → normalised ``(3, S, S)`` float32 tensor, as the weights expect (spec 1.1).
+
+    RGB conversion, bicubic resize to ``image_size × image_size`` (squash, no
+    centre crop), scaling to ``[0, 1]``, then ``(x − mean) / std`` per channel.
+    The resize is PIL's own bicubic filter, the same as torchvision's
+    ``Resize((S, S), BICUBIC)`` on a PIL image (which the official code uses).
+
+    Args:
+        image_size: side ``S`` of the square output.
+        mean: RGB mean of the weights' training data.
+        std: RGB standard deviation (positive).
+
+    Shape:
+        - input: a ``PIL.Image.Image`` of any size and mode
+        - output: ``(3, S, S)``, float32
+
+    Example:
+        >>> from PIL import Image
+        >>> from resad_kit.clip import ImagePreprocess
+        >>> preprocess = ImagePreprocess(518)
+        >>> x = preprocess(Image.new("RGB", (640, 480), (255, 255, 255)))
+        >>> x.shape, x.dtype
+        (torch.Size([3, 518, 518]), torch.float32)
+        >>> [round(v, 4) for v in x[:, 0, 0].tolist()]  # (1 − mean) / std
+        [1.9303, 2.0749, 2.1459]
+    """
+
+    image_size: int = 518
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+
+    def __post_init__(self) -> None:
+        check_positive_int("ImagePreprocess", "image_size", self.image_size)
+        object.__setattr__(self, "mean", _check_triple("mean", self.mean, positive=False))
+        object.__setattr__(self, "std", _check_triple("std", self.std, positive=True))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """Preprocess one image; see the class docstring."""
+        if not isinstance(image, Image.Image):
+            raise TypeError(
+                f"ImagePreprocess: `image` must be a PIL.Image.Image; got {type(image).__name__} "
+                "(open files with PIL.Image.open)"
+            )
+        if image.width < 1 or image.height < 1:
+            raise ValueError(f"ImagePreprocess: `image` is empty; got size {image.size}")
+        size = self.image_size
+        rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        x = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)  # (S, S, 3)
+        mean = torch.tensor(self.mean, dtype=torch.float32)
+        std = torch.tensor(self.std, dtype=torch.float32)
+        return ((x - mean) / std).permute(2, 0, 1).contiguous()
