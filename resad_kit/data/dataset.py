@@ -40,6 +40,15 @@ class AnomalyItem(TypedDict):
         defect: the defect type (see :class:`~resad_kit.data.Sample`).
         category: the category name.
         path: the image file, as a string.
+
+    Example:
+        >>> import tempfile
+        >>> from resad_kit.data import AnomalyDataset, synthesize_dataset
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = synthesize_dataset(tmp, categories=["grass"], n_train=1, n_test=2)
+        ...     item = AnomalyDataset(tmp, "grass", "test", image_size=8)[0]
+        >>> sorted(item), item["label"], float(item["mask"].sum())
+        (['category', 'defect', 'image', 'label', 'mask', 'path'], 0, 0.0)
     """
 
     image: torch.Tensor

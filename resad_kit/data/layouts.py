@@ -50,6 +50,16 @@ class Sample:
         category: the category (class) name.
         relative_path: the image path relative to the data root, POSIX style (stable across
             machines; used to order samples and to match published reference lists).
+
+    Example:
+        >>> import tempfile
+        >>> from resad_kit.data import scan_samples, synthesize_dataset
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = synthesize_dataset(tmp, categories=["grass"], n_train=1, n_test=2)
+        ...     samples, layout = scan_samples(tmp, "grass", "test")
+        >>> sample = samples[-1]
+        >>> sample.relative_path, sample.label, sample.mask_path.name
+        ('grass/test/scratch/000.png', 1, '000_mask.png')
     """
 
     path: Path

@@ -45,6 +45,15 @@ class References:
 
     Shape:
         - images: ``(K, 3, S, S)``
+
+    Example:
+        >>> import tempfile
+        >>> from resad_kit.data import AnomalyDataset, sample_references, synthesize_dataset
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = synthesize_dataset(tmp, categories=["grass"], n_train=3, n_test=0)
+        ...     refs = sample_references(AnomalyDataset(tmp, "grass", "train", 8), 2, seed=0)
+        >>> len(refs.indices), len(refs.paths), tuple(refs.images.shape)
+        (2, 2, (2, 3, 8, 8))
     """
 
     indices: tuple[int, ...]
