@@ -8,34 +8,20 @@ converts to a ``[0, 1]`` tensor and normalises with the weights' mean and std
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image
 
+from resad_kit._image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, check_normalization, image_to_tensor
 from resad_kit.ops._validation import check_positive_int
 
 __all__ = ["OPENAI_MEAN", "OPENAI_STD", "ImagePreprocess"]
 
-#: Per-channel RGB mean of the OpenAI CLIP training data (also open_clip's default).
-OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-#: Per-channel RGB standard deviation of the OpenAI CLIP training data.
-OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _check_triple(name: str, values: Sequence[float], *, positive: bool) -> tuple[float, ...]:
-    try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"ImagePreprocess: `{name}` must be 3 numbers (R, G, B); got {values!r}"
-        ) from None
-    if len(out) != 3 or not all(np.isfinite(out)) or (positive and min(out) <= 0):
-        kind = "positive finite" if positive else "finite"
-        raise ValueError(f"ImagePreprocess: `{name}` must be 3 {kind} numbers; got {values!r}")
-    return out
+#: Per-channel RGB mean and standard deviation of the OpenAI CLIP training data (also
+#: open_clip's default); the same objects as ``resad_kit.data.OPENAI_CLIP_MEAN``/``_STD``.
+OPENAI_MEAN = OPENAI_CLIP_MEAN
+OPENAI_STD = OPENAI_CLIP_STD
 
 
 @dataclass(frozen=True)
@@ -73,8 +59,11 @@ class ImagePreprocess:
 
     def __post_init__(self) -> None:
         check_positive_int("ImagePreprocess", "image_size", self.image_size)
-        object.__setattr__(self, "mean", _check_triple("mean", self.mean, positive=False))
-        object.__setattr__(self, "std", _check_triple("std", self.std, positive=True))
+        norm = check_normalization("ImagePreprocess", self.mean, self.std)
+        if norm is None:
+            raise ValueError("ImagePreprocess: `mean` and `std` are required; got None")
+        object.__setattr__(self, "mean", norm[0])
+        object.__setattr__(self, "std", norm[1])
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """Preprocess one image; see the class docstring."""
@@ -85,9 +74,4 @@ class ImagePreprocess:
             )
         if image.width < 1 or image.height < 1:
             raise ValueError(f"ImagePreprocess: `image` is empty; got size {image.size}")
-        size = self.image_size
-        rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-        x = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)  # (S, S, 3)
-        mean = torch.tensor(self.mean, dtype=torch.float32)
-        std = torch.tensor(self.std, dtype=torch.float32)
-        return ((x - mean) / std).permute(2, 0, 1).contiguous()
+        return image_to_tensor(image, self.image_size, (self.mean, self.std))
