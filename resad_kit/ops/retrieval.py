@@ -7,32 +7,38 @@ images, shot-major):
     W(i, :) = sparsemax(S(i, :))                          (Eq. 33)
     F_ref   = W · B̂                                      (Eq. 34)
 
-The weights are sparse (typically tens of non-zeros out of thousands), so they are returned
-as ``(indices, values)`` of the support and the reference is aggregated with a gather-and-sum
-(``F.embedding_bag``) instead of a dense ``N×M`` product. ``chunk_size`` bounds the peak
-memory to O(chunk·M).
+The weights are sparse (typically tens of non-zeros out of thousands), so the support of every
+row is found with the exact adaptive top-k sparsemax (:func:`resad_kit.ops.sparsemax`,
+``k="auto"``), returned as ``(indices, values)``, and the reference is aggregated with a
+gather-and-sum (``F.embedding_bag``) instead of a dense ``N×M`` product. The radial penalty
+enters the similarity GEMM as its accumulator (``addmm``), so the ``N×M`` block is written
+once. ``chunk_size`` bounds the similarity blocks to O(chunk·M); many query images (and one
+bank per layer) are handled in one call. docs/benchmarks.md measures all of this against a
+re-implementation of the official code.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from resad_kit.ops._compile import compiled
 from resad_kit.ops._validation import (
+    check_finite,
     check_positive_int,
     check_tensor,
     compute_dtype,
 )
-from resad_kit.ops.simplex import _threshold_rows
+from resad_kit.ops.simplex import SparsemaxK, check_k, sorted_support
 
 __all__ = ["Retrieval", "SparseWeights", "radial_distance", "radial_penalty", "retrieve"]
 
 _NORM_EPS = 1e-12
-_GEMM_TILE = 64
+_MIN_GEMM_ROWS = 64
 
 
 class SparseWeights(NamedTuple):
@@ -176,9 +182,10 @@ def retrieve(
     query_radius: torch.Tensor | None = None,
     bank_radius: torch.Tensor | None = None,
     gamma: float = 0.01,
-    k: int | None = None,
+    k: SparsemaxK = "auto",
     chunk_size: int | None = None,
-    normalize: bool = True,
+    normalize: bool | Literal["query"] = True,
+    compile: bool = False,
 ) -> Retrieval:
     """Res²CLIP reference retrieval: radial-penalised cosine similarity, sparsemax, aggregation.
 
@@ -188,25 +195,39 @@ def retrieve(
     runs it under ``torch.no_grad``).
 
     Args:
-        query: ``(..., N, D)`` query patch features.
+        query: ``(..., N, D)`` query patch features; any number of leading dims (images,
+            layers) are processed in one call.
         bank: ``(M, D)`` memory bank shared by all queries (``K`` shots concatenated
-            shot-major), or ``(..., M, D)`` with one bank per query image (the query's leading
-            dims).
+            shot-major), or ``(..., M, D)`` whose leading dims broadcast to the query's: e.g.
+            ``(L, 1, M, D)`` holds one bank per layer for a query ``(L, B, N, D)`` of ``B``
+            images, and ``(B, M, D)`` one bank per query image.
         query_radius: ``(N,)`` radius of every query patch, e.g. :func:`radial_distance`.
         bank_radius: ``(M,)`` radius of every bank entry, e.g. ``radial_distance(h, w).repeat(K)``.
         gamma: radial penalty strength γ ≥ 0 (paper and code: 0.01).
-        k: ``None`` for the exact sort-based sparsemax, or the size of the exact top-k
-            algorithm (see :func:`resad_kit.ops.sparsemax`); the result is the same.
+        k: how sparsemax finds each row's sorted support (see
+            :func:`resad_kit.ops.sparsemax`): ``"auto"`` (default, the fastest measured: exact
+            adaptive top-k), an int start width for the same algorithm, or ``None`` for the full
+            sort. All give identical results.
         chunk_size: process this many query rows (flattened over the leading dims and ``N``;
-            rounded up to a multiple of 64) at a time, so that peak memory is O(chunk_size·M)
-            instead of O(rows·M). Results are identical with and without chunking.
-        normalize: L2-normalise query and bank first (cosine similarity; the bank aggregated
-            in Eq. 34 is then ``B̂``). ``False`` uses the inputs as given (dot products).
+            rounded up to a multiple of 64) at a time, so that the similarity block (one at a
+            time) takes O(chunk_size·M) memory instead of O(rows·M). Results are bit-identical
+            with and without chunking.
+        normalize: ``True``: ℓ2-normalise query and bank first (cosine similarity; the bank
+            aggregated in Eq. 34 is then ``B̂``). ``"query"``: normalise the query only, for a
+            bank that is already normalised (built once per class, as the method does), which
+            saves two passes over the bank per call. ``False``: use both as given (dot
+            products).
+        compile: run the similarity (GEMM with the penalty as accumulator) and the weight
+            computation through ``torch.compile`` (compiled on first use, ``dynamic=True``).
+            If compilation is unavailable or fails, the eager code runs instead. Off by
+            default: on CPU it gave no speed-up (the GEMM dominates) and cost about a minute
+            of compilation (docs/benchmarks.md); results match eager to float rounding.
 
     Returns:
         :class:`Retrieval` with ``reference`` ``(..., N, D)`` in the query's dtype and sparse
         ``weights`` ``(..., N, S)``. Similarities, thresholds and aggregation are float32
-        (float64 for float64 inputs).
+        (float64 for float64 inputs). The support of every row is listed largest weight first,
+        ties in bank order, so every ``k`` and ``chunk_size`` gives the same tensors.
 
     Shape:
         ``query (..., N, D)``, ``bank (M, D) | (..., M, D)`` → ``reference (..., N, D)``.
@@ -226,10 +247,16 @@ def retrieve(
         (torch.Size([16, 8]), True)
         >>> bool((out.weights.indices[:, 0] == torch.arange(16) + 16).all())  # own patch wins
         True
+        >>> layers = torch.stack([query, -query])[:, None]  # (L=2, B=1, N, D), a bank per layer
+        >>> both = retrieve(layers, torch.stack([bank, -bank])[:, None])
+        >>> both.reference.shape, torch.equal(both.reference[0, 0], retrieve(query, bank).reference)
+        (torch.Size([2, 1, 16, 8]), True)
     """
     fn = "retrieve"
-    check_tensor(fn, "query", query, min_ndim=2, shape_doc="(..., N, D)", finite=True)
-    check_tensor(fn, "bank", bank, min_ndim=2, shape_doc="(M, D) or (..., M, D)", finite=True)
+    check_tensor(fn, "query", query, min_ndim=2, shape_doc="(..., N, D)")
+    check_tensor(fn, "bank", bank, min_ndim=2, shape_doc="(M, D) or (..., M, D)")
+    _check_finite_fast(fn, "query", query)
+    _check_finite_fast(fn, "bank", bank)
     _check_gamma(fn, gamma)
     n, d = query.shape[-2:]
     lead = query.shape[:-2]
@@ -238,10 +265,11 @@ def retrieve(
             f"{fn}: `bank` must have D={d} channels like `query` {tuple(query.shape)}; "
             f"got {tuple(bank.shape)}"
         )
-    if bank.ndim > 2 and bank.shape[:-2] != lead:
+    bank_lead = bank.shape[:-2]
+    if len(bank_lead) > len(lead) or not _broadcasts_to(bank_lead, lead):
         raise ValueError(
-            f"{fn}: a per-query `bank` must have the query's leading dims {tuple(lead)}; "
-            f"got bank {tuple(bank.shape)} for query {tuple(query.shape)}"
+            f"{fn}: the leading dims of `bank` must broadcast to the query's leading dims "
+            f"{tuple(lead)}; got bank {tuple(bank.shape)} for query {tuple(query.shape)}"
         )
     m = bank.shape[-2]
     if (query_radius is None) != (bank_radius is None):
@@ -258,105 +286,176 @@ def retrieve(
                 f"{fn}: `bank_radius` must have shape (M,)=({m},); got {tuple(bank_radius.shape)}"
             )
     check_positive_int(fn, "chunk_size", chunk_size, optional=True)
-    check_positive_int(fn, "k", k, optional=True)
+    check_k(fn, k)
+    if normalize not in (True, False, "query"):
+        raise ValueError(f'{fn}: `normalize` must be True, False or "query"; got {normalize!r}')
+    if not isinstance(compile, bool):
+        raise ValueError(f"{fn}: `compile` must be True or False; got {compile!r}")
 
     dtype = compute_dtype(query, bank)
-    rows = rearrange(query, "... n d -> (...) n d").to(dtype)
-    banks = rearrange(bank, "... m d -> (...) m d").to(dtype)
+    rows, banks, restore = _group_by_bank(query.to(dtype), bank.to(dtype))
     if normalize:
         rows = F.normalize(rows, dim=-1, eps=_NORM_EPS)
+    if normalize is True:
         banks = F.normalize(banks, dim=-1, eps=_NORM_EPS)
-    penalty_args = None
+    penalty = None
     if query_radius is not None and bank_radius is not None and gamma > 0:
-        penalty_args = (query_radius.to(dtype), bank_radius.to(dtype), gamma)
-
-    if banks.shape[0] == 1:  # shared bank: all query rows of all images in one stream
-        radii = None if penalty_args is None else penalty_args[0].repeat(rows.shape[0])
-        parts = [_retrieve_rows(rows.reshape(-1, d), banks[0], radii, penalty_args, k, chunk_size)]
-    else:  # one bank per query image
-        radii = None if penalty_args is None else penalty_args[0]
-        parts = [
-            _retrieve_rows(q, b, radii, penalty_args, k, chunk_size)
-            for q, b in zip(rows, banks, strict=True)
-        ]
-    reference = torch.cat([p[0] for p in parts]).reshape(*lead, n, d).to(query.dtype)
-    indices, values = _pad_and_stack([p[1] for p in parts], [p[2] for p in parts])
-    weights = SparseWeights(
-        indices.reshape(*lead, n, -1), values.reshape(*lead, n, -1), num_entries=m
-    )
-    return Retrieval(reference, weights)
+        # γ folded into the radii: |γ·r_q − γ·r_ref| (the block is then one sub and one abs)
+        row_radius = (gamma * query_radius.to(dtype)).repeat(rows.shape[1] // n)
+        penalty = (row_radius, gamma * bank_radius.to(dtype))
+    reference, indices, values = _retrieve_groups(rows, banks, penalty, k, chunk_size, compile)
+    weights = SparseWeights(restore(indices), restore(values), num_entries=m)
+    return Retrieval(restore(reference).to(query.dtype), weights)
 
 
-def _retrieve_rows(
+def _check_finite_fast(fn: str, name: str, x: torch.Tensor) -> None:
+    """:func:`check_finite` behind a one-pass screen: a NaN or ±inf entry makes the sum
+    non-finite, so only a non-finite sum (or an overflow of finite entries) needs the full
+    element-wise check, which raises with the counts."""
+    if not bool(torch.isfinite(x.sum(dtype=compute_dtype(x)))):
+        check_finite(fn, name, x)
+
+
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    padded = (1,) * (len(target) - len(shape)) + tuple(shape)
+    return all(s in (1, t) for s, t in zip(padded, target, strict=True))
+
+
+def _group_by_bank(query: torch.Tensor, bank: torch.Tensor):
+    """Arrange the query rows by the bank they are matched against.
+
+    Returns ``(rows (G, R, D), banks (G, M, D), restore)``: ``G`` distinct banks, the ``R``
+    query rows of each (images sharing the bank, then patches), and a function that turns a
+    ``(G, R, C)`` result back into the query's ``(..., N, C)`` layout.
+    """
+    lead, (n, d), m = query.shape[:-2], query.shape[-2:], bank.shape[-2]
+    bank_lead = (1,) * (len(lead) - (bank.ndim - 2)) + tuple(bank.shape[:-2])
+    own = [i for i, s in enumerate(bank_lead) if s != 1]  # dims with one bank per entry
+    shared = [i for i, s in enumerate(bank_lead) if s == 1]  # dims sharing a bank
+    order = [*own, *shared]
+    groups = math.prod(lead[i] for i in own)
+    rows = query.permute(*order, -2, -1).reshape(groups, -1, d).contiguous()
+    banks = bank.reshape(*bank_lead, m, d).permute(*order, -2, -1).reshape(groups, m, d)
+    banks = banks.contiguous()  # reductions round by memory layout: one layout for all
+    arranged = [lead[i] for i in order]
+    inverse = [order.index(i) for i in range(len(lead))]
+
+    def restore(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(*arranged, n, x.shape[-1])
+        return x.permute(*inverse, -2, -1)
+
+    return rows, banks, restore
+
+
+def _retrieve_groups(
     rows: torch.Tensor,
-    bank: torch.Tensor,
-    row_radius: torch.Tensor | None,
-    penalty_args: tuple[torch.Tensor, torch.Tensor, float] | None,
-    k: int | None,
+    banks: torch.Tensor,
+    penalty: tuple[torch.Tensor, torch.Tensor] | None,
+    k: SparsemaxK,
     chunk_size: int | None,
+    compile: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Retrieval for ``(R, D)`` rows against one ``(M, D)`` bank, chunk by chunk.
+    """Retrieval of ``(G, R, D)`` rows, group ``g`` against its bank ``banks[g]`` ``(M, D)``.
 
-    Returns ``(reference (R, D), indices (R, S), values (R, S))``.
+    ``penalty`` is ``(γ·r of every row (R,), γ·r of every bank entry (M,))`` or ``None``.
+    Rows are processed in chunks of ``chunk_size`` (rounded up to a multiple of 64), one
+    ``chunk × M`` similarity block at a time. Returns ``reference (G, R, D)``,
+    ``indices (G, R, S)`` and ``values (G, R, S)``.
     """
-    # Chunks start at multiples of the GEMM tile, so every row sits at the same place of an
-    # equally shaped tile whatever the chunking (see _similarity).
-    step = -(-(chunk_size or rows.shape[0]) // _GEMM_TILE) * _GEMM_TILE
-    refs, indices, values = [], [], []
-    for start in range(0, rows.shape[0], step):
-        sim = _similarity(rows[start : start + step], bank)
-        if penalty_args is not None and row_radius is not None:
-            _, bank_radius, gamma = penalty_args
-            radius = row_radius[start : start + step]
-            sim = sim - gamma * (radius[:, None] - bank_radius[None, :]).abs()
-        idx, w = _sparse_sparsemax(sim, k)
-        refs.append(F.embedding_bag(idx, bank, per_sample_weights=w, mode="sum"))
-        indices.append(idx)
-        values.append(w)
-    ref = torch.cat(refs)
-    idx_all, val_all = _pad_and_stack(indices, values)
-    return ref, idx_all, val_all
+    total = rows.shape[1]
+    step = -(-(chunk_size or total) // _MIN_GEMM_ROWS) * _MIN_GEMM_ROWS
+    similarity = _COMPILED_SIMILARITY if compile else _similarity
+    references, indices, values = [], [], []
+    for group_rows, bank in zip(rows, banks, strict=True):
+        refs, idxs, vals = [], [], []
+        for start in range(0, total, step):
+            block = slice(start, start + step)
+            count = min(step, total - start)
+            # BLAS libraries take other kernels (and so round differently) for very short
+            # matrices: short chunks are padded so that every row goes through the same
+            # kernel and the results do not depend on the chunking (tested bit for bit).
+            pad = max(0, _MIN_GEMM_ROWS - count)
+            chunk = F.pad(group_rows[block], (0, 0, 0, pad)) if pad else group_rows[block]
+            block_penalty = None
+            if penalty is not None:
+                block_penalty = _radial_block(F.pad(penalty[0][block], (0, pad)), penalty[1])
+            sim = similarity(chunk, bank, block_penalty)[:count]
+            idx, w = _sparse_sparsemax(sim, k, compile)
+            refs.append(F.embedding_bag(idx, bank, per_sample_weights=w, mode="sum"))
+            idxs.append(idx)
+            vals.append(w)
+            del sim, block_penalty  # free this block before the next one is allocated
+        references.append(torch.cat(refs))
+        group_idx, group_val = _pad_and_stack(idxs, vals)
+        indices.append(group_idx[None])
+        values.append(group_val[None])
+    return torch.stack(references), *_pad_and_stack(indices, values)
 
 
-def _similarity(rows: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """``rows @ bank.T`` computed as a batch of equally shaped ``(64, D)`` row tiles.
+def _radial_block(row_radius: torch.Tensor, bank_radius: torch.Tensor) -> torch.Tensor:
+    """``|γr_q(i) − γr_ref(j)|`` for a chunk of rows, ``(R, M)`` (Eq. 8's penalty)."""
+    return (row_radius[:, None] - bank_radius[None, :]).abs_()
 
-    BLAS libraries choose kernels (and so rounding) by matrix shape, and a row's rounding can
-    depend on its position in a micro-tile. Fixed tiles, with chunks that start at multiples of
-    the tile, make every row's similarities bit-identical whatever the chunking.
+
+def _similarity(
+    rows: torch.Tensor, bank: torch.Tensor, penalty: torch.Tensor | None
+) -> torch.Tensor:
+    """``rows @ bank.T − penalty`` (Eq. 8), ``(R, M)``.
+
+    The penalty block is the GEMM's accumulator (``addmm_`` with ``beta=-1``, in place), so the
+    ``R×M`` block is written by the GEMM and needs no extra pass.
     """
-    n_rows = rows.shape[0]
-    tiles = rearrange(
-        F.pad(rows, (0, 0, 0, -n_rows % _GEMM_TILE)), "(t r) d -> t r d", r=_GEMM_TILE
-    )
-    return rearrange(tiles @ bank.T, "t r m -> (t r) m")[:n_rows]
+    if penalty is None:
+        return rows @ bank.T
+    return penalty.addmm_(rows, bank.T, beta=-1)
 
 
-def _sparse_sparsemax(sim: torch.Tensor, k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _sparse_sparsemax(
+    sim: torch.Tensor, k: SparsemaxK, compile: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-wise sparsemax of ``(R, M)`` similarities in sparse form ``(indices, values)``.
 
-    The support is found without gradients; the weights are then recomputed from the gathered
-    similarities with differentiable ops (``τ = (Σ_S s − 1)/|S|``), which gives exactly the
-    sparsemax Jacobian with respect to ``sim``.
+    The support is found without gradients (:func:`resad_kit.ops.simplex.sorted_support`) and
+    put in a canonical order: weight descending, ties by bank index, so that every ``k`` gives
+    the same tensors. The weights are then recomputed from the gathered similarities with
+    differentiable ops (:func:`_support_weights`).
     """
     with torch.no_grad():
-        shifted = sim - sim.amax(dim=-1, keepdim=True)
-        _, support = _threshold_rows(shifted, k)
-        width = int(support.max())
-        idx = shifted.topk(width, dim=-1).indices
+        top = sorted_support(sim, k)
+        by_index = top.indices.argsort(dim=-1)
+        idx, vals = top.indices.gather(-1, by_index), top.values.gather(-1, by_index)
+        idx = idx.gather(-1, vals.argsort(dim=-1, descending=True, stable=True))
+    weights_fn = _COMPILED_SUPPORT_WEIGHTS if compile else _support_weights
+    return weights_fn(sim, idx, top.support)
+
+
+def _support_weights(
+    sim: torch.Tensor, idx: torch.Tensor, support: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparsemax weights of the sorted support ``idx`` ``(R, W)`` of ``(R, M)`` ``sim``.
+
+    ``τ = (Σ_S s − 1)/|S|`` relative to the row maximum, ``w = max(0, s − τ)`` on the first
+    ``support`` slots and 0 (index 0) on the rest: exactly the sparsemax Jacobian with respect
+    to ``sim``. Returns ``(indices, weights)``.
+    """
     gathered = sim.gather(-1, idx)
-    in_support = torch.arange(width, device=sim.device) < support
-    cumsum = gathered.cumsum(dim=-1)
+    shifted = gathered - gathered[:, :1]
+    in_support = torch.arange(idx.shape[-1], device=sim.device) < support
+    cumsum = shifted.cumsum(dim=-1)
     tau = (cumsum.gather(-1, support - 1) - 1) / support.to(sim.dtype)
-    weights = (gathered - tau).clamp_min(0) * in_support
+    weights = (shifted - tau).clamp_min(0) * in_support
     return idx.masked_fill(~in_support, 0), weights
 
 
 def _pad_and_stack(
     indices: list[torch.Tensor], values: list[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate row blocks of different support widths, padding with weight 0, index 0."""
+    """Concatenate blocks of different support widths, padding with weight 0, index 0."""
     width = max(v.shape[-1] for v in values)
     idx = torch.cat([F.pad(i, (0, width - i.shape[-1])) for i in indices])
     val = torch.cat([F.pad(v, (0, width - v.shape[-1])) for v in values])
     return idx, val
+
+
+_COMPILED_SIMILARITY = compiled(_similarity)
+_COMPILED_SUPPORT_WEIGHTS = compiled(_support_weights)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import resad_kit.ops.retrieval as retrieval_module
 from resad_kit.ops import Retrieval, SparseWeights, radial_distance, radial_penalty, retrieve
+from resad_kit.ops._compile import Compiled
 
 
 def _dense_reference(query, bank, r_query=None, r_bank=None, gamma=0.0):
@@ -144,20 +145,153 @@ def test_chunked_equals_unchunked(batch, n, m, chunk, k, per_query_bank, seed):
     assert torch.equal(full.weights.indices, chunked.weights.indices)
 
 
+@given(
+    n=st.integers(1, 30),
+    m=st.integers(1, 100),
+    duplicates=st.integers(1, 4),
+    scale=st.sampled_from([0.05, 1.0, 8.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_every_k_gives_identical_tensors(n, m, duplicates, scale, seed):
+    """Sort, top-k and adaptive paths: same reference, same indices (ties in bank order)."""
+    query = _features(seed, n, 5)
+    bank = (_features(seed + 1, m, 5) * scale).repeat(duplicates, 1)  # exact ties
+    expected = retrieve(query, bank, k=None, normalize=False)
+    for k in (1, 2, "auto"):
+        out = retrieve(query, bank, k=k, normalize=False)
+        assert torch.equal(out.reference, expected.reference)
+        assert torch.equal(out.weights.indices, expected.weights.indices)
+        assert torch.equal(out.weights.values, expected.weights.values)
+    w = expected.weights
+    tied = w.values[..., :-1] == w.values[..., 1:]
+    support = w.values[..., 1:] > 0
+    assert (w.indices[..., :-1] < w.indices[..., 1:])[tied & support].all()
+
+
+@pytest.mark.slow  # a few seconds: full sorts of 2,738 × 2,738 similarities
+def test_realistic_sizes_are_bit_identical_for_every_path():
+    """N=1369 query patches of 2 images, a 2-shot bank, D=64: chunks, k and batching agree."""
+    generator = torch.Generator().manual_seed(17)
+    fields = torch.randn(1, 64, 37, 37, generator=generator)
+    fields = F.avg_pool2d(fields, 5, stride=1, padding=2, count_include_pad=False)[0]
+    base = fields.flatten(1).T  # spatially smooth features: supports of a few tens
+    shots = base + 0.3 * torch.randn(4, 1369, 64, generator=generator)
+    bank, query = shots[:2].reshape(-1, 64), shots[2:]
+    r = radial_distance(37, 37)
+    kwargs = {"query_radius": r, "bank_radius": r.repeat(2)}
+    expected = retrieve(query, bank, k=None, **kwargs)
+    assert 2 < expected.weights.support_size().float().mean() < 64
+    for k, chunk in (("auto", None), ("auto", 300), (16, 1369), (None, 64)):
+        out = retrieve(query, bank, k=k, chunk_size=chunk, **kwargs)
+        assert torch.equal(out.reference, expected.reference)
+        assert torch.equal(out.weights.indices, expected.weights.indices)
+    single = retrieve(query[1], bank, **kwargs)
+    assert torch.equal(single.reference, expected.reference[1])
+
+
+def test_one_bank_per_layer_broadcasts_over_images():
+    """query (L, B, N, D) with bank (L, 1, M, D): each layer's bank for all its images."""
+    query, bank = _features(20, 3, 2, 12, 6), _features(21, 3, 1, 20, 6)
+    out = retrieve(query, bank, chunk_size=5)
+    assert out.reference.shape == (3, 2, 12, 6)
+    for layer in range(3):
+        single = retrieve(query[layer], bank[layer, 0])
+        assert torch.equal(out.reference[layer], single.reference)
+        width = single.weights.values.shape[-1]
+        assert torch.equal(out.weights.values[layer, ..., :width], single.weights.values)
+        assert (out.weights.values[layer, ..., width:] == 0).all()
+    per_image = retrieve(query, bank.expand(3, 2, 20, 6))
+    assert torch.equal(per_image.reference, out.reference)
+    shared = retrieve(query, bank[0, 0])
+    assert torch.equal(shared.reference, retrieve(query, bank[:1]).reference)
+
+
+def test_normalize_query_only_for_a_normalised_bank():
+    query, bank = _features(26, 2, 20, 8), F.normalize(_features(27, 60, 8), dim=-1)
+    r = torch.rand(20)
+    kwargs = {"query_radius": r, "bank_radius": torch.rand(60), "gamma": 0.05}
+    out = retrieve(query, bank, normalize="query", **kwargs)
+    manual = retrieve(F.normalize(query, dim=-1), bank, normalize=False, **kwargs)
+    assert torch.equal(out.reference, manual.reference)
+    both = retrieve(query, bank, **kwargs)  # re-normalising a unit bank moves it by ulps only
+    torch.testing.assert_close(out.reference, both.reference, atol=1e-6, rtol=0)
+    assert torch.equal(out.weights.indices, both.weights.indices)
+
+
+def test_finite_screen_raises_with_counts_and_passes_overflowing_sums():
+    bank = torch.randn(5, 8)
+    bank[1, 2], bank[3, 0] = math.nan, -math.inf
+    with pytest.raises(ValueError, match=r"`bank` must be finite; got 1 NaN and 1 infinite"):
+        retrieve(torch.randn(4, 8), bank)
+    huge = torch.full((4, 8), 3e38)  # finite, but its sum overflows float32
+    out = retrieve(huge, torch.randn(5, 8))
+    assert torch.isfinite(out.reference).all()
+
+
+@pytest.fixture
+def fresh_compiled(monkeypatch):
+    """Fresh compile wrappers, so that no state leaks between tests."""
+    for name, fn in (
+        ("_COMPILED_SIMILARITY", retrieval_module._similarity),
+        ("_COMPILED_SUPPORT_WEIGHTS", retrieval_module._support_weights),
+    ):
+        monkeypatch.setattr(retrieval_module, name, Compiled(fn))
+    return retrieval_module  # fmt: skip
+
+
+def test_compile_falls_back_to_eager_when_unavailable(monkeypatch, fresh_compiled):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    query, bank = _features(22, 2, 30, 8), _features(23, 50, 8)
+    r = torch.rand(30)
+    kwargs = {"query_radius": r, "bank_radius": torch.rand(50), "chunk_size": 20}
+    eager = retrieve(query, bank, **kwargs)
+    out = retrieve(query, bank, compile=True, **kwargs)
+    assert torch.equal(out.reference, eager.reference)
+    assert torch.equal(out.weights.indices, eager.weights.indices)
+    for wrapper in (fresh_compiled._COMPILED_SIMILARITY, fresh_compiled._COMPILED_SUPPORT_WEIGHTS):
+        assert isinstance(wrapper.error, RuntimeError)
+
+
+@pytest.mark.slow  # TorchDynamo tracing takes a few seconds on 2 cores
+def test_compile_traces_the_kernels(monkeypatch, fresh_compiled):
+    """The wrapped kernels go through TorchDynamo (eager backend: no C++ build in the test)."""
+    real_compile = torch.compile
+    calls = []
+
+    def traced(fn, **kwargs):
+        calls.append(fn.__name__)
+        return real_compile(fn, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", traced)
+    query, bank = _features(24, 40, 8), _features(25, 90, 8)
+    r = torch.rand(40)
+    kwargs = {"query_radius": r, "bank_radius": torch.rand(90), "gamma": 0.1}
+    out = retrieve(query, bank, compile=True, **kwargs)
+    eager = retrieve(query, bank, **kwargs)
+    torch.testing.assert_close(out.reference, eager.reference, atol=1e-6, rtol=0)
+    assert torch.equal(out.weights.indices, eager.weights.indices)
+    assert sorted(calls) == ["_similarity", "_support_weights"]
+    assert fresh_compiled._COMPILED_SIMILARITY.error is None
+
+
 def test_chunk_size_bounds_the_similarity_block(monkeypatch):
     """No similarity block larger than chunk_size × M is ever formed."""
     seen = []
     original = retrieval_module._sparse_sparsemax
 
-    def spy(sim, k):
+    def spy(sim, *args):
         seen.append(tuple(sim.shape))
-        return original(sim, k)
+        return original(sim, *args)
 
     monkeypatch.setattr(retrieval_module, "_sparse_sparsemax", spy)
     retrieve(_features(4, 3, 49, 8), _features(5, 98, 8), chunk_size=10)
-    assert len(seen) == 3  # 147 rows in chunks of 64 (10 rounded up to the GEMM tile)
-    assert all(rows <= 64 and cols == 98 for rows, cols in seen)
-    assert sum(rows for rows, _ in seen) == 3 * 49
+    assert seen == [(64, 98), (64, 98), (19, 98)]  # 147 rows, chunks of 10 rounded up to 64
+    seen.clear()
+    retrieve(_features(4, 300, 8), _features(5, 98, 8), chunk_size=100)
+    assert seen == [(128, 98), (128, 98), (44, 98)]
 
 
 def test_per_query_bank_equals_separate_calls():
@@ -238,6 +372,10 @@ def test_dtypes_and_device(dtype, device):
         ({"query": torch.zeros(8), "bank": torch.zeros(5, 8)}, "`query`"),
         ({"query": torch.zeros(4, 8), "bank": torch.zeros(0, 8)}, "`bank` must not be empty"),
         ({"query": torch.zeros(2, 4, 8), "bank": torch.zeros(3, 5, 8)}, "leading dims"),
+        ({"query": torch.zeros(4, 8), "bank": torch.zeros(1, 5, 8)}, "leading dims"),
+        ({"k": "sort"}, "`k`"),
+        ({"compile": 1}, "`compile`"),
+        ({"normalize": "bank"}, "`normalize`"),
         ({"query": torch.full((4, 8), math.nan), "bank": torch.zeros(5, 8)}, "`query`.*NaN"),
         ({"query": torch.zeros(4, 8), "bank": torch.full((5, 8), math.inf)}, "`bank`.*infinite"),
         ({"query_radius": torch.zeros(4)}, "both"),
@@ -266,5 +404,6 @@ def test_cuda_matches_cpu():
     kwargs = {"query_radius": r, "bank_radius": r.repeat(4), "gamma": 0.01}
     cpu = retrieve(query, bank, **kwargs)
     cuda_kwargs = {key: (v.cuda() if torch.is_tensor(v) else v) for key, v in kwargs.items()}
-    gpu = retrieve(query.cuda(), bank.cuda(), k=128, chunk_size=512, **cuda_kwargs)
-    torch.testing.assert_close(gpu.reference.cpu(), cpu.reference, atol=1e-5, rtol=0)
+    for k in (128, "auto", None):
+        gpu = retrieve(query.cuda(), bank.cuda(), k=k, chunk_size=512, **cuda_kwargs)
+        torch.testing.assert_close(gpu.reference.cpu(), cpu.reference, atol=1e-5, rtol=0)

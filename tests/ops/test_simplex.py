@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from resad_kit.ops import sparsemax, sparsemax_threshold
+from resad_kit.ops.simplex import AUTO_K, sorted_support
 
 finite = st.floats(-50, 50, allow_nan=False, width=32)
 
@@ -62,10 +63,61 @@ def test_idempotent_on_simplex_points(x):
     torch.testing.assert_close(sparsemax(p), p, atol=1e-6, rtol=0)
 
 
-@given(matrices(neg_inf=True), st.integers(1, 45))
+@given(matrices(neg_inf=True), st.one_of(st.integers(1, 45), st.just("auto")))
 def test_top_k_equals_sort_for_every_k(x, k):
     assert torch.equal(sparsemax(x, k=k), sparsemax(x))
     assert torch.equal(sparsemax_threshold(x, k=k), sparsemax_threshold(x))
+
+
+@st.composite
+def mixed_support_rows(draw):
+    """Rows of 70–300 entries whose supports range from 1 to all entries (row-wise scales)."""
+    cols = draw(st.integers(70, 300))
+    scales = draw(st.lists(st.sampled_from([1e-4, 0.01, 0.05, 0.3, 3.0]), min_size=1, max_size=6))
+    seed = draw(st.integers(0, 2**16))
+    x = torch.randn(len(scales), cols, generator=torch.Generator().manual_seed(seed))
+    return x * torch.tensor(scales)[:, None]
+
+
+@given(mixed_support_rows(), st.sampled_from([1, 3, 16, "auto"]))
+def test_adaptive_rounds_equal_sort(x, k):
+    """Rows resolved in the first, a later, or the full-sort round: all bit-identical."""
+    assert torch.equal(sparsemax(x, k=k), sparsemax(x))
+    assert torch.equal(sparsemax_threshold(x, k=k), sparsemax_threshold(x))
+
+
+@given(mixed_support_rows(), st.sampled_from([None, 1, 5, "auto"]))
+def test_sorted_support_is_a_prefix_of_the_sort(x, k):
+    top = sorted_support(x, k)
+    full = sorted_support(x, None)
+    width = int(full.support.max())
+    assert torch.equal(top.tau, full.tau)
+    assert torch.equal(top.support, full.support)
+    assert top.values.shape == top.indices.shape == (x.shape[0], width)
+    assert torch.equal(x.gather(-1, top.indices), top.values)
+    sorted_x = x.sort(dim=-1, descending=True).values[:, :width]
+    within = torch.arange(width) < top.support  # entries past a row's support are unspecified
+    assert torch.equal(top.values[within], sorted_x[within])
+
+
+def test_auto_start_width_takes_wide_supports_in_one_more_round(monkeypatch):
+    """A support of 141 > AUTO_K: one extra round on that row only, not a doubling chain."""
+    calls = []
+    original = torch.Tensor.topk
+
+    def spy(self, k, *args, **kwargs):
+        calls.append((self.shape[0], k))
+        return original(self, k, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "topk", spy)
+    x = torch.cat([torch.linspace(0, -0.1, 1000)[None], torch.linspace(0, -5, 1000)[None]])
+    expected = sorted_support(x, None).support
+    assert expected[0] > AUTO_K > expected[1]
+    assert torch.equal(sorted_support(x, "auto").support, expected)
+    assert calls[0] == (2, AUTO_K)
+    assert len(calls) == 2
+    assert calls[1][0] == 1
+    assert calls[1][1] > expected[0]
 
 
 @given(matrices(elements=st.sampled_from([-1.0, 0.0, 0.25, 0.5, 2.0])), st.integers(1, 8))
@@ -180,6 +232,7 @@ def test_neg_inf_entries_get_zero_weight_and_zero_gradient():
         (torch.zeros(3, 0), {}, "at least one entry"),
         (torch.zeros(3), {"k": 0}, "`k`"),
         (torch.zeros(3), {"k": True}, "`k`"),
+        (torch.zeros(3), {"k": "fast"}, "`k`"),
         (torch.zeros(3), {"dim": 1}, "`dim`"),
         (torch.tensor(1.0), {}, "at least 1 dimension"),
         (torch.arange(3), {}, "float"),
@@ -199,5 +252,5 @@ def test_non_tensor_raises_type_error():
 @pytest.mark.gpu
 def test_cuda_matches_cpu():
     x = torch.randn(64, 5476, generator=torch.Generator().manual_seed(7))
-    for k in (None, 128):
+    for k in (None, 128, "auto"):
         torch.testing.assert_close(sparsemax(x.cuda(), k=k).cpu(), sparsemax(x), atol=1e-6, rtol=0)

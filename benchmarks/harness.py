@@ -1,0 +1,194 @@
+"""Shared helpers of the benchmark suite: devices, cached inputs, CUDA-synchronised timing.
+
+Every benchmark case records what it measured in ``benchmark.extra_info`` (``kernel``,
+``impl``, ``shots``, ``dim``, ``dtype``, ``device``, ...); :mod:`report` pairs each fast case
+with its baseline through those fields.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from synthetic import LayerFeatures, layer_features
+
+from resad_kit.ops import radial_distance
+
+__all__ = [
+    "DEVICES",
+    "GAMMA",
+    "LAYERS",
+    "SIDE",
+    "bank_radius",
+    "dtype_name",
+    "features",
+    "paired",
+    "peak_memory",
+    "record",
+    "similarity",
+    "synchronize",
+    "timed",
+]
+
+SIDE = 37  # 518 px / patch 14: N = 1,369 query patches
+GAMMA = 0.01  # paper and code
+LAYERS = 4  # tapped layers {6, 12, 18, 24}
+
+_NO_CUDA = not torch.cuda.is_available()
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param(
+        "cuda",
+        id="cuda",
+        marks=[pytest.mark.gpu, pytest.mark.skipif(_NO_CUDA, reason="needs a CUDA device")],
+    ),
+]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(benchmark: Any, fn: Callable[[], Any], device: str, rounds: int) -> Any:
+    """Time ``fn`` with pytest-benchmark's pedantic mode (1 call per round, CUDA-synchronised).
+
+    One untimed warm-up call runs first on CUDA (kernel selection, allocator); on CPU the
+    correctness check that every case runs before timing already warmed the code up.
+    """
+
+    def run() -> Any:
+        out = fn()
+        synchronize(device)
+        return out
+
+    warmup = 1 if device.startswith("cuda") else 0
+    return benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=warmup)
+
+
+def record(benchmark: Any, group: str, **info: Any) -> None:
+    """Name the benchmark's group and store the case's parameters for the report."""
+    benchmark.group = group
+    benchmark.extra_info.update({"kernel": group, **info})
+
+
+@functools.lru_cache(maxsize=16)
+def features(
+    shots: int,
+    dim: int,
+    device: str,
+    dtype: torch.dtype = torch.float32,
+    *,
+    side: int = SIDE,
+    layers: int = LAYERS,
+    images: int = 1,
+) -> tuple[LayerFeatures, ...]:
+    """Synthetic features of ``layers`` layers (see :mod:`synthetic`), cached per case."""
+    return tuple(
+        LayerFeatures(
+            *(
+                t.to(device)
+                for t in layer_features(side, shots, dim, images=images, seed=layer, dtype=dtype)
+            )
+        )
+        for layer in range(layers)
+    )
+
+
+def bank_radius(shots: int, device: str, side: int = SIDE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query radii ``(N,)`` and bank radii ``(K·N,)`` of a ``side×side`` grid."""
+    r = radial_distance(side, side, device=device)
+    return r, r.repeat(shots)
+
+
+@functools.lru_cache(maxsize=8)
+def similarity(shots: int, device: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(N, K·N)`` penalised similarities of one layer (Eq. 8), the input of sparsemax."""
+    layer = features(shots, 768, device)[0]
+    r_query, r_bank = bank_radius(shots, device)
+    sim = layer.query[0] @ layer.bank.T - GAMMA * (r_query[:, None] - r_bank[None, :]).abs()
+    return sim.to(dtype)
+
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_mib(field: str) -> float:
+    match = re.search(rf"{field}:\s+(\d+) kB", _STATUS.read_text())
+    if match is None:
+        raise OSError(f"no {field} in {_STATUS}")
+    return int(match.group(1)) / 1024
+
+
+def peak_memory(fn: Callable[[], Any], device: str) -> tuple[Any, float | None]:
+    """Run ``fn`` twice; return the second result and the peak memory that call added, in MiB.
+
+    The first call is a warm-up, so that what the libraries keep between calls (the BLAS
+    library's packing buffers, the CUDA caching allocator's blocks) is already there: the
+    figure is the working memory of a call in steady state, as in an evaluation loop.
+    CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before the call. CPU
+    (Linux): the process's peak resident set size (``VmHWM``) above the resident size before
+    the call, after returning freed heap pages to the system (``malloc_trim``) and resetting
+    the peak (``/proc/self/clear_refs``), so that memory freed by earlier cases can neither
+    hide nor inflate this one. ``None`` where neither is available.
+    """
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        out = fn()
+        torch.cuda.synchronize()
+        return out, (torch.cuda.max_memory_allocated() - start) / 2**20
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        _CLEAR_REFS.write_text("5")
+        start = _status_mib("VmRSS")
+    except OSError:
+        return fn(), None
+    out = fn()
+    return out, _status_mib("VmHWM") - start
+
+
+def paired(
+    benchmark: Any,
+    baseline: Callable[[], Any],
+    fast: Callable[[], Any],
+    device: str,
+    rounds: int,
+) -> dict[str, float]:
+    """Time ``baseline`` and ``fast`` alternately, ``rounds`` times (pytest-benchmark times the
+    pair); return the medians of both and of the per-round ratio ``baseline / fast``.
+
+    On a shared machine the load changes over minutes; cases timed one after the other see
+    different loads, while the two halves of a pair see nearly the same.
+    """
+    times: dict[str, list[float]] = {"baseline": [], "fast": []}
+
+    def pair() -> None:
+        for name, fn in (("baseline", baseline), ("fast", fast)):
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+
+    timed(benchmark, pair, device, rounds)
+    ratios = [b / f for b, f in zip(times["baseline"], times["fast"], strict=True)]
+    return {
+        "baseline_s": statistics.median(times["baseline"]),
+        "fast_s": statistics.median(times["fast"]),
+        "paired_ratio": statistics.median(ratios),
+    }

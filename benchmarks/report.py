@@ -1,0 +1,745 @@
+"""Turn saved pytest-benchmark JSON into docs/benchmarks.md and its plots.
+
+    pytest benchmarks/ --benchmark-only --benchmark-json=results/bench-cpu.json
+    python benchmarks/report.py results/bench-cpu.json [results/bench-cuda.json ...]
+
+Every number in the page comes from the JSON files: minimum times of each case, speed-ups
+against the baseline measured in the same run (same kernel, shots, channels, dtype, device),
+the support sizes and peak memory recorded in ``extra_info``, and the machine, load and date
+that pytest-benchmark saved. Writes ``docs/benchmarks.md`` and ``docs/benchmarks_*.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = ("kernel", "shots", "dim", "dtype", "device")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case: its parameters (``extra_info``) and minimum time in seconds."""
+
+    info: dict[str, Any]
+    seconds: float
+    rounds: int
+    run: int  # index of the JSON file it came from
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.info.get(name, default)
+
+
+@dataclass
+class Run:
+    """One JSON file: its machine description, date and cases."""
+
+    path: Path
+    machine: dict[str, Any]
+    date: str
+    cases: list[Case] = field(default_factory=list)
+
+
+def load(paths: Sequence[Path]) -> list[Run]:
+    runs = []
+    for index, path in enumerate(paths):
+        data = json.loads(path.read_text())
+        run = Run(path, data["machine_info"], data["datetime"])
+        for bench in data["benchmarks"]:
+            stats = bench["stats"]
+            run.cases.append(Case(bench["extra_info"], stats["min"], stats["rounds"], index))
+        runs.append(run)
+    return runs
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    value = seconds * 1000
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def ratio(baseline: float | None, fast: float | None) -> str:
+    if baseline is None or fast is None:
+        return "–"
+    return f"**{baseline / fast:.1f}×**"
+
+
+def mib(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def support(case: Case | None) -> str:
+    if case is None or case.get("support_median") is None:
+        return "–"
+    return f"{case.get('support_median'):.0f} ({case.get('support_max'):.0f})"
+
+
+# ---------------------------------------------------------------- lookups
+
+
+class Cases:
+    def __init__(self, cases: Sequence[Case]) -> None:
+        self.cases = list(cases)
+
+    def find(self, **match: Any) -> Case | None:
+        found = [c for c in self.cases if all(c.get(k) == v for k, v in match.items())]
+        return found[0] if found else None
+
+    def time(self, **match: Any) -> float | None:
+        case = self.find(**match)
+        return None if case is None else case.seconds
+
+    def values(self, name: str, **match: Any) -> list[Any]:
+        seen = {c.get(name) for c in self.cases if all(c.get(k) == v for k, v in match.items())}
+        return sorted(v for v in seen if v is not None)
+
+    def devices(self) -> list[str]:
+        return sorted({c.get("device") for c in self.cases}, key=lambda d: d != "cpu")
+
+
+# ---------------------------------------------------------------- sections
+
+
+def header(runs: Sequence[Run]) -> str:
+    lines = []
+    for run in runs:
+        info = run.machine
+        date = datetime.fromisoformat(run.date).strftime("%Y-%m-%d")
+        cpu = info.get("cpu_model") or info.get("cpu", {}).get("brand_raw", "?")
+        gpu = info.get("cuda_device") or "none"
+        load = ""
+        if info.get("load_average_start") is not None:
+            load = (
+                f"; 1-minute load average {info['load_average_start']:.1f} at the start and "
+                f"{info['load_average_end']:.1f} at the end of the run"
+            )
+        lines.append(
+            f"- `{run.path.name}`: {date}, {info.get('cpu_count')}-core CPU ({cpu}), "
+            f"torch {info.get('torch')} with {info.get('torch_threads')} threads, GPU: {gpu}"
+            f"{load}."
+        )
+    return "\n".join(lines)
+
+
+def summary(cases: Cases, device: str) -> str:
+    rows, paired_rows = [], []
+    k4 = {"shots": 4, "device": device}
+    sparse = (
+        cases.time(kernel="sparsemax", impl="official", dtype="float32", **k4),
+        cases.time(kernel="sparsemax", impl="auto", dtype="float32", **k4),
+    )
+    aggregate = (
+        cases.time(kernel="aggregation", impl="dense", dim=768, **k4),
+        cases.time(kernel="aggregation", impl="sparse", dim=768, **k4),
+    )
+    end_to_end = (
+        cases.time(kernel="retrieve", impl="official", dim=768, dtype="float32", **k4),
+        cases.time(kernel="retrieve", impl="fast", dim=768, dtype="float32", **k4),
+    )
+    for kernel, name, target in (
+        ("sparsemax_paired", "sparsemax, paths alternating round by round", 8),
+        ("retrieve_paired", "`retrieve`, 4 layers, paths alternating round by round", 4),
+    ):
+        pair = cases.find(kernel=kernel, device=device)
+        if pair is not None:
+            value = pair.get("paired_ratio")
+            met = "yes" if value >= target else "**no**"
+            paired_rows.append(
+                (name, f"≥ {target}×", f"{value:.2f}× (median of per-round ratios)", met)
+            )
+    for name, target, (base, fast) in (
+        ("sparsemax: adaptive top-k vs official full sort", 8, sparse),
+        ("aggregation: gather-and-sum vs dense product (D = 768)", 8, aggregate),
+        ("`retrieve`, 4 layers, vs official path (D = 768)", 4, end_to_end),
+    ):
+        if base is None or fast is None:
+            continue
+        met = "yes" if base / fast >= target else "**no**"
+        rows.append((name, f"≥ {target}×", f"{base / fast:.2f}×", met))
+    rows += paired_rows
+    pipeline = cases.find(kernel="pipeline", device=device)
+    if pipeline is not None:
+        share = pipeline.get("retrieval_share")
+        met = "yes" if share <= 0.10 else "**no**"
+        rows.append(
+            (
+                "retrieval share of one prediction (ViT-L, 518 px)",
+                "≤ 10 %",
+                f"{100 * share:.1f} %",
+                met,
+            )
+        )
+    budget = [
+        c
+        for c in cases.cases
+        if c.get("kernel") == "scaling_size"
+        and c.get("impl") == "budget"
+        and c.get("device") == device
+    ]
+    unchunked = [
+        c
+        for c in cases.cases
+        if c.get("kernel") == "scaling_size"
+        and c.get("impl") == "none"
+        and c.get("device") == device
+    ]
+    # Sizes where the 64 MiB block budget binds (fewer rows per chunk than query patches).
+    bound = sorted(
+        (c for c in budget if c.get("chunk_size") < c.get("rows")), key=lambda c: c.get("pixels")
+    )
+    if len(bound) > 1 and all(c.get("peak_mib") is not None for c in bound + unchunked):
+        same = [u for u in unchunked if u.get("pixels") in {c.get("pixels") for c in bound}]
+        same.sort(key=lambda c: c.get("pixels"))
+        peaks = [c.get("peak_mib") for c in bound]
+        rows.append(
+            (
+                f"peak memory, {bound[0].get('pixels')} → {bound[-1].get('pixels')} px (K = 4)",
+                "flat in N with chunking (±25 %)",
+                f"≤ 64 MiB blocks: {mib(min(peaks))}–{mib(max(peaks))} MiB; unchunked: "
+                f"{mib(same[0].get('peak_mib'))} → {mib(same[-1].get('peak_mib'))} MiB",
+                "yes" if max(peaks) <= 1.25 * min(peaks) else "**no**",
+            )
+        )
+    return table(("target (N = 1,369, M = 4·1,369, K = 4)", "goal", "measured", "met"), rows)
+
+
+def sparsemax_section(cases: Cases, device: str) -> str:
+    rows = []
+    for shots in cases.values("shots", kernel="sparsemax", device=device, impl="auto"):
+        match = {"kernel": "sparsemax", "shots": shots, "device": device, "dtype": "float32"}
+        base, fast = cases.find(impl="official", **match), cases.find(impl="auto", **match)
+        if base is None or fast is None:
+            continue
+        rows.append(
+            (
+                shots,
+                f"{base.get('columns'):,}",
+                support(base),
+                ms(base.seconds),
+                ms(fast.seconds),
+                ratio(base.seconds, fast.seconds),
+            )
+        )
+    out = [
+        table(
+            ("K", "M", "support median (max)", "official sort (ms)", '`k="auto"` (ms)', "speed-up"),
+            rows,
+        )
+    ]
+    extra = []
+    k4 = {"kernel": "sparsemax", "shots": 4, "device": device}
+    official32 = cases.time(impl="official", dtype="float32", **k4)
+    names = {
+        "sort": "resad_kit full sort (`k=None`)",
+        "auto": 'resad_kit adaptive top-k (`k="auto"`)',
+        "michelot": "Michelot fixed point (benchmarks/alternatives.py)",
+        "bisection": "bisection + exact step (benchmarks/alternatives.py)",
+    }
+    for impl in ("sort", "auto", "michelot", "bisection"):
+        t = cases.time(impl=impl, dtype="float32", **k4)
+        if t is not None:
+            extra.append((names[impl], "float32", ms(t), ratio(official32, t)))
+    official16 = cases.time(impl="official", dtype="bfloat16", **k4)
+    auto16 = cases.time(impl="auto", dtype="bfloat16", **k4)
+    if official16 is not None and auto16 is not None:
+        extra.append(("official sort (computes in float32)", "bfloat16", ms(official16), "1.0×"))
+        extra.append((names["auto"], "bfloat16", ms(auto16), ratio(official16, auto16)))
+    widths = []
+    for shots in cases.values("shots", kernel="start_width", device=device):
+        row = [str(shots)]
+        for width in cases.values("width", kernel="start_width", device=device, shots=shots):
+            c = cases.find(kernel="start_width", width=width, shots=shots, device=device)
+            row.append(f"{ms(c.seconds)} ({100 * c.get('second_pass'):.0f} %)")
+        widths.append(row)
+    if widths:
+        names = cases.values("width", kernel="start_width", device=device)
+        start = (
+            "Start width of the top-k path (the support kernel inside `retrieve`, no dense "
+            "output): time in ms, and in brackets the share of rows that need a second pass. "
+            '`k="auto"` starts at 64.\n\n'
+        )
+        out.append(start + table(("K", *(f"k = {w}" for w in names)), widths))
+    if extra:
+        out.append(
+            "All exact algorithms at K = 4 (speed-up against the official sort of the "
+            "same input dtype):"
+        )
+        out.append(table(("algorithm", "input", "time (ms)", "speed-up"), extra))
+    return "\n\n".join(out)
+
+
+def aggregation_section(cases: Cases, device: str) -> str:
+    rows = []
+    for dim in cases.values("dim", kernel="aggregation", device=device):
+        for shots in cases.values("shots", kernel="aggregation", device=device, dim=dim):
+            match = {"kernel": "aggregation", "shots": shots, "dim": dim, "device": device}
+            dense, sparse = cases.find(impl="dense", **match), cases.find(impl="sparse", **match)
+            if dense is None or sparse is None:
+                continue
+            rows.append(
+                (
+                    shots,
+                    dim,
+                    support(sparse),
+                    ms(dense.seconds),
+                    ms(sparse.seconds),
+                    ratio(dense.seconds, sparse.seconds),
+                )
+            )
+    return table(
+        ("K", "D", "support median (max)", "dense `bmm` (ms)", "`embedding_bag` (ms)", "speed-up"),
+        rows,
+    )
+
+
+def retrieve_section(cases: Cases, device: str) -> str:
+    rows = []
+    keys = sorted(
+        {
+            (c.get("dim"), c.get("dtype"), c.get("shots"))
+            for c in cases.cases
+            if c.get("kernel") == "retrieve" and c.get("device") == device
+        }
+    )
+    for dim, dtype, shots in sorted(keys, key=lambda k: (k[0] != 768, k[1] != "float32", k[2])):
+        match = {"kernel": "retrieve", "shots": shots, "dim": dim, "dtype": dtype, "device": device}
+        base = cases.time(impl="official", **match)
+        for impl in ("fast", "chunked"):
+            fast = cases.time(impl=impl, **match)
+            if fast is None:
+                continue
+            label = "`retrieve`" if impl == "fast" else "`retrieve`, `chunk_size=256`"
+            rows.append((shots, dim, dtype, label, ms(base), ms(fast), ratio(base, fast)))
+    out = [table(("K", "D", "input", "fast path", "official (ms)", "fast (ms)", "speed-up"), rows)]
+    floor = cases.time(kernel="floor", impl="gemm", shots=4, device=device)
+    official = cases.time(
+        kernel="retrieve", impl="official", shots=4, dim=768, dtype="float32", device=device
+    )
+    if floor is not None and official is not None:
+        out.append(
+            f"Lower bound: the four similarity GEMMs alone (`N×D` by `D×M`, K = 4) take "
+            f"{ms(floor)} ms here, so even a retrieval that cost nothing beyond them would be "
+            f"at most {official / floor:.1f}× faster than the official path on this machine."
+        )
+    per_image = cases.find(kernel="batched", impl="per_image", device=device)
+    batched = cases.find(kernel="batched", impl="batched", device=device)
+    if per_image is not None and batched is not None:
+        images = batched.get("images")
+        out.append(
+            f"Batched test images ({images} images × {batched.get('layers')} layers, K = "
+            f"{batched.get('shots')}; results bit-identical):\n\n"
+            + table(
+                ("call", "time (ms)", "images / s", "speed-up"),
+                [
+                    (
+                        "one `retrieve` per image",
+                        ms(per_image.seconds),
+                        f"{images / per_image.seconds:.2f}",
+                        "1.0×",
+                    ),
+                    (
+                        "one `retrieve` for all images",
+                        ms(batched.seconds),
+                        f"{images / batched.seconds:.2f}",
+                        ratio(per_image.seconds, batched.seconds),
+                    ),
+                ],
+            )
+        )
+    return "\n\n".join(out)
+
+
+def pipeline_section(cases: Cases, device: str) -> str:
+    case = cases.find(kernel="pipeline", device=device)
+    if case is None:
+        return "Not run."
+    parts = ("backbone", "retrieval", "scoring")
+    total = sum(case.get(f"{p}_s") for p in parts)
+    rows = [
+        (p, f"{case.get(f'{p}_s'):.2f}", f"{100 * case.get(f'{p}_share'):.1f} %") for p in parts
+    ]
+    rows.append(("**total**", f"**{total:.2f}**", "100 %"))
+    out = [table(("stage", "time (s)", "share"), rows)]
+    official = cases.time(
+        kernel="retrieve",
+        impl="official",
+        shots=case.get("shots"),
+        dim=768,
+        dtype="float32",
+        device=device,
+    )
+    if official is not None:
+        other = case.get("backbone_s") + case.get("scoring_s")
+        out.append(
+            f"With the official retrieval path instead (its four-layer time from the `retrieve` "
+            f"table, {official:.2f} s), retrieval would take "
+            f"{100 * official / (other + official):.1f} % of a {other + official:.1f} s "
+            f"prediction. Throughput with the fast path: {1 / total:.3f} images/s; per-image "
+            f"retrieval: {1000 * case.get('retrieval_s'):,.0f} ms. Sparsemax support in this "
+            f"test: median {case.get('support_median'):.0f}, max {case.get('support_max'):.0f} "
+            f"(the bank is made of noisy, shifted copies of the test image's own features; "
+            f"see below)."
+        )
+    return "\n\n".join(out)
+
+
+def scaling_section(cases: Cases, device: str) -> str:
+    rows = []
+    for shots in cases.values("shots", kernel="scaling_shots", device=device):
+        c = cases.find(kernel="scaling_shots", shots=shots, device=device)
+        rows.append(
+            (shots, f"{c.get('columns'):,}", support(c), ms(c.seconds), mib(c.get("peak_mib")))
+        )
+    out = [
+        "Time and peak memory against K (518 px, N = 1,369, one layer, unchunked):\n\n"
+        + table(("K", "M", "support median (max)", "time (ms)", "peak memory (MiB)"), rows)
+    ]
+    rows = []
+    for pixels in cases.values("pixels", kernel="scaling_size", device=device):
+        for policy in ("none", "rows256", "budget"):
+            c = cases.find(kernel="scaling_size", pixels=pixels, impl=policy, device=device)
+            if c is None:
+                continue
+            chunk = "all rows" if c.get("chunk_size") is None else f"{c.get('chunk_size'):,}"
+            inputs = (c.get("rows") + c.get("columns")) * c.get("dim") * 4 / 2**20
+            rows.append(
+                (
+                    pixels,
+                    f"{c.get('rows'):,}",
+                    f"{c.get('columns'):,}",
+                    f"{inputs:,.0f}",
+                    policy,
+                    chunk,
+                    ms(c.seconds),
+                    mib(c.get("peak_mib")),
+                )
+            )
+    out.append(
+        "Time and peak memory against the image size (K = 4, one layer):\n\n"
+        + table(
+            (
+                "image (px)",
+                "N",
+                "M",
+                "inputs (MiB)",
+                "policy",
+                "`chunk_size`",
+                "time (ms)",
+                "peak memory (MiB)",
+            ),
+            rows,
+        )
+    )
+    return "\n\n".join(out)
+
+
+def compiled_section(cases: Cases, device: str) -> str:
+    case = cases.find(kernel="compiled", device=device)
+    if case is None:
+        return (
+            "Not measured in this run (opt-in: `pytest benchmarks/bench_retrieval.py "
+            "--benchmark-only --compile -k compiled`)."
+        )
+    ratio_value = case.get("paired_ratio")
+    rows = [
+        ("eager", ms(case.get("baseline_s")), "1.0×"),
+        ("`compile=True`", ms(case.get("fast_s")), f"**{ratio_value:.2f}×**"),
+    ]
+    text = (
+        "Eager and compiled alternating round by round (median times; speed-up = median of "
+        f"the per-round ratios); the first compiled call, which compiles, took "
+        f"{case.get('first_call_s'):.1f} s.\n\n"
+        + table(("`retrieve`, 4 layers, K = 4", "time (ms)", "speed-up"), rows)
+    )
+    if case.get("compile_error"):
+        text += f"\n\nCompilation failed and the eager code ran: `{case.get('compile_error')}`."
+    return text
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _log_ticks(ax: Any, xs: Sequence[int]) -> None:
+    """Log-log axes labelled in plain numbers: x at the measured points, y at 1-2-5 steps."""
+    from matplotlib.ticker import LogLocator, NullLocator, StrMethodFormatter
+
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(list(xs), labels=[f"{x:,}" for x in xs])
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+
+
+def plots(cases: Cases, device: str, out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    specs = (
+        (
+            "sparsemax",
+            {"dtype": "float32"},
+            ("official", "auto"),
+            ("official full sort", 'resad_kit k="auto"'),
+            "sparsemax of N×M similarities",
+        ),
+        (
+            "aggregation",
+            {"dim": 768},
+            ("dense", "sparse"),
+            ("dense bmm (official)", "embedding_bag (resad_kit)"),
+            "aggregation W·B, D = 768",
+        ),
+        (
+            "retrieve",
+            {"dim": 768, "dtype": "float32"},
+            ("official", "fast"),
+            ("official path", "resad_kit retrieve"),
+            "retrieval, 4 layers, D = 768",
+        ),
+    )
+    for kernel, match, impls, labels, title in specs:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for impl, label in zip(impls, labels, strict=True):
+            points = [
+                (c.get("shots"), c.seconds * 1000)
+                for c in cases.cases
+                if c.get("kernel") == kernel
+                and c.get("impl") == impl
+                and c.get("device") == device
+                and all(c.get(k) == v for k, v in match.items())
+            ]
+            if points:
+                xs, ys = zip(*sorted(points), strict=True)
+                ax.plot(xs, ys, marker="o", label=label)
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="shots K (M = K·1,369)",
+            ylabel="minimum time (ms)",
+            title=f"{title} ({device})",
+        )
+        _log_ticks(ax, [1, 2, 4, 8, 16])
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        fig.tight_layout()
+        name = f"benchmarks_{kernel}_{device}.png"
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    shots = [
+        (c.get("shots"), c.seconds * 1000, c.get("peak_mib"))
+        for c in cases.cases
+        if c.get("kernel") == "scaling_shots" and c.get("device") == device
+    ]
+    if shots:
+        xs, times, peaks = zip(*sorted(shots), strict=True)
+        axes[0].plot(xs, times, marker="o", label="time (ms)")
+        if all(p is not None for p in peaks):
+            axes[0].plot(xs, peaks, marker="s", label="peak memory (MiB)")
+        axes[0].set(xscale="log", yscale="log", xlabel="shots K", title="retrieve vs K (518 px)")
+        _log_ticks(axes[0], xs)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend()
+        axes[0].grid(True, which="both", alpha=0.3)
+    for policy, marker in (("none", "o"), ("rows256", "^"), ("budget", "s")):
+        points = [
+            (c.get("rows"), c.get("peak_mib"))
+            for c in cases.cases
+            if c.get("kernel") == "scaling_size"
+            and c.get("impl") == policy
+            and c.get("device") == device
+            and c.get("peak_mib") is not None
+        ]
+        if points:
+            xs, ys = zip(*sorted(points), strict=True)
+            axes[1].plot(xs, ys, marker=marker, label=f"chunk policy {policy}")
+    axes[1].set(
+        xscale="log",
+        yscale="log",
+        xlabel="query patches N (336 → 1,036 px)",
+        ylabel="peak memory (MiB)",
+        title="retrieve peak memory vs N (K = 4)",
+    )
+    sizes = sorted({c.get("rows") for c in cases.cases if c.get("kernel") == "scaling_size"})
+    if sizes:
+        _log_ticks(axes[1], sizes)
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend()
+    axes[1].grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    name = f"benchmarks_scaling_{device}.png"
+    fig.savefig(out_dir / name, dpi=110)
+    plt.close(fig)
+    written.append(name)
+    return written
+
+
+# ---------------------------------------------------------------- page
+
+INTRO = """# Benchmarks
+
+Generated by `benchmarks/report.py` from pytest-benchmark JSON; do not edit by hand. Every
+number below was measured in the runs listed here; speed-ups compare two cases of the
+**same run** (same input, same machine state).
+
+{runs}
+
+{gpu_note}
+
+Reproduce (CPU; about ten minutes on 2 cores, two of them compiling for the opt-in
+`--compile` case):
+
+    pytest benchmarks/ --benchmark-only --compile --benchmark-json=results/bench-cpu.json
+    python benchmarks/report.py results/bench-cpu.json
+
+## What is measured
+
+- **Baseline**: `benchmarks/baselines.py`, a re-implementation of the official Res²CLIP code's
+  visual-branch retrieval (`models/knn.py`, `test.py`): one image and one layer at a time,
+  the radial table rebuilt per call, the full `N×M` similarity, sparsemax by sorting every
+  row, a dense `(N×M)·(M×D)` product, then ℓ2-normalisation.
+- **Fast path**: `resad_kit.ops.retrieve` with its defaults: the penalty as the GEMM's
+  accumulator, the exact adaptive top-k sparsemax (`k="auto"`: the 64 largest entries per
+  row, and only for rows whose support fills them, a second pass wide enough for every entry
+  above the first pass's lower bound of τ), a gather-and-sum over the support
+  (`F.embedding_bag`), all layers in one call.
+- **Correctness first**: every case checks its output against the baseline before it is
+  timed (float32: within 1e-6; bfloat16 inputs: within 2e-3 for the retrieved features and
+  4e-3 for the weights, a bfloat16 step near 1 being 7.8e-3). The sparsemax paths of
+  `resad_kit` agree bit for bit with each other (unit tests).
+- **Inputs**: synthetic patch features (`benchmarks/synthetic.py`: a spatially smooth random
+  field, a shared direction, per-image noise and shifts), because no pretrained CLIP weights
+  are available offline. They give supports of a few tens of entries, as the paper describes;
+  the tables list the measured supports. Costs that depend on the support (the top-k second
+  pass, the aggregation) would change with real features; the GEMM and the full sort do not.
+- **Timing**: pytest-benchmark's pedantic mode, 1–7 rounds per case (fewer for the large
+  cases), CUDA-synchronised on GPU. Tables show the **minimum** over the rounds: on a shared
+  machine other jobs only ever add time, so the minimum is the steadiest estimate of a
+  case's cost (the JSON keeps every round; medians and spreads are in it).
+- **Peak memory**: the working memory of a call in steady state (measured on the second of
+  two calls, so buffers that the BLAS library keeps between calls are not counted): on CPU
+  the peak resident set size (`VmHWM`) above the resident size before the call, reset
+  before the call with `malloc_trim` and `/proc/self/clear_refs`; on CUDA
+  `torch.cuda.max_memory_allocated`. The scaling cases pass a bank normalised once per class
+  (`normalize="query"`), as the method does.
+"""
+
+NOTES = """## Notes
+
+- **Where the time goes.** Both paths compute the same similarity GEMM (`N·M·D`
+  multiply-adds per layer); no exact method can skip it. The official path adds a full sort
+  of every row and a dense `(N×M)·(M×D)` product, each more expensive than the GEMM on this
+  CPU; the fast path adds a top-64 selection, a few passes over `(N, 64)` blocks and a
+  gather-and-sum over the support. The end-to-end speed-up is therefore capped by the
+  official time over the GEMM time (the "lower bound" line above); on a 2-core CPU, where
+  the GEMM is relatively slow, that cap is not far above 4×, and the measured ratio at K = 4
+  falls short of 4× when the machine is busy. It grows with K (more columns to sort and to
+  multiply densely).
+- **Shared machine.** These runs were made on a shared virtual machine: the load averages
+  above, and the spread of the per-round times, show that other jobs ran alongside. The
+  "paths alternating" rows time the baseline and the fast path in alternation, round by
+  round, so that both see the same load; their median per-round ratio is the steadier
+  figure. Absolute times are only indicative.
+- **Alternatives not kept.** Michelot's fixed point and bisection are exact too, but each of
+  their iterations touches all `M` entries of every row, and they need several, so both stay
+  far behind the top-k path; `k="auto"` is the default of `retrieve`. `sparsemax()` keeps
+  `k=None` (the full sort) as its default, as the architecture specifies; pass `k="auto"`
+  for the fast path.
+- **Memory.** `chunk_size` bounds the similarity block at `chunk_size × M`. What remains
+  grows linearly with `N` whatever the chunking: the normalised query and the `(N, D)`
+  output (and, with the default `normalize=True`, a normalised copy of the bank, which
+  `normalize="query"` avoids). Unchunked, the block is `N × M`, quadratic in the image's
+  patch count. A fixed `chunk_size` in rows (`rows256`) still grows with `M`; a block budget
+  (`chunk_size ≈ 2^24 / M`) keeps the peak flat.
+- **torch.compile** (`retrieve(..., compile=True)`) compiles the penalty-plus-GEMM and the
+  weight computation, and falls back to eager code when compilation is unavailable. It is
+  off by default: on CPU the GEMM, which compilation does not change, dominates, so there is
+  little to gain and a compilation to pay (table above); GPU figures are pending.
+- **Pipeline supports.** With random backbone weights the bank built from the test image's
+  own features gives supports of a few entries; with real features they are tens (the
+  synthetic benchmarks). The retrieval time barely depends on it (the top-64 selection is the
+  same; the gather-and-sum is a few milliseconds).
+"""
+
+
+def render(runs: Sequence[Run], out_dir: Path) -> str:
+    cases = Cases([c for run in runs for c in run.cases])
+    has_gpu = any(c.get("device", "").startswith("cuda") for c in cases.cases)
+    gpu_note = (
+        "GPU figures are in the CUDA sections below."
+        if has_gpu
+        else "**GPU figures pending**: no GPU was available for these runs. The suite has the "
+        "CUDA cases (they skip without a device); run it on a GPU machine and pass both JSON "
+        "files to `report.py`."
+    )
+    page = [INTRO.format(runs=header(runs), gpu_note=gpu_note)]
+    for device in cases.devices():
+        title = "CPU" if device == "cpu" else f"GPU ({device})"
+        images = plots(cases, device, out_dir)
+        page.append(f"## Results: {title}\n\n### Targets of issue 7\n\n{summary(cases, device)}")
+        page.append(
+            "### Sparsemax\n\nOne layer's `(N, K·N)` penalised similarities, N = 1,369. "
+            f"Dense output in both.\n\n{sparsemax_section(cases, device)}\n\n"
+            f"![sparsemax time vs K]({images[0]})"
+        )
+        page.append(
+            "### Aggregation (Eq. 34)\n\nThe same sparse weights, as the dense `N×M` matrix "
+            f"or as the support.\n\n{aggregation_section(cases, device)}\n\n"
+            f"![aggregation time vs K]({images[1]})"
+        )
+        page.append(
+            "### `retrieve` end to end\n\nOne 518 px test image, four layers (Eq. 8, 33, 34 and "
+            f"the normalisation).\n\n{retrieve_section(cases, device)}\n\n"
+            f"![retrieve time vs K]({images[2]})"
+        )
+        page.append(
+            "### One full prediction (ViT-L/14-336, 518 px, K = 4)\n\nRandom weights (same "
+            "compute as the OpenAI weights); random text direction; the bank is built from "
+            "noisy, shifted copies of the test image's features (see "
+            "`benchmarks/bench_pipeline.py`).\n\n" + pipeline_section(cases, device)
+        )
+        page.append(f"### Scaling\n\n{scaling_section(cases, device)}\n\n![scaling]({images[3]})")
+        page.append(f"### torch.compile\n\n{compiled_section(cases, device)}")
+    page.append(NOTES)
+    return "\n\n".join(page).rstrip() + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", nargs="+", type=Path, help="pytest-benchmark JSON file(s)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args(argv)
+    runs = load(args.json)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(runs, args.out.parent))
+    print(f"wrote {args.out} from {sum(len(r.cases) for r in runs)} cases")
+
+
+if __name__ == "__main__":
+    main()
