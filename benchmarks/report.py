@@ -133,8 +133,12 @@ def header(runs: Sequence[Run]) -> str:
                 f"; 1-minute load average {info['load_average_start']:.1f} at the start and "
                 f"{info['load_average_end']:.1f} at the end of the run"
             )
+        try:
+            name = run.path.resolve().relative_to(ROOT)
+        except ValueError:
+            name = run.path.name
         lines.append(
-            f"- `{run.path.name}`: {date}, {info.get('cpu_count')}-core CPU ({cpu}), "
+            f"- `{name}`: {date}, {info.get('cpu_count')}-core CPU ({cpu}), "
             f"torch {info.get('torch')} with {info.get('torch_threads')} threads, GPU: {gpu}"
             f"{load}."
         )
@@ -612,8 +616,8 @@ number below was measured in the runs listed here; speed-ups compare two cases o
 
 {gpu_note}
 
-Reproduce (CPU; about ten minutes on 2 cores, two of them compiling for the opt-in
-`--compile` case):
+Reproduce (CPU, about ten minutes on 2 cores; `--compile` adds the opt-in `torch.compile`
+case). The JSON behind this page is kept in `benchmarks/runs/`.
 
     pytest benchmarks/ --benchmark-only --compile --benchmark-json=results/bench-cpu.json
     python benchmarks/report.py results/bench-cpu.json
@@ -657,10 +661,11 @@ NOTES = """## Notes
   of every row and a dense `(N×M)·(M×D)` product, each more expensive than the GEMM on this
   CPU; the fast path adds a top-64 selection, a few passes over `(N, 64)` blocks and a
   gather-and-sum over the support. The end-to-end speed-up is therefore capped by the
-  official time over the GEMM time (the "lower bound" line above); on a 2-core CPU, where
-  the GEMM is relatively slow, that cap is not far above 4×, and the measured ratio at K = 4
-  falls short of 4× when the machine is busy. It grows with K (more columns to sort and to
-  multiply densely).
+  official time over the GEMM time (the "lower bound" line above). On a 2-core CPU, where
+  the GEMM is relatively slow, the cap is not far above the 4× target, so whether a run
+  clears 4× at K = 4 depends on the load during the run: compare the two `retrieve` rows of
+  the targets table (minimum times, and alternating rounds). The margin grows with K (more
+  columns to sort and to multiply densely).
 - **Shared machine.** These runs were made on a shared virtual machine: the load averages
   above, and the spread of the per-round times, show that other jobs ran alongside. The
   "paths alternating" rows time the baseline and the fast path in alternation, round by
@@ -676,7 +681,9 @@ NOTES = """## Notes
   output (and, with the default `normalize=True`, a normalised copy of the bank, which
   `normalize="query"` avoids). Unchunked, the block is `N × M`, quadratic in the image's
   patch count. A fixed `chunk_size` in rows (`rows256`) still grows with `M`; a block budget
-  (`chunk_size ≈ 2^24 / M`) keeps the peak flat.
+  (`chunk_size ≈ 2^24 / M`) keeps the peak flat. Resident-memory peaks move by a few tens
+  of MiB between runs (the C allocator's and the BLAS library's own buffers), so compare the
+  trends rather than single values.
 - **torch.compile** (`retrieve(..., compile=True)`) compiles the penalty-plus-GEMM and the
   weight computation, and falls back to eager code when compilation is unavailable. It is
   off by default: on CPU the GEMM, which compilation does not change, dominates, so there is
