@@ -7,10 +7,24 @@
 - :mod:`resad_kit.metrics`: exact image and pixel metrics and ``evaluate``;
 - :mod:`resad_kit.clip`: the frozen CLIP backbone and prompt ensembles (import it
   explicitly, ``from resad_kit.clip import ClipBackbone``; it loads open_clip).
+
+``ops`` and ``nn`` load with the package; ``data`` and ``metrics`` load on first use
+(they pull in PIL, scikit-image and SciPy), so ``import resad_kit`` stays as cheap as torch.
 """
 
-from resad_kit import data, metrics, nn, ops
+import importlib
+from types import ModuleType
+
+from resad_kit import nn, ops
 
 __all__ = ["__version__", "data", "metrics", "nn", "ops"]
+_LAZY = frozenset({"data", "metrics"})
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _LAZY:
+        return importlib.import_module(f"resad_kit.{name}")
+    raise AttributeError(f"module 'resad_kit' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"

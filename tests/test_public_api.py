@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,15 @@ def test_all_lists_exactly_the_public_names():
     for module in PUBLIC:
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name} is listed but missing"
+
+
+def test_import_resad_kit_loads_data_and_metrics_only_on_first_use():
+    code = (
+        "import sys, resad_kit; "
+        "assert not {'resad_kit.data', 'resad_kit.metrics', 'resad_kit.clip'} & set(sys.modules); "
+        "assert resad_kit.data.AnomalyDataset and resad_kit.metrics.evaluate"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _public_callables():
