@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 
-from resad_kit.ops._validation import check_finite, check_same_shape, check_tensor
+from resad_kit.ops._validation import check_binary, check_finite, check_same_shape, check_tensor
 
 __all__: list[str] = []
 
@@ -23,34 +23,15 @@ STORAGE_DTYPES = {
 }
 
 
-def check_scores(
-    fn: str, name: str, x: object, *, ndim: int, shape_doc: str, finite: bool = True
-) -> torch.Tensor:
-    """A non-empty floating tensor of rank ``ndim`` (with finite entries if ``finite``)."""
-    return check_tensor(fn, name, x, ndim=ndim, shape_doc=shape_doc, finite=finite)
-
-
 def check_targets(
     fn: str, name: str, y: object, like: torch.Tensor, like_name: str
 ) -> torch.Tensor:
-    """A bool/integer/floating tensor shaped like ``like`` (values: check_binary_values)."""
+    """A bool/integer/floating tensor shaped like ``like`` (values: ``check_binary``)."""
     t = check_tensor(fn, name, y, floating=False, nonempty=False)
     if t.is_complex():
         raise ValueError(f"{fn}: `{name}` must be bool, integer or floating; got {t.dtype}")
     check_same_shape(fn, (like_name, name), (like, t))
     return t
-
-
-def check_binary_values(fn: str, name: str, t: torch.Tensor) -> None:
-    """Raise ``ValueError`` unless every entry of ``t`` is 0 or 1 (bool always is)."""
-    if t.dtype == torch.bool:
-        return
-    bad = t[(t != 0) & (t != 1)]
-    if bad.numel():
-        raise ValueError(
-            f"{fn}: `{name}` must be binary (0/1 or bool); got {bad.numel()} entries outside "
-            f"{{0, 1}}, e.g. {bad.flatten()[0].item()!r}"
-        )
 
 
 def check_both_classes(fn: str, what: str, n_pos: int, n_neg: int) -> None:
@@ -109,7 +90,7 @@ def to_bool(fn: str, name: str, y: torch.Tensor) -> np.ndarray:
         t = t.float()
     a = t.cpu().numpy()
     if not ((a == 0) | (a == 1)).all():
-        check_binary_values(fn, name, y)
+        check_binary(fn, name, y)
     return a != 0
 
 

@@ -19,10 +19,8 @@ import numpy as np
 import torch
 
 from resad_kit.metrics._checks import (
-    check_binary_values,
     check_both_classes,
     check_fpr_limit,
-    check_scores,
     check_storage_dtype,
     check_targets,
     to_bool,
@@ -30,7 +28,7 @@ from resad_kit.metrics._checks import (
 from resad_kit.metrics._core import rank_stats, sort_inplace
 from resad_kit.metrics._store import PixelStore, fill
 from resad_kit.metrics.binned import binned_curves, curve_ap, curve_aupro, curve_auroc
-from resad_kit.ops._validation import check_positive_int
+from resad_kit.ops._validation import check_binary, check_positive_int, check_tensor
 
 __all__ = ["METRIC_NAMES", "MetricAccumulator", "MetricConfig", "evaluate"]
 
@@ -161,12 +159,12 @@ class MetricAccumulator:
             - masks: ``(b, H, W)``
         """
         fn = "MetricAccumulator.update"
-        s = check_scores(fn, "image_scores", image_scores, ndim=1, shape_doc="(b,)")
+        s = check_tensor(fn, "image_scores", image_scores, ndim=1, shape_doc="(b,)")
         y = check_targets(fn, "labels", labels, s, "image_scores")
-        check_binary_values(fn, "labels", y)
+        check_binary(fn, "labels", y)
         hw = (self.height, self.width)
         shape_doc = f"(b, {hw[0]}, {hw[1]})"  # finiteness: checked chunk by chunk in `fill`
-        m = check_scores(
+        m = check_tensor(
             fn, "anomaly_maps", anomaly_maps, ndim=3, shape_doc=shape_doc, finite=False
         )
         if m.shape != (s.shape[0], *hw):
@@ -280,7 +278,7 @@ def evaluate(
          'P-F1max': 0.889, 'PRO': 0.881}
     """
     fn = "evaluate"
-    m = check_scores(fn, "anomaly_maps", anomaly_maps, ndim=3, shape_doc="(B, H, W)", finite=False)
+    m = check_tensor(fn, "anomaly_maps", anomaly_maps, ndim=3, shape_doc="(B, H, W)", finite=False)
     if dtype is None:
         dtype = torch.float64 if m.dtype == torch.float64 else torch.float32
     acc = MetricAccumulator(m.shape[0], m.shape[1], m.shape[2], dtype=dtype, config=config)

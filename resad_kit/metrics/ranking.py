@@ -21,13 +21,13 @@ import torch
 
 from resad_kit.metrics._checks import (
     check_both_classes,
-    check_scores,
     check_targets,
     to_bool,
     to_storage,
 )
 from resad_kit.metrics._core import RankStats, rank_stats, sort_inplace
 from resad_kit.metrics._store import PixelStore, fill
+from resad_kit.ops._validation import check_tensor
 
 __all__ = [
     "image_ap",
@@ -50,7 +50,7 @@ def _check_eps(fn: str, eps: object) -> float:
 
 
 def _image_stats(fn: str, scores: object, labels: object, *, f1_eps: float = 0.0) -> RankStats:
-    s = check_scores(fn, "scores", scores, ndim=1, shape_doc="(B,)")
+    s = check_tensor(fn, "scores", scores, ndim=1, shape_doc="(B,)")
     y = check_targets(fn, "labels", labels, s, "scores")
     values = to_storage(fn, "scores", s, _working_dtype(s))
     positive = to_bool(fn, "labels", y)
@@ -63,7 +63,7 @@ def _image_stats(fn: str, scores: object, labels: object, *, f1_eps: float = 0.0
 
 def pixel_store(fn: str, maps: object, masks: object, *, regions: bool) -> PixelStore:
     """Checked ``(B, H, W)`` maps and masks copied into a store (shared with pro and binned)."""
-    m = check_scores(fn, "maps", maps, ndim=3, shape_doc="(B, H, W)", finite=False)
+    m = check_tensor(fn, "maps", maps, ndim=3, shape_doc="(B, H, W)", finite=False)
     g = check_targets(fn, "masks", masks, m, "maps")
     store = PixelStore(m.numel(), _working_dtype(m), regions=regions)
     fill(fn, store, m, g, names=("maps", "masks"))

@@ -97,10 +97,17 @@ def check_broadcast_channels(
 
 
 def check_binary(fn: str, name: str, x: torch.Tensor) -> None:
-    """Raise ``ValueError`` unless every entry of ``x`` is 0 or 1."""
-    if not bool(((x == 0) | (x == 1)).all()):
+    """Raise ``ValueError`` unless every entry of ``x`` is 0 or 1 (bool always is).
+
+    The message counts the entries outside ``{0, 1}`` and shows one of them.
+    """
+    if x.dtype == torch.bool:
+        return
+    bad = x[(x != 0) & (x != 1)]
+    if bad.numel():
         raise ValueError(
-            f"{fn}: `{name}` must be binary (0/1 or bool); got values outside {{0, 1}}"
+            f"{fn}: `{name}` must be binary (0/1 or bool); got {bad.numel()} entries outside "
+            f"{{0, 1}}, e.g. {bad.flatten()[0].item()!r}"
         )
 
 
