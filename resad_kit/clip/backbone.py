@@ -38,7 +38,7 @@ from resad_kit.clip import checkpoints
 from resad_kit.clip.attention import dual_attention
 from resad_kit.clip.config import BackboneConfig
 from resad_kit.clip.positional import interpolate_pos_embed
-from resad_kit.clip.preprocess import OPENAI_MEAN, OPENAI_STD, ImagePreprocess
+from resad_kit.clip.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess
 from resad_kit.ops._validation import check_finite, check_positive_int, check_tensor
 
 __all__ = ["ClipBackbone", "Features"]
@@ -132,8 +132,8 @@ class ClipBackbone(nn.Module):
         model_name: str = "custom",
         weights: str = "unknown",
         trained: bool = True,
-        mean: Sequence[float] = OPENAI_MEAN,
-        std: Sequence[float] = OPENAI_STD,
+        mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        std: Sequence[float] = OPENAI_CLIP_STD,
         tokenizer: Any = None,
         inference_mode: bool = True,
     ) -> None:
@@ -279,7 +279,7 @@ class ClipBackbone(nn.Module):
                 f"BackboneConfig fields are {names}"
             ) from None
         gelu = checkpoints.resolve_quick_gelu(model_name, pretrained, quick_gelu)
-        mean, std = OPENAI_MEAN, OPENAI_STD
+        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
         if pretrained is None:
             path, weights = None, "untrained: random init"
             logger.warning("ClipBackbone %s: random weights (pretrained=None)", model_name)

@@ -16,12 +16,7 @@ from PIL import Image
 from resad_kit._image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, check_normalization, image_to_tensor
 from resad_kit.ops._validation import check_positive_int
 
-__all__ = ["OPENAI_MEAN", "OPENAI_STD", "ImagePreprocess"]
-
-#: Per-channel RGB mean and standard deviation of the OpenAI CLIP training data (also
-#: open_clip's default); the same objects as ``resad_kit.data.OPENAI_CLIP_MEAN``/``_STD``.
-OPENAI_MEAN = OPENAI_CLIP_MEAN
-OPENAI_STD = OPENAI_CLIP_STD
+__all__ = ["OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "ImagePreprocess"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +49,8 @@ class ImagePreprocess:
     """
 
     image_size: int = 518
-    mean: tuple[float, float, float] = OPENAI_MEAN
-    std: tuple[float, float, float] = OPENAI_STD
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
 
     def __post_init__(self) -> None:
         check_positive_int("ImagePreprocess", "image_size", self.image_size)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from resad_kit.clip import ClipBackbone, ImagePreprocess
-from resad_kit.clip.preprocess import OPENAI_MEAN, OPENAI_STD
+from resad_kit.clip.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 HAZELNUT = SAMPLE / "mvtec_mini" / "hazelnut" / "test" / "crack"
@@ -37,7 +37,7 @@ def _drawn_image(width: int = 90, height: int = 40) -> Image.Image:
 @pytest.mark.parametrize("size", [64, 518])
 def test_matches_the_official_torchvision_transform(size):
     image = _drawn_image()
-    expected = _official(size, OPENAI_MEAN, OPENAI_STD)(image)
+    expected = _official(size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)(image)
     assert torch.equal(ImagePreprocess(size)(image), expected)
 
 
@@ -47,7 +47,7 @@ def test_matches_the_official_torchvision_transform(size):
 def test_matches_on_a_real_mvtec_image():
     path = sorted(HAZELNUT.glob("*.png"))[0]
     with Image.open(path) as image:
-        expected = _official(518, OPENAI_MEAN, OPENAI_STD)(image.convert("RGB"))
+        expected = _official(518, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)(image.convert("RGB"))
         got = ImagePreprocess(518)(image)
     assert got.shape == (3, 518, 518)
     assert torch.equal(got, expected)
@@ -66,7 +66,7 @@ def test_squash_resize_keeps_the_whole_image():
 def test_normalisation_and_colour_modes():
     grey = Image.new("L", (10, 10), 255)
     out = ImagePreprocess(16)(grey)
-    expected = (1.0 - torch.tensor(OPENAI_MEAN)) / torch.tensor(OPENAI_STD)
+    expected = (1.0 - torch.tensor(OPENAI_CLIP_MEAN)) / torch.tensor(OPENAI_CLIP_STD)
     torch.testing.assert_close(out[:, 3, 5], expected)
     rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 10))
     assert ImagePreprocess(16)(rgba).shape == (3, 16, 16)
@@ -74,8 +74,8 @@ def test_normalisation_and_colour_modes():
 
 def test_backbone_preprocess_matches_its_input():
     backbone = ClipBackbone.tiny(image_size=48)
-    assert backbone.preprocess == ImagePreprocess(48, OPENAI_MEAN, OPENAI_STD)
-    assert (backbone.mean, backbone.std) == (OPENAI_MEAN, OPENAI_STD)
+    assert backbone.preprocess == ImagePreprocess(48, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    assert (backbone.mean, backbone.std) == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     x = backbone.preprocess(_drawn_image())
     assert backbone(x.unsqueeze(0)).grid == (6, 6)
 
