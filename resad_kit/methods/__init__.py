@@ -1,0 +1,14 @@
+"""Composers that assemble the primitives into methods: Res²CLIP.
+
+- :class:`Res2CLIP`: the paper's three-branch method (text, visual, residual-to-residual),
+  training-free (Res²CLIP*) or fine-tuned (Res²CLIP†), with :meth:`Res2CLIP.fit_references`,
+  ``forward`` → :class:`Prediction` and :meth:`Res2CLIP.losses`;
+- :class:`Res2CLIPConfig`: its settings, with the presets ``paper()`` and ``official_code()``.
+
+Composers hold no training loop, no IO and no printing (those live in ``resad_kit.engine``).
+"""
+
+from resad_kit.methods.config import Mode, Res2CLIPConfig
+from resad_kit.methods.res2clip import BranchOutput, Prediction, Res2CLIP, TrainingBatch
+
+__all__ = ["BranchOutput", "Mode", "Prediction", "Res2CLIP", "Res2CLIPConfig", "TrainingBatch"]

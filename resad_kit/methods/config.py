@@ -1,0 +1,244 @@
+"""Configuration of :class:`~resad_kit.methods.Res2CLIP` (spec §3–4, flags of spec §10.1)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from resad_kit.ops._validation import check_positive_int
+
+__all__ = ["Mode", "Res2CLIPConfig"]
+
+Mode = Literal["training_free", "fine_tuned"]
+MODES = ("training_free", "fine_tuned")
+BRANCHES = ("text", "visual", "residual")
+
+# Fusion weights (text, visual, residual) per mode: eq. 5, App. F.2, spec §3.6.
+_PIXEL_WEIGHTS = {"training_free": (0.1, 1.0, 1.0), "fine_tuned": (0.1, 1.0, 0.1)}
+_IMAGE_WEIGHTS = {"training_free": (1.0, 1.0, 1.0), "fine_tuned": (1.0, 1.0, 0.1)}
+# Residual-branch layers per mode (App. F.2, spec §1.5): the last tap, or every tap.
+_RESIDUAL_TAPS: dict[str, tuple[int, ...] | str] = {"training_free": (-1,), "fine_tuned": "all"}
+
+
+def _check_taps(name: str, value: object) -> tuple[int, ...] | str:
+    if value == "all":
+        return "all"
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    if (
+        not isinstance(value, (tuple, list))
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise ValueError(
+            f"Res2CLIPConfig: `{name}` must be 'all' or a non-empty tuple of tap positions "
+            f"(indices into backbone.layers, negative from the end); got {value!r}"
+        )
+    if len(set(value)) != len(value):
+        raise ValueError(f"Res2CLIPConfig: `{name}` must not repeat a tap; got {value!r}")
+    return tuple(value)
+
+
+def _check_weights(name: str, value: object) -> tuple[float, float, float]:
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 3
+        or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+    ):
+        raise ValueError(
+            f"Res2CLIPConfig: `{name}` must be three finite weights (text, visual, residual); "
+            f"got {value!r}"
+        )
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
+def _check_number(name: str, value: object, *, low: float, closed: bool = True) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value < low if closed else value <= low):  # type: ignore[operator]
+        bound = f">= {low}" if closed else f"> {low}"
+        raise ValueError(f"Res2CLIPConfig: `{name}` must be a finite number {bound}; got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Res2CLIPConfig:
+    """Every setting of the Res²CLIP composer, with its source (spec §3–4, §8, §10.1).
+
+    Presets: :meth:`paper` (the paper's stated settings; the library default) and
+    :meth:`official_code` (the official code's behaviour where the spec lists a
+    difference), each in ``"training_free"`` (Res²CLIP*) or ``"fine_tuned"`` (Res²CLIP†)
+    mode. Fields left ``None`` take the mode's value when the config is built, so a
+    config always holds resolved values (:meth:`to_dict` / :meth:`from_dict` round trip).
+    The backbone's own flags (V-V block count 20 vs 19, ``global_ln_post``) live in
+    :class:`~resad_kit.clip.BackboneConfig`; the metric binning in
+    :class:`~resad_kit.metrics.MetricConfig`.
+
+    Layers are given as **tap positions**, indices into ``backbone.layers`` (negative
+    counts from the end), so one config fits ViT-L (taps 6, 12, 18, 24: ``-1`` is layer
+    24) and the tiny test backbone alike; ``"all"`` means every tap.
+
+    Attributes:
+        mode: ``"training_free"`` (all adapters the identity, none built) or
+            ``"fine_tuned"`` (the paper's adapters, App. E).
+        text_taps: text-branch layers (App. F.2 + code: layer 24 only; eq. 6 writes L).
+        visual_taps: visual-branch layers (paper + code: all four taps).
+        residual_taps: residual-branch layers; ``None``: the mode's (App. F.2 + code:
+            training-free {24}, fine-tuned {6, 12, 18, 24}).
+        gamma: radial penalty γ of eq. 8 (paper + code: 0.01, per patch unit).
+        retrieval_k: sparsemax support search of :func:`~resad_kit.ops.retrieve`
+            (``"auto"``, an int, or ``None`` for the full sort; all exact and identical).
+        chunk_size: query rows per retrieval block (bounds memory); ``None``: no chunking.
+        top_fraction: share of pixels averaged for image scores (eqs. 7, 9, 12: 1 %).
+        blur_sigma, blur_kernel: Gaussian smoothing (App. F.2: σ = 4, 5×5, zero padding).
+        smooth_branch_maps: smooth each upsampled branch map (code; spec §10.1 #8).
+        smooth_fused_map: smooth the fused map again (code; spec §10.1 #8).
+        pixel_weights: ``(λ_text, λ_vis, λ_res)`` of the pixel fusion (eq. 5); ``None``:
+            the mode's (App. F.2: training-free 0.1 : 1 : 1, fine-tuned 0.1 : 1 : 0.1).
+        image_weights: image-score fusion weights; ``None``: the mode's (App. F.2:
+            training-free 1 : 1 : 1, fine-tuned 1 : 1 : 0.1).
+        clamp_residual_projection: ``max(0, ·)`` on every residual projection at
+            inference (code; paper: no clamp; spec §10.1 #7).
+        raw_global_residual: the main text's raw ``f_q − mean f_ref`` instead of the
+            normalised form of App. A eq. 17 (spec §10.1 #6).
+        class_name: prompt noun (App. B.3 + code: ``"object"`` for every class).
+        extra_anomaly_phrase: the code's second anomalous phrase (spec §10.1 #3).
+        normalize_before_mean: normalise each prompt embedding before averaging (code;
+            paper eq. 32 averages raw encodings; spec §10.1 #4).
+        unit_text_residual: feed the unit ``R̂_t`` to the adapters (code; needed to load
+            official checkpoints; spec §10.1 #5).
+        margin: hinge target τ of eqs. 35–38 (code ``tau = 1.0``; paper: 1).
+        loss_reduction: ``"batch"`` (code: batch-pooled pixel counts, class-balanced
+            image terms) or ``"per_sample"`` (the paper's per-image form; spec §10.1 #11).
+        lr_local: learning rate of the local adapters ``A_{v,l}``, ``A^res_{v,l}`` (5e-4).
+        lr_text: learning rate of ``A_t`` and ``A_t^res`` (1e-4).
+        lr_global_visual: learning rate of ``A^res_{v,cls}`` (paper 1e-4, code 5e-4;
+            spec §10.1 #10).
+
+    Example:
+        >>> from resad_kit.methods import Res2CLIPConfig
+        >>> tf = Res2CLIPConfig.paper()
+        >>> tf.mode, tf.pixel_weights, tf.image_weights, tf.residual_taps
+        ('training_free', (0.1, 1.0, 1.0), (1.0, 1.0, 1.0), (-1,))
+        >>> ft = Res2CLIPConfig.paper("fine_tuned")
+        >>> ft.pixel_weights, ft.image_weights, ft.residual_taps
+        ((0.1, 1.0, 0.1), (1.0, 1.0, 0.1), 'all')
+        >>> code = Res2CLIPConfig.official_code("fine_tuned")
+        >>> code.clamp_residual_projection, code.lr_global_visual
+        (True, 0.0005)
+        >>> Res2CLIPConfig.from_dict(code.to_dict()) == code
+        True
+    """
+
+    mode: Mode = "training_free"
+    text_taps: tuple[int, ...] | str = (-1,)
+    visual_taps: tuple[int, ...] | str = "all"
+    residual_taps: tuple[int, ...] | str | None = None
+    gamma: float = 0.01
+    retrieval_k: int | str | None = "auto"
+    chunk_size: int | None = None
+    top_fraction: float = 0.01
+    blur_sigma: float = 4.0
+    blur_kernel: int = 5
+    smooth_branch_maps: bool = True
+    smooth_fused_map: bool = True
+    pixel_weights: tuple[float, float, float] | None = None
+    image_weights: tuple[float, float, float] | None = None
+    clamp_residual_projection: bool = False
+    raw_global_residual: bool = False
+    class_name: str = "object"
+    extra_anomaly_phrase: bool = False
+    normalize_before_mean: bool = False
+    unit_text_residual: bool = False
+    margin: float = 1.0
+    loss_reduction: Literal["batch", "per_sample"] = "batch"
+    lr_local: float = 5e-4
+    lr_text: float = 1e-4
+    lr_global_visual: float = 1e-4
+
+    def __post_init__(self) -> None:
+        fn = "Res2CLIPConfig"
+        if self.mode not in MODES:
+            raise ValueError(f"{fn}: `mode` must be one of {MODES}; got {self.mode!r}")
+        resolved: dict[str, Any] = {
+            "text_taps": _check_taps("text_taps", self.text_taps),
+            "visual_taps": _check_taps("visual_taps", self.visual_taps),
+            "residual_taps": _check_taps(
+                "residual_taps",
+                _RESIDUAL_TAPS[self.mode] if self.residual_taps is None else self.residual_taps,
+            ),
+            "pixel_weights": _check_weights(
+                "pixel_weights", self.pixel_weights or _PIXEL_WEIGHTS[self.mode]
+            ),
+            "image_weights": _check_weights(
+                "image_weights", self.image_weights or _IMAGE_WEIGHTS[self.mode]
+            ),
+            "gamma": _check_number("gamma", self.gamma, low=0.0),
+            "top_fraction": _check_number("top_fraction", self.top_fraction, low=0.0, closed=False),
+            "blur_sigma": _check_number("blur_sigma", self.blur_sigma, low=0.0, closed=False),
+            "margin": _check_number("margin", self.margin, low=0.0, closed=False),
+        }
+        for name in ("lr_local", "lr_text", "lr_global_visual"):
+            resolved[name] = _check_number(name, getattr(self, name), low=0.0)
+        if resolved["top_fraction"] > 1:
+            raise ValueError(f"{fn}: `top_fraction` must be in (0, 1]; got {self.top_fraction}")
+        check_positive_int(fn, "blur_kernel", self.blur_kernel)
+        if self.blur_kernel % 2 == 0:
+            raise ValueError(f"{fn}: `blur_kernel` must be odd; got {self.blur_kernel}")
+        check_positive_int(fn, "chunk_size", self.chunk_size, optional=True)
+        if self.loss_reduction not in ("batch", "per_sample"):
+            raise ValueError(
+                f"{fn}: `loss_reduction` must be 'batch' or 'per_sample'; "
+                f"got {self.loss_reduction!r}"
+            )
+        if not isinstance(self.class_name, str) or not self.class_name.strip():
+            raise ValueError(f"{fn}: `class_name` must be a non-empty str; got {self.class_name!r}")
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def paper(cls, mode: Mode = "training_free", **overrides: Any) -> Res2CLIPConfig:
+        """The paper's settings (the defaults) in ``mode``; ``overrides`` replace fields."""
+        return cls(mode=mode, **overrides)
+
+    @classmethod
+    def official_code(cls, mode: Mode = "training_free", **overrides: Any) -> Res2CLIPConfig:
+        """The official code's behaviour where it differs from the paper (spec §10.1).
+
+        Clamped residual projections, the extra anomalous phrase, per-prompt
+        normalisation before the ensemble mean, the unit text residual as adapter input,
+        and lr 5e-4 for ``A^res_{v,cls}``. Pair it with
+        ``BackboneConfig.official_code()`` (19 V-V blocks) and
+        ``MetricConfig.official_code()`` (adeval's 200 bins) to compare with the
+        published numbers.
+        """
+        code = {
+            "clamp_residual_projection": True,
+            "extra_anomaly_phrase": True,
+            "normalize_before_mean": True,
+            "unit_text_residual": True,
+            "lr_global_visual": 5e-4,
+        }
+        return cls(mode=mode, **{**code, **overrides})
+
+    def replace(self, **changes: Any) -> Res2CLIPConfig:
+        """A copy with ``changes`` (mode-dependent fields keep their resolved values)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved fields as JSON-serialisable values (tuples become lists)."""
+        return {
+            f.name: list(v) if isinstance(v, tuple) else v
+            for f in dataclasses.fields(self)
+            for v in (getattr(self, f.name),)
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Res2CLIPConfig:
+        """Rebuild a config from :meth:`to_dict`'s output; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"Res2CLIPConfig.from_dict: unknown fields {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
