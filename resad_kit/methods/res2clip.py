@@ -23,8 +23,6 @@ Shape legend: ``B`` query images, ``K`` shots, ``N = h·w`` patches, ``M = K·N`
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
 import torch
@@ -57,6 +55,13 @@ class BranchOutput(NamedTuple):
     Attributes:
         map: ``(B, H, W)`` upsampled (and, with ``smooth_branch_maps``, smoothed) map.
         score: ``(B,)`` image score of the branch (eqs. 7, 9, 12).
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.methods import BranchOutput
+        >>> out = BranchOutput(map=torch.zeros(2, 8, 8), score=torch.zeros(2))
+        >>> out.map.shape, out.score.shape
+        (torch.Size([2, 8, 8]), torch.Size([2]))
     """
 
     map: Tensor
@@ -70,6 +75,15 @@ class Prediction(NamedTuple):
         image_score: ``(B,)`` fused image score (eq. 5 with the image weights).
         anomaly_map: ``(B, H, W)`` fused pixel map (eq. 5 with the pixel weights).
         branches: ``{"text", "visual", "residual"}`` → :class:`BranchOutput`.
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.clip import ClipBackbone
+        >>> from resad_kit.methods import Res2CLIP
+        >>> model = Res2CLIP(ClipBackbone.tiny()).fit_references(torch.randn(1, 3, 64, 64))
+        >>> prediction = model(torch.randn(2, 3, 64, 64))
+        >>> prediction.anomaly_map.shape, prediction.branches["visual"].score.shape
+        (torch.Size([2, 64, 64]), torch.Size([2]))
     """
 
     image_score: Tensor
@@ -86,6 +100,18 @@ class TrainingBatch(NamedTuple):
             ``b`` is the 1-shot reference of query ``b``.
         masks: ``(B, H, W)`` binary ground truth (1 = anomalous); the image label is
             the mask's maximum.
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.clip import ClipBackbone
+        >>> from resad_kit.methods import TrainingBatch
+        >>> backbone = ClipBackbone.tiny()
+        >>> images = torch.randn(4, 3, 64, 64)
+        >>> batch = TrainingBatch(
+        ...     backbone(images[:2]), backbone(images[2:]), torch.zeros(2, 64, 64)
+        ... )
+        >>> batch.query.cls.shape, batch.masks.shape
+        (torch.Size([2, 32]), torch.Size([2, 64, 64]))
     """
 
     query: Features
@@ -402,11 +428,6 @@ class Res2CLIP(nn.Module):
 
     # ------------------------------------------------------------------ training
 
-    @contextlib.contextmanager
-    def _grad(self, enabled: bool) -> Iterator[None]:
-        with torch.set_grad_enabled(enabled):
-            yield
-
     def losses(self, batch: TrainingBatch, phase: Phase) -> dict[str, Tensor]:
         """Training losses of one step of the alternating schedule (eqs. 13–16, spec §4.3–4.4).
 
@@ -479,9 +500,9 @@ class Res2CLIP(nn.Module):
             [up(x) for x in adapted], [up(x) for x in raw], masks, reduction=c.loss_reduction
         )
         # Residual branch (eq. 15), one phase.
-        with self._grad(phase == "text"):
+        with torch.set_grad_enabled(phase == "text"):
             t_res = a.residual_text(r_t)
-        with self._grad(phase == "visual"):
+        with torch.set_grad_enabled(phase == "visual"):
             res_local = {t: a.residual_local[t](res.visual[t], grid) for t in self.taps["residual"]}
             res_cls = a.residual_global(res.cls)
         if phase == "visual":

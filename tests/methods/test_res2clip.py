@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from resad_kit.clip import ClipBackbone, Features, encode_prompt_ensemble
-from resad_kit.methods import Res2CLIP, Res2CLIPConfig, TrainingBatch
+from resad_kit.methods import BranchOutput, Prediction, Res2CLIP, Res2CLIPConfig, TrainingBatch
 from resad_kit.nn import Res2CLIPAdapters
 from resad_kit.ops import (
     gaussian_blur,
@@ -78,6 +78,8 @@ def test_shapes_of_every_branch(backbone, images):
     refs, queries = images
     model = Res2CLIP(backbone).fit_references(refs)
     pred = model(queries)
+    assert isinstance(pred, Prediction)
+    assert all(isinstance(b, BranchOutput) for b in pred.branches.values())
     assert pred.image_score.shape == (3,)
     assert pred.anomaly_map.shape == (3, SIZE, SIZE)
     assert set(pred.branches) == {"text", "visual", "residual"}

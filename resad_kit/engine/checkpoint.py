@@ -1,0 +1,433 @@
+"""Training checkpoints of Res²CLIP† in one safetensors file (spec §4.5).
+
+The paper saves a checkpoint after epoch 10; here one is written after every epoch.
+
+One ``.safetensors`` file holds everything needed to evaluate or to resume:
+
+- the adapter weights (``model.adapters.state_dict()``, keys ``adapters.<name>``);
+- every optimiser's and scheduler's ``state_dict``, its tensors stored as tensors
+  (``optimizers.<name>.…``) and the rest in the JSON metadata;
+- JSON metadata: the model configuration (``Res2CLIPConfig.to_dict()``), the backbone it
+  was trained on (name, weights label, ``D``, taps), the training configuration, the number
+  of completed epochs, the global step, the random-number-generator states and any extra
+  JSON-able data (the loss history).
+
+Writes are atomic: the file is written next to its destination and moved into place with
+``os.replace``, so an interrupted save never leaves a truncated checkpoint. Loading into a
+model checks that the model's configuration and backbone match the checkpoint's and
+raises a ``ValueError`` naming every field that differs.
+
+Only tensors, ``str``, ``int``, ``float``, ``bool``, ``None`` and lists, tuples and dicts
+of them can be stored; tuples and dicts with non-string keys (an optimiser's ``state``)
+come back as they went in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from resad_kit.methods import Res2CLIP
+
+__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "resad_kit.res2clip.checkpoint"
+VERSION = 1
+_META_KEY = "resad_kit"
+_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
+_MARKERS = (_TENSOR, _TUPLE, _ITEMS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """What :func:`load_checkpoint` read from a file.
+
+    Attributes:
+        path: the file.
+        adapters: the adapter ``state_dict`` (CPU tensors or ``map_location``).
+        model_config: ``Res2CLIPConfig.to_dict()`` of the saved model; rebuild it with
+            ``Res2CLIPConfig.from_dict``.
+        backbone: ``model_name``, ``weights``, ``embed_dim``, ``layers``, ``image_size``
+            and ``patch_size`` of the backbone the adapters were trained on.
+        train_config: the training configuration as a dict (``None`` if not saved).
+        epoch: completed epochs.
+        global_step: completed training steps.
+        optimizers: ``{name: optimizer.state_dict()}``.
+        schedulers: ``{name: scheduler.state_dict()}``.
+        rng: random-number-generator states (see :func:`save_checkpoint`).
+        extra: any extra JSON-able data saved with the checkpoint.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import torch
+        >>> from resad_kit.clip import ClipBackbone
+        >>> from resad_kit.methods import Res2CLIP, Res2CLIPConfig
+        >>> from resad_kit.engine.checkpoint import load_checkpoint, save_checkpoint
+        >>> model = Res2CLIP(ClipBackbone.tiny(), Res2CLIPConfig.paper(mode="fine_tuned"))
+        >>> adam = torch.optim.Adam(model.adapters.parameters(), betas=(0.5, 0.999))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = save_checkpoint(
+        ...         Path(tmp) / "c.safetensors", model, optimizers={"all": adam}, epoch=1
+        ...     )
+        ...     ckpt = load_checkpoint(path)
+        >>> ckpt.model_config["mode"], list(ckpt.optimizers), ckpt.epoch
+        ('fine_tuned', ['all'], 1)
+        >>> ckpt.optimizers["all"]["param_groups"][0]["betas"]
+        (0.5, 0.999)
+    """
+
+    path: Path
+    adapters: dict[str, Tensor]
+    model_config: dict[str, Any]
+    backbone: dict[str, Any]
+    train_config: dict[str, Any] | None
+    epoch: int
+    global_step: int
+    optimizers: dict[str, dict[str, Any]]
+    schedulers: dict[str, dict[str, Any]]
+    rng: dict[str, Any]
+    extra: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------- codec
+
+
+def _encode(obj: Any, path: str, tensors: dict[str, Tensor]) -> Any:
+    """Make ``obj`` JSON-able; tensors move to ``tensors`` under their path."""
+    if isinstance(obj, Tensor):
+        if path in tensors:
+            raise ValueError(f"save_checkpoint: two tensors would be stored under {path!r}")
+        tensors[path] = obj.detach().to("cpu", copy=True).contiguous()
+        return {_TENSOR: path}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, tuple):
+        return {_TUPLE: [_encode(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, Mapping):
+        plain = all(isinstance(k, str) and k not in _MARKERS for k in obj)
+        if plain:
+            return {k: _encode(v, f"{path}.{k}", tensors) for k, v in obj.items()}
+        return {
+            _ITEMS: [
+                [_encode(k, f"{path}.key{i}", tensors), _encode(v, f"{path}.{k}", tensors)]
+                for i, (k, v) in enumerate(obj.items())
+            ]
+        }
+    raise TypeError(
+        f"save_checkpoint: cannot store a {type(obj).__name__} (at {path!r}); only tensors, "
+        "str, int, float, bool, None, lists, tuples and dicts of them"
+    )
+
+
+def _decode(obj: Any, tensors: Mapping[str, Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if set(obj) == {_TENSOR}:
+            return tensors[obj[_TENSOR]]
+        if set(obj) == {_TUPLE}:
+            return tuple(_decode(v, tensors) for v in obj[_TUPLE])
+        if set(obj) == {_ITEMS}:
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in obj[_ITEMS]}
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    return obj
+
+
+def _as_dict(config: Any, name: str) -> dict[str, Any] | None:
+    if config is None:
+        return None
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    if isinstance(config, Mapping):
+        return dict(config)
+    raise TypeError(
+        f"save_checkpoint: `{name}` must be a dataclass instance or a mapping; "
+        f"got {type(config).__name__}"
+    )
+
+
+def _json_normal(obj: Any) -> Any:
+    """Tuples → lists etc., so that configs compare equal after a JSON round trip."""
+    return json.loads(json.dumps(obj))
+
+
+def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    saved, current = _json_normal(saved), _json_normal(current)
+    return [
+        f"{key}: checkpoint {saved.get(key, '<missing>')!r}, now {current.get(key, '<missing>')!r}"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key, "<missing>") != current.get(key, "<missing>")
+    ]
+
+
+def _backbone_info(model: Res2CLIP) -> dict[str, Any]:
+    b = model.backbone
+    return {
+        "model_name": str(b.model_name),
+        "weights": str(b.weights),
+        "embed_dim": int(b.embed_dim),
+        "layers": [int(x) for x in b.layers],
+        "image_size": int(b.image_size),
+        "patch_size": int(b.patch_size),
+    }
+
+
+def _adapters(fn: str, model: Res2CLIP) -> torch.nn.Module:
+    adapters = getattr(model, "adapters", None)
+    if adapters is None:
+        raise ValueError(
+            f"{fn}: the model has no adapters (training-free mode); checkpoints hold the "
+            "adapters of a fine-tuned Res2CLIP (Res2CLIPConfig.paper(mode='fine_tuned'))"
+        )
+    return adapters
+
+
+# ---------------------------------------------------------------------------- save
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: Res2CLIP,
+    *,
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    schedulers: Mapping[str, Any] | None = None,
+    train_config: Any = None,
+    epoch: int = 0,
+    global_step: int = 0,
+    rng: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the adapters, optimiser/scheduler states and metadata to one safetensors file.
+
+    Args:
+        path: destination (``.safetensors``); parent folders are created. Written
+            atomically (temporary file + ``os.replace``).
+        model: a fine-tuned ``Res2CLIP`` (with ``adapters``).
+        optimizers: ``{name: optimizer}``; their ``state_dict()`` is stored.
+        schedulers: ``{name: LR scheduler}``; their ``state_dict()`` is stored.
+        train_config: the training configuration (a dataclass or a mapping).
+        epoch: completed epochs.
+        global_step: completed steps.
+        rng: random-number-generator states, e.g. ``{"reference": random.Random().getstate(),
+            "torch_cpu": torch.get_rng_state()}``.
+        extra: further JSON-able data (lists, dicts, numbers, strings).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: the model has no adapters.
+        TypeError: something that cannot be stored (see the module docstring).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from resad_kit.clip import ClipBackbone
+        >>> from resad_kit.methods import Res2CLIP, Res2CLIPConfig
+        >>> from resad_kit.engine.checkpoint import load_checkpoint, save_checkpoint
+        >>> model = Res2CLIP(ClipBackbone.tiny(), Res2CLIPConfig.paper(mode="fine_tuned"))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = save_checkpoint(Path(tmp) / "ckpt.safetensors", model, epoch=3)
+        ...     ckpt = load_checkpoint(path, model)  # checks the config, loads the adapters
+        >>> ckpt.epoch, ckpt.backbone["embed_dim"], len(ckpt.adapters) > 0
+        (3, 32, True)
+    """
+    fn = "save_checkpoint"
+    adapters = _adapters(fn, model)
+    path = Path(path)
+    tensors: dict[str, Tensor] = {}
+    for key, value in adapters.state_dict().items():
+        tensors[f"adapters.{key}"] = value.detach().to("cpu", copy=True).contiguous()
+    payload = {
+        "model_config": model.config.to_dict(),
+        "backbone": _backbone_info(model),
+        "train_config": _as_dict(train_config, "train_config"),
+        "epoch": int(epoch),
+        "global_step": int(global_step),
+        "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
+        "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
+        "rng": dict(rng or {}),
+        "extra": dict(extra or {}),
+    }
+    encoded = {key: _encode(value, key, tensors) for key, value in payload.items()}
+    metadata = {"format": FORMAT, "version": str(VERSION), _META_KEY: json.dumps(encoded)}
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# ---------------------------------------------------------------------------- load
+
+
+def _read(path: Path, device: str | torch.device) -> Checkpoint:
+    fn = "load_checkpoint"
+    if not path.is_file():
+        raise ValueError(f"{fn}: no checkpoint file at {str(path)!r}")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(f"{fn}: {str(path)!r} is not a readable safetensors file: {err}") from err
+    if metadata.get("format") != FORMAT or _META_KEY not in metadata:
+        raise ValueError(
+            f"{fn}: {str(path)!r} is not a resad_kit Res2CLIP checkpoint "
+            f"(metadata format {metadata.get('format')!r}, expected {FORMAT!r})"
+        )
+    if metadata.get("version") != str(VERSION):
+        raise ValueError(
+            f"{fn}: {str(path)!r} has checkpoint version {metadata.get('version')!r}; "
+            f"this resad_kit reads version {VERSION}"
+        )
+    payload = _decode(json.loads(metadata[_META_KEY]), tensors)
+    prefix = "adapters."
+    return Checkpoint(
+        path=path,
+        adapters={k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
+        model_config=payload["model_config"],
+        backbone=payload["backbone"],
+        train_config=payload["train_config"],
+        epoch=payload["epoch"],
+        global_step=payload["global_step"],
+        optimizers=payload["optimizers"],
+        schedulers=payload["schedulers"],
+        rng=payload["rng"],
+        extra=payload["extra"],
+    )
+
+
+def _check_model(ckpt: Checkpoint, model: Res2CLIP) -> None:
+    fn = "load_checkpoint"
+    diffs = _differences(ckpt.model_config, model.config.to_dict())
+    if diffs:
+        raise ValueError(
+            f"{fn}: the model's Res2CLIPConfig differs from the checkpoint's "
+            f"({str(ckpt.path)!r}): " + "; ".join(diffs)
+        )
+    now = _backbone_info(model)
+    keys = ("model_name", "embed_dim", "layers", "patch_size")
+    diffs = _differences({k: ckpt.backbone.get(k) for k in keys}, {k: now[k] for k in keys})
+    if diffs:
+        raise ValueError(
+            f"{fn}: the model's backbone differs from the one the checkpoint was trained on "
+            f"({str(ckpt.path)!r}): " + "; ".join(diffs)
+        )
+    if ckpt.backbone.get("weights") != now["weights"]:
+        logger.warning(
+            "load_checkpoint: the adapters in %s were trained on backbone weights %r; "
+            "the model's backbone has %r",
+            ckpt.path,
+            ckpt.backbone.get("weights"),
+            now["weights"],
+        )
+
+
+def _load_states(fn: str, what: str, saved: Mapping[str, Any], targets: Mapping[str, Any]) -> None:
+    if set(saved) != set(targets):
+        raise ValueError(
+            f"{fn}: `{what}` must have the names stored in the checkpoint, {sorted(saved)}; "
+            f"got {sorted(targets)}"
+        )
+    for name, target in targets.items():
+        target.load_state_dict(saved[name])
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: Res2CLIP | None = None,
+    *,
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    schedulers: Mapping[str, Any] | None = None,
+    train_config: Any = None,
+    map_location: str | torch.device = "cpu",
+) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`; optionally restore it in place.
+
+    Every given target is checked before anything is loaded, so on an error nothing has
+    changed.
+
+    Args:
+        path: the ``.safetensors`` file.
+        model: if given, its config (``to_dict()``) and backbone (name, ``D``, taps, patch
+            size) must match the checkpoint's (a different weights label only logs a
+            warning); then its adapters are loaded (strict).
+        optimizers: if given, the same names as stored; each gets its state.
+        schedulers: if given, the same names as stored; each gets its state.
+        train_config: if given (dataclass or mapping), it must equal the stored training
+            configuration (resuming with other settings would silently change the run).
+        map_location: where the tensors of the returned :class:`Checkpoint` are placed.
+
+    Returns:
+        The :class:`Checkpoint`.
+
+    Raises:
+        ValueError: missing or unreadable file, not a resad_kit checkpoint, a model
+            without adapters, or a config/backbone/name mismatch (the message lists
+            every differing field).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from resad_kit.clip import ClipBackbone
+        >>> from resad_kit.methods import Res2CLIP, Res2CLIPConfig
+        >>> from resad_kit.engine.checkpoint import load_checkpoint, save_checkpoint
+        >>> trained = Res2CLIP(ClipBackbone.tiny(), Res2CLIPConfig.paper(mode="fine_tuned"))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = save_checkpoint(Path(tmp) / "ckpt.safetensors", trained)
+        ...     config = Res2CLIPConfig.from_dict(load_checkpoint(path).model_config)
+        ...     model = Res2CLIP(ClipBackbone.tiny(), config)
+        ...     _ = load_checkpoint(path, model)
+        ...     other = Res2CLIP(
+        ...         ClipBackbone.tiny(), Res2CLIPConfig.official_code(mode="fine_tuned")
+        ...     )
+        ...     load_checkpoint(path, other)
+        Traceback (most recent call last):
+        ...
+        ValueError: load_checkpoint: the model's Res2CLIPConfig differs from the checkpoint's ...
+    """
+    fn = "load_checkpoint"
+    ckpt = _read(Path(path), map_location)
+    if model is not None:
+        adapters = _adapters(fn, model)
+        _check_model(ckpt, model)
+    if train_config is not None:
+        diffs = _differences(ckpt.train_config or {}, _as_dict(train_config, "train_config"))
+        if diffs:
+            raise ValueError(
+                f"{fn}: the training configuration differs from the checkpoint's "
+                f"({str(ckpt.path)!r}): " + "; ".join(diffs)
+            )
+    if optimizers is not None and set(optimizers) != set(ckpt.optimizers):
+        _load_states(fn, "optimizers", ckpt.optimizers, optimizers)  # raises
+    if schedulers is not None and set(schedulers) != set(ckpt.schedulers):
+        _load_states(fn, "schedulers", ckpt.schedulers, schedulers)  # raises
+    if model is not None:
+        adapters.load_state_dict(ckpt.adapters, strict=True)
+    if optimizers is not None:
+        _load_states(fn, "optimizers", ckpt.optimizers, optimizers)
+    if schedulers is not None:
+        _load_states(fn, "schedulers", ckpt.schedulers, schedulers)
+    return ckpt

@@ -1,0 +1,480 @@
+"""Feature cache: encode each image with the frozen backbone once, reuse it everywhere.
+
+The backbone of Res²CLIP is frozen, so the features of an image depend only on the
+backbone and on the image tensor. :class:`FeatureCache` computes them once per run (in
+batches, only for images it does not hold yet) and reuses them across epochs, shots and
+seeds; with a ``directory`` it also keeps them on disk, one safetensors file per image,
+for later runs and other processes.
+
+Memory. Per image the cache holds ``len(layers)`` patch tensors ``(N, D)`` and the global
+feature ``(D,)``. For the paper's ViT-L/14 at 518 px (``N = 37² = 1369``, ``D = 768``, 4
+taps) that is 4 206 336 values: 16.8 MB in float32, 8.4 MB in float16; the 1725 test
+images of MVTec AD take 29.0 GB in float32 (14.5 GB in float16). Hence the choices below:
+entries live on the CPU (device memory is left to the model), in float16 when a
+``directory`` is used, and ``memory=False`` keeps nothing in memory (every call reads the
+disk). :attr:`FeatureCache.memory_bytes` reports what is held.
+
+Shape legend: ``B`` images, ``L`` tapped layers, ``N = h·w`` patches, ``D`` embedding dim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import operator
+import os
+import uuid
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import safetensors
+import safetensors.torch
+import torch
+from einops import rearrange
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from resad_kit.clip import ClipBackbone, Features
+from resad_kit.data import AnomalyDataset
+from resad_kit.ops._validation import check_positive_int
+
+__all__ = ["FeatureCache", "backbone_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+_FORMAT = "resad_kit.FeatureCache/1"
+_STORE_DTYPES = {torch.float16: "float16", torch.float32: "float32"}
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+# backbone -> ((header, storage versions), fingerprint): hashing ViT-L takes ~1.5 s
+_FINGERPRINTS: weakref.WeakKeyDictionary[ClipBackbone, tuple[Any, str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _Entry(NamedTuple):
+    """The cached features of one image, on the CPU in the store dtype."""
+
+    patches: Tensor  # (L, N, D)
+    cls: Tensor  # (D,)
+
+
+def backbone_fingerprint(backbone: ClipBackbone) -> str:
+    """A short hash of everything that decides a backbone's image features.
+
+    It covers the architecture name, the ``weights`` label, ``trained``, the resolved
+    taps and V-V blocks, ``global_ln_post``, ``pos_interpolation``, ``image_size``,
+    patch size, depth, widths, the parameter dtype, and the exact bytes of every
+    parameter and buffer of the image tower (SHA-256), so any changed weight changes it.
+    Not hashed: the device (a disk store can be shared by CPU and GPU runs) and the
+    text tower (not used for image features). Hashing ViT-L's image tower (304 M values,
+    1.2 GB) took 1.5 s on a 2-core CPU; the result is remembered per backbone object
+    until one of its tensors is modified or moved.
+
+    Args:
+        backbone: the :class:`~resad_kit.clip.ClipBackbone`.
+
+    Returns:
+        64 hexadecimal digits (SHA-256).
+
+    Example:
+        >>> from resad_kit.clip import ClipBackbone
+        >>> from resad_kit.engine.features import backbone_fingerprint
+        >>> a = backbone_fingerprint(ClipBackbone.tiny(seed=0))
+        >>> a == backbone_fingerprint(ClipBackbone.tiny(seed=0)), len(a)
+        (True, 64)
+        >>> a == backbone_fingerprint(ClipBackbone.tiny(seed=1))
+        False
+    """
+    if not isinstance(backbone, ClipBackbone):
+        raise TypeError(
+            f"backbone_fingerprint: `backbone` must be a ClipBackbone; "
+            f"got {type(backbone).__name__}"
+        )
+    cfg = backbone.config
+    header = {
+        "format": _FORMAT,
+        "model_name": backbone.model_name,
+        "weights": backbone.weights,
+        "trained": backbone.trained,
+        "layers": list(backbone.layers),
+        "vv_blocks": backbone.vv_blocks,
+        "global_ln_post": cfg.global_ln_post,
+        "pos_interpolation": cfg.pos_interpolation,
+        "image_size": backbone.image_size,
+        "patch_size": backbone.patch_size,
+        "depth": backbone.depth,
+        "width": backbone.width,
+        "embed_dim": backbone.embed_dim,
+        "dtype": str(backbone.dtype),
+    }
+    state = backbone.model.visual.state_dict()
+    version = tuple((t.device, t.data_ptr(), t._version) for t in state.values())
+    memo = _FINGERPRINTS.get(backbone)
+    if memo is not None and memo[0] == (header, version):
+        return memo[1]
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    for name, tensor in state.items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        # the raw bytes, read through an integer view (numpy has no bfloat16)
+        flat = tensor.detach().contiguous().reshape(-1)
+        digest.update(flat.view(_INT_OF_SIZE[flat.element_size()]).cpu().numpy())
+    _FINGERPRINTS[backbone] = ((header, version), digest.hexdigest())
+    return digest.hexdigest()
+
+
+def _stack_images(items: list[dict[str, Any]]) -> Tensor:
+    """``DataLoader`` collate: the ``(B, 3, S, S)`` images only (module level: picklable)."""
+    return torch.stack([item["image"] for item in items])
+
+
+class FeatureCache:
+    """Backbone features of data-set images, each image encoded at most once per cache.
+
+    :meth:`features` returns :class:`~resad_kit.clip.Features` of the requested images
+    (float32, on ``backbone.device``). Images the cache does not hold are read with the
+    data set, encoded in batches of ``batch_size`` (frozen backbone, no gradients) and
+    stored; later requests reuse them. An entry is keyed by
+    :func:`backbone_fingerprint`, the image file's absolute path, modification time and
+    size, the data set's ``image_size``, its normalisation ``mean``/``std`` and the store
+    dtype: another backbone (even another random seed), an edited file or another
+    preprocessing never reuses an entry.
+
+    Precision. Entries are kept in ``store_dtype``, and every returned value equals the
+    backbone's output cast to ``store_dtype`` and back to float32, whether it was just
+    computed, held in memory or read from disk, so a run with a warm disk cache gives
+    exactly the values of a cold run. The default is float16 with a ``directory`` (the
+    disk format: the round trip is the float16 cast, half the memory and disk) and
+    float32 without one (the backbone's exact values). Values outside the float16 range
+    raise ``ValueError`` (use ``store_dtype=torch.float32``).
+
+    Disk. With ``directory`` (created if missing), every entry is also written as
+    ``<directory>/<key hash>.safetensors`` (tensors ``patches (L, N, D)`` and
+    ``cls (D,)``, the key in the metadata), atomically (temporary file + ``os.replace``),
+    so processes may share a directory. A later cache with the same directory reads the
+    entries back instead of encoding. An unreadable, corrupt or mismatching file is
+    logged as a warning, recomputed and overwritten; a failed write is logged and the
+    run goes on. Entries are stored batch by batch, so an interrupted call keeps the
+    batches it finished (in memory and on disk).
+
+    Memory. Entries are held on the CPU (see the module docstring for sizes);
+    ``memory=False`` holds none and reads the disk on every call (it needs a
+    ``directory``). :attr:`memory_bytes` is what is held.
+
+    Args:
+        backbone: the frozen :class:`~resad_kit.clip.ClipBackbone`.
+        directory: folder of the disk store, or ``None`` for memory only.
+        batch_size: images per backbone call.
+        progress: show a tqdm progress bar while encoding.
+        memory: keep entries in (CPU) memory.
+        store_dtype: ``torch.float16`` or ``torch.float32``; ``None``: float16 with a
+            ``directory``, float32 without.
+        num_workers: ``DataLoader`` worker processes that read the images (0: in this
+            process).
+
+    Attributes:
+        stats: ``{"hits", "misses", "disk_hits"}``: requested images served from memory,
+            encoded by the backbone, and read from disk (each entry of ``indices`` counts
+            once; a repeat within a call counts as a hit).
+
+    Example:
+        >>> from resad_kit.clip import ClipBackbone
+        >>> from resad_kit.data import AnomalyDataset, synthesize_dataset
+        >>> from resad_kit.engine.features import FeatureCache
+        >>> root = synthesize_dataset(getfixture("tmp_path"), ["grass"], 2, 4, image_size=32)
+        >>> backbone = ClipBackbone.tiny(image_size=32)
+        >>> dataset = AnomalyDataset(root, "grass", "test", image_size=32)
+        >>> cache = FeatureCache(backbone, progress=False)
+        >>> features = cache.features(dataset, [3, 0])
+        >>> len(features.patches), tuple(features.patches[0].shape), features.grid
+        (4, (2, 16, 32), (4, 4))
+        >>> _ = cache.features(dataset)  # images 0 and 3 are reused, 1 and 2 encoded
+        >>> cache.stats
+        {'hits': 2, 'misses': 4, 'disk_hits': 0}
+    """
+
+    def __init__(
+        self,
+        backbone: ClipBackbone,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        batch_size: int = 8,
+        progress: bool = True,
+        memory: bool = True,
+        store_dtype: torch.dtype | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        fn = "FeatureCache"
+        if not isinstance(backbone, ClipBackbone):
+            raise TypeError(
+                f"{fn}: `backbone` must be a ClipBackbone; got {type(backbone).__name__}"
+            )
+        self.batch_size = check_positive_int(fn, "batch_size", batch_size)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"{fn}: `num_workers` must be an int ≥ 0; got {num_workers!r}")
+        if store_dtype is None:
+            store_dtype = torch.float32 if directory is None else torch.float16
+        if store_dtype not in _STORE_DTYPES:
+            raise ValueError(
+                f"{fn}: `store_dtype` must be torch.float16 or torch.float32; got {store_dtype!r}"
+            )
+        if not memory and directory is None:
+            raise ValueError(
+                f"{fn}: `memory=False` needs a `directory` (otherwise nothing would be cached)"
+            )
+        self.directory = None if directory is None else Path(directory).expanduser().absolute()
+        if self.directory is not None:
+            if self.directory.exists() and not self.directory.is_dir():
+                raise ValueError(f"{fn}: `directory` {str(self.directory)!r} is not a folder")
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self.backbone = backbone
+        self.progress = bool(progress)
+        self.memory = bool(memory)
+        self.store_dtype = store_dtype
+        self.num_workers = num_workers
+        backbone_fingerprint(backbone)  # hash the weights now (later calls check for changes)
+        self._entries: dict[str, _Entry] = {}
+        self._stats = {"hits": 0, "misses": 0, "disk_hits": 0}
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """``{"hits", "misses", "disk_hits"}`` counted over all calls (a copy)."""
+        return dict(self._stats)
+
+    @property
+    def fingerprint(self) -> str:
+        """:func:`backbone_fingerprint` of the backbone now (a changed weight changes it)."""
+        return backbone_fingerprint(self.backbone)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the entries held in memory."""
+        return sum(e.patches.nbytes + e.cls.nbytes for e in self._entries.values())
+
+    def __len__(self) -> int:
+        """Number of entries held in memory."""
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Drop the entries held in memory (the disk store, if any, is kept).
+
+        The evaluation protocol calls it after each category (``release_features``): at
+        518 px a category's test features take gigabytes and are not needed again.
+        """
+        self._entries.clear()
+
+    def __repr__(self) -> str:
+        where = "memory" if self.directory is None else str(self.directory)
+        dtype = _STORE_DTYPES[self.store_dtype]
+        return (
+            f"FeatureCache(backbone={self.backbone.model_name!r}, store={where!r}, "
+            f"dtype={dtype}, entries={len(self)}, stats={self._stats})"
+        )
+
+    # ------------------------------------------------------------------ keys
+
+    def _check(self, dataset: object, indices: Sequence[int] | None) -> list[int]:
+        fn = "FeatureCache.features"
+        if not isinstance(dataset, AnomalyDataset):
+            raise TypeError(
+                f"{fn}: `dataset` must be an AnomalyDataset; got {type(dataset).__name__}"
+            )
+        if dataset.image_size != self.backbone.image_size:
+            raise ValueError(
+                f"{fn}: the data set's image_size is {dataset.image_size} but the backbone is "
+                f"built for image_size={self.backbone.image_size} (one input size per backbone); "
+                "build the AnomalyDataset with the backbone's image_size"
+            )
+        n = len(dataset)
+        if indices is None:
+            if n == 0:
+                raise ValueError(f"{fn}: the data set {dataset!r} is empty")
+            return list(range(n))
+        try:
+            out = [operator.index(i) for i in indices]
+        except TypeError:
+            raise ValueError(
+                f"{fn}: `indices` must be a sequence of ints; got {indices!r}"
+            ) from None
+        if not out:
+            raise ValueError(f"{fn}: `indices` must not be empty (pass None for all images)")
+        bad = [i for i in out if not 0 <= i < n]
+        if bad:
+            raise ValueError(
+                f"{fn}: `indices` must lie in [0, {n}) for this data set of {n} images; "
+                f"got {bad[:5]}"
+            )
+        return out
+
+    def _key(self, dataset: AnomalyDataset, index: int, fingerprint: str) -> str:
+        path = Path(dataset.samples[index].path).absolute()
+        try:
+            stat = path.stat()
+        except OSError as err:
+            raise ValueError(
+                f"FeatureCache.features: image {str(path)!r} cannot be read: {err}"
+            ) from err
+        norm = dataset._norm  # the data set's (mean, std), or None for [0, 1] images
+        key = {
+            "backbone": fingerprint,
+            "path": str(path),
+            "mtime_ns": stat.st_mtime_ns,
+            "size": stat.st_size,
+            "image_size": dataset.image_size,
+            "mean": None if norm is None else list(norm[0]),
+            "std": None if norm is None else list(norm[1]),
+            "dtype": _STORE_DTYPES[self.store_dtype],
+        }
+        return json.dumps(key, sort_keys=True)
+
+    @staticmethod
+    def _name(key: str) -> str:
+        return hashlib.sha1(key.encode()).hexdigest()
+
+    # ------------------------------------------------------------------ disk
+
+    def _file(self, key: str) -> Path:
+        assert self.directory is not None
+        return self.directory / f"{self._name(key)}.safetensors"
+
+    def _read(self, key: str) -> _Entry | None:
+        path = self._file(key)
+        if not path.is_file():
+            return None
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                patches, cls = f.get_tensor("patches"), f.get_tensor("cls")
+        except (OSError, ValueError, RuntimeError, safetensors.SafetensorError) as err:
+            logger.warning("FeatureCache: cannot read %s (%s); recomputing it", path, err)
+            return None
+        layers, d = len(self.backbone.layers), self.backbone.embed_dim
+        n = self.backbone.grid[0] * self.backbone.grid[1]
+        problem = None
+        if meta.get("format") != _FORMAT or meta.get("key") != key:
+            problem = "its metadata does not match the requested key"
+        elif patches.shape != (layers, n, d) or cls.shape != (d,):
+            problem = f"shapes {tuple(patches.shape)}, {tuple(cls.shape)} != ({layers}, {n}, {d})"
+        elif patches.dtype != self.store_dtype or cls.dtype != self.store_dtype:
+            problem = f"dtype {patches.dtype} != {self.store_dtype}"
+        elif not (torch.isfinite(patches).all() and torch.isfinite(cls).all()):
+            problem = "it holds non-finite values"
+        if problem is not None:
+            logger.warning("FeatureCache: ignoring %s: %s; recomputing it", path, problem)
+            return None
+        return _Entry(patches, cls)
+
+    def _write(self, key: str, entry: _Entry) -> None:
+        path = self._file(key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            safetensors.torch.save_file(
+                {"patches": entry.patches.contiguous(), "cls": entry.cls.contiguous()},
+                str(tmp),
+                metadata={"format": _FORMAT, "key": key},
+            )
+            os.replace(tmp, path)
+        except (OSError, RuntimeError, safetensors.SafetensorError) as err:
+            logger.warning("FeatureCache: cannot write %s (%s); continuing without it", path, err)
+            tmp.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ encoding
+
+    def _encode(self, dataset: AnomalyDataset, indices: list[int]) -> Iterator[list[_Entry]]:
+        """Encode the images at ``indices`` in batches; yield each batch's entries in order."""
+        loader = DataLoader(
+            Subset(dataset, indices),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=_stack_images,
+        )
+        bar = tqdm(
+            total=len(indices),
+            desc=f"features {dataset.category}/{dataset.split}",
+            unit="img",
+            disable=not self.progress,
+        )
+        with bar:
+            for images in loader:
+                with torch.no_grad():
+                    out = self.backbone(images.to(self.backbone.device))
+                # (B, L, N, D) and (B, D), cast on the device (less to copy), then to the CPU
+                patches = torch.stack(out.patches, dim=1).to(self.store_dtype).cpu()
+                cls = out.cls.to(self.store_dtype).cpu()
+                if not (torch.isfinite(patches).all() and torch.isfinite(cls).all()):
+                    hint = (
+                        "; use store_dtype=torch.float32"
+                        if self.store_dtype == torch.float16
+                        else ""
+                    )
+                    raise ValueError(
+                        f"FeatureCache.features: the features of {dataset!r} are not finite "
+                        f"in {self.store_dtype} (overflow?){hint}"
+                    )
+                yield [_Entry(p.clone(), c.clone()) for p, c in zip(patches, cls, strict=True)]
+                bar.update(len(images))
+
+    def features(self, dataset: AnomalyDataset, indices: Sequence[int] | None = None) -> Features:
+        """Features of the images at ``indices`` of ``dataset``, stacked in that order.
+
+        Args:
+            dataset: an :class:`~resad_kit.data.AnomalyDataset` whose ``image_size`` is
+                the backbone's.
+            indices: positions in ``dataset`` (repeats allowed); ``None``: all images.
+
+        Returns:
+            :class:`~resad_kit.clip.Features` ``(patches, cls, grid)``: float32 on
+            ``backbone.device``, equal to the backbone's output cast to ``store_dtype``.
+
+        Shape:
+            - patches: ``L`` × ``(B, N, D)``, ``B = len(indices)``
+            - cls: ``(B, D)``
+
+        Raises:
+            ValueError: empty ``indices`` (or data set), an index out of range, an image
+                size other than the backbone's, an unreadable image file.
+        """
+        positions = self._check(dataset, indices)
+        fingerprint = self.fingerprint
+        keys = {i: self._key(dataset, i, fingerprint) for i in dict.fromkeys(positions)}
+        found = {i: self._entries[key] for i, key in keys.items() if key in self._entries}
+        fetched = len(keys) - len(found)  # images read from disk or encoded in this call
+        for i, key in keys.items():
+            if i not in found and self.directory is not None:
+                entry = self._read(key)
+                if entry is not None:
+                    found[i] = entry
+                    self._stats["disk_hits"] += 1
+        missing = [i for i in keys if i not in found]
+        if missing:
+            logger.info(
+                "FeatureCache: encoding %d of %d images of %s/%s",
+                len(missing),
+                len(keys),
+                dataset.category,
+                dataset.split,
+            )
+            todo = iter(missing)
+            for batch in self._encode(dataset, missing):
+                for entry in batch:  # stored batch by batch: an interrupted run keeps them
+                    i = next(todo)
+                    found[i] = entry
+                    self._stats["misses"] += 1
+                    if self.memory:
+                        self._entries[keys[i]] = entry
+                    if self.directory is not None:
+                        self._write(keys[i], entry)
+        self._stats["hits"] += len(positions) - fetched
+        if self.memory:
+            for i, key in keys.items():
+                self._entries[key] = found[i]
+        device = self.backbone.device
+        patches = torch.stack([found[i].patches for i in positions]).to(device)
+        patches = rearrange(patches, "b l n d -> l b n d").float().contiguous()
+        cls = torch.stack([found[i].cls for i in positions]).to(device).float()
+        return Features(list(patches.unbind(0)), cls, self.backbone.grid)

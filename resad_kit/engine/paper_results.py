@@ -1,0 +1,193 @@
+"""The Res²CLIP paper's reported numbers (spec §7.1 Table 1 and §7.2 Tables 6–10).
+
+Two read-only tables, in percent, exactly as printed (one decimal):
+
+* :data:`PAPER_RESULTS` — Tables 6–10 (one per data set): all seven metrics, mean and
+  standard deviation over the paper's three runs, keyed ``(dataset, shots, mode)``;
+* :data:`PAPER_TABLE1` — Table 1: I-AUROC / P-AP / PRO means only, the same keys plus the
+  ``"average"`` pseudo data set (the unweighted mean over the five data sets, spec §6.3).
+
+Keys: ``dataset`` ∈ :data:`PAPER_DATASETS` (the keys of
+:func:`resad_kit.data.standard_categories`), ``shots`` ∈ ``(1, 2, 4)``, ``mode`` ∈
+``("training_free", "fine_tuned")`` (Res²CLIP\\* and Res²CLIP†). Metric names are those of
+:data:`resad_kit.metrics.METRIC_NAMES`; the paper's column I-AUC is ``I-AUROC``, I-F1 is
+``I-F1max``, P-AUC is ``P-AUROC`` and P-F1 is ``P-F1max``.
+
+The paper's one inconsistency is kept as printed and listed in
+:data:`PAPER_DISCREPANCIES`: DTD-Synthetic, 4-shot, Res²CLIP† P-AP is 78.9 in Table 1 and
+79.2 in Table 10; Table 1's Average (58.5) fits 79.2, which the spec takes as right. The
+tests recompute every Table 1 Average from Tables 6–10 to catch transcription errors.
+
+Example:
+    >>> from resad_kit.engine.paper_results import PAPER_RESULTS, PAPER_TABLE1
+    >>> PAPER_RESULTS[("mvtec", 1, "training_free")]["I-AUROC"]
+    PaperValue(mean=96.1, std=0.3)
+    >>> len(PAPER_RESULTS), list(PAPER_RESULTS[("btad", 2, "fine_tuned")])
+    (30, ['I-AUROC', 'I-AP', 'I-F1max', 'P-AUROC', 'P-AP', 'P-F1max', 'PRO'])
+    >>> dict(PAPER_TABLE1[("average", 4, "fine_tuned")])
+    {'I-AUROC': 94.2, 'P-AP': 58.5, 'PRO': 92.1}
+    >>> (
+    ...     PAPER_RESULTS[("dtd", 4, "fine_tuned")]["P-AP"].mean,
+    ...     PAPER_TABLE1[("dtd", 4, "fine_tuned")]["P-AP"],
+    ... )
+    (79.2, 78.9)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NamedTuple
+
+from resad_kit.metrics import METRIC_NAMES
+
+__all__ = [
+    "MODES",
+    "PAPER_DATASETS",
+    "PAPER_DATASET_NAMES",
+    "PAPER_DISCREPANCIES",
+    "PAPER_RESULTS",
+    "PAPER_SHOTS",
+    "PAPER_TABLE1",
+    "PAPER_TABLES",
+    "TABLE1_METRICS",
+    "PaperValue",
+]
+
+MODES: tuple[str, str] = ("training_free", "fine_tuned")
+"""Res²CLIP\\* (training-free) and Res²CLIP† (fine-tuned), in the paper's column order."""
+
+PAPER_DATASETS: tuple[str, ...] = ("mvtec", "visa", "btad", "mpdd", "dtd")
+"""The five evaluation data sets, in the paper's row order."""
+
+PAPER_DATASET_NAMES: Mapping[str, str] = MappingProxyType(
+    {
+        "mvtec": "MVTec AD",
+        "visa": "VisA",
+        "btad": "BTAD",
+        "mpdd": "MPDD",
+        "dtd": "DTD-Synthetic",
+    }
+)
+"""Display names of :data:`PAPER_DATASETS`."""
+
+PAPER_TABLES: Mapping[str, int] = MappingProxyType(
+    {"mvtec": 6, "visa": 7, "btad": 8, "mpdd": 9, "dtd": 10}
+)
+"""The number of each data set's full-metric table in the paper."""
+
+PAPER_SHOTS: tuple[int, ...] = (1, 2, 4)
+"""The shot counts the paper reports."""
+
+TABLE1_METRICS: tuple[str, str, str] = ("I-AUROC", "P-AP", "PRO")
+"""The three metrics of Table 1 (the paper's I-AUC / P-AP / PRO)."""
+
+
+class PaperValue(NamedTuple):
+    """One reported number: mean and standard deviation over three runs, in percent."""
+
+    mean: float
+    std: float
+
+
+# Tables 6–10, Res²CLIP rows, copied from the paper (spec §7.2). Columns: data set, shots,
+# model (* training-free, † fine-tuned), then I-AUC I-AP I-F1 P-AUC P-AP P-F1 PRO.
+_TABLES_6_TO_10 = """
+mvtec 1 * 96.1±0.3 98.4±0.1 95.6±0.1 96.2±0.2 50.8±0.8 54.6±0.6 91.1±0.2
+mvtec 1 † 96.0±0.3 98.3±0.1 95.6±0.2 96.6±0.2 57.9±0.5 57.8±0.4 91.7±0.3
+mvtec 2 * 96.3±0.1 98.3±0.1 95.9±0.2 96.7±0.0 53.3±0.7 56.6±0.7 92.0±0.1
+mvtec 2 † 96.9±0.4 98.5±0.2 96.1±0.6 97.1±0.1 60.6±0.7 60.3±0.9 92.7±0.1
+mvtec 4 * 97.5±0.2 98.9±0.1 96.8±0.3 97.1±0.0 55.3±0.3 58.5±0.4 92.8±0.1
+mvtec 4 † 97.9±0.2 99.0±0.1 96.8±0.1 97.4±0.1 62.5±0.4 62.2±0.4 93.5±0.1
+visa  1 * 88.2±0.3 89.4±0.1 85.4±0.2 96.6±0.1 28.2±0.2 37.3±0.1 89.6±0.2
+visa  1 † 89.5±0.5 90.7±0.1 86.1±0.3 97.6±0.0 39.2±0.3 45.3±0.2 92.0±0.1
+visa  2 * 89.3±0.1 90.6±0.3 85.8±0.1 96.9±0.1 30.3±1.0 39.3±0.7 90.3±0.4
+visa  2 † 90.4±0.4 91.4±0.1 86.7±0.4 97.8±0.0 40.6±0.7 46.7±0.6 92.7±0.5
+visa  4 * 90.1±0.4 90.9±0.6 86.8±0.5 97.3±0.0 31.4±0.3 40.5±0.1 90.8±0.1
+visa  4 † 91.1±0.4 91.6±0.4 87.5±0.2 98.0±0.0 41.0±0.4 47.3±0.4 93.3±0.1
+btad  1 * 95.5±0.7 94.8±2.1 89.7±1.9 97.6±0.3 63.0±1.4 61.3±1.3 82.8±0.7
+btad  1 † 95.9±0.2 96.8±1.3 92.3±1.6 98.1±0.2 64.2±2.0 61.7±1.4 83.0±0.7
+btad  2 * 95.7±0.2 95.8±0.6 90.0±0.9 97.7±0.1 64.5±0.3 62.3±0.2 83.1±0.3
+btad  2 † 96.2±0.3 97.8±0.6 93.8±1.0 98.2±0.1 65.7±1.2 62.6±0.8 83.5±0.5
+btad  4 * 96.4±0.5 96.4±0.6 92.1±1.0 97.8±0.1 65.6±0.3 63.0±0.2 83.2±0.1
+btad  4 † 96.8±0.5 98.3±0.3 95.5±0.4 98.2±0.0 67.1±0.5 63.4±0.4 83.5±0.2
+mpdd  1 * 86.6±1.0 89.4±1.1 86.1±1.2 97.6±0.1 36.9±0.9 41.6±0.9 94.0±0.3
+mpdd  1 † 83.6±0.4 84.2±1.0 83.9±1.2 98.0±0.0 37.3±0.4 41.7±0.6 94.2±0.3
+mpdd  2 * 87.6±0.7 89.9±0.5 87.9±1.1 97.7±0.2 38.3±0.2 42.8±0.1 94.5±0.2
+mpdd  2 † 85.8±0.2 87.5±1.1 87.3±0.5 98.1±0.1 39.0±0.9 42.7±0.8 94.7±0.2
+mpdd  4 * 89.0±0.6 91.5±0.4 88.6±0.9 97.9±0.1 40.0±1.0 44.2±0.9 95.0±0.2
+mpdd  4 † 87.3±0.9 89.4±1.0 88.0±0.5 98.3±0.1 42.6±1.3 46.7±1.3 95.4±0.2
+dtd   1 * 95.5±0.3 98.1±0.3 94.3±0.4 95.3±0.3 69.5±1.0 68.7±0.6 90.3±0.3
+dtd   1 † 97.2±0.1 99.0±0.1 96.1±0.3 97.4±0.2 77.5±0.4 74.1±0.1 94.6±0.9
+dtd   2 * 95.9±0.3 98.4±0.2 94.9±0.2 95.9±0.0 71.2±0.2 69.9±0.1 90.8±0.4
+dtd   2 † 97.4±0.1 99.0±0.1 96.5±0.2 97.7±0.1 78.4±0.2 74.8±0.2 94.7±0.1
+dtd   4 * 96.9±0.1 98.8±0.1 96.0±0.3 96.6±0.1 73.2±0.1 71.2±0.1 92.2±0.2
+dtd   4 † 97.7±0.1 99.1±0.1 96.8±0.2 98.0±0.1 79.2±0.2 75.1±0.2 95.0±0.1
+"""
+
+# Table 1, Res²CLIP columns (spec §7.1): data set, shots, then I-AUC/P-AP/PRO for * and †.
+_TABLE_1 = """
+mvtec   1 96.1/50.8/91.1 96.0/57.9/91.7
+visa    1 88.2/28.2/89.6 89.5/39.2/92.0
+btad    1 95.5/63.0/82.8 95.9/64.2/83.0
+mpdd    1 86.6/36.9/94.0 83.6/37.3/94.2
+dtd     1 95.5/69.5/90.3 97.2/77.5/94.6
+average 1 92.4/49.7/89.6 92.4/55.2/91.1
+mvtec   2 96.3/53.3/92.0 96.9/60.6/92.7
+visa    2 89.3/30.3/90.3 90.4/40.6/92.7
+btad    2 95.7/64.5/83.1 96.2/65.7/83.5
+mpdd    2 87.6/38.3/94.5 85.8/39.0/94.7
+dtd     2 95.9/71.2/90.8 97.4/78.4/94.7
+average 2 93.0/51.5/90.1 93.3/56.9/91.7
+mvtec   4 97.5/55.3/92.8 97.9/62.5/93.5
+visa    4 90.1/31.4/90.8 91.1/41.0/93.3
+btad    4 96.4/65.6/83.2 96.8/67.1/83.5
+mpdd    4 89.0/40.0/95.0 87.3/42.6/95.4
+dtd     4 96.9/73.2/92.2 97.7/78.9/95.0
+average 4 94.0/53.1/90.8 94.2/58.5/92.1
+"""
+
+_MODEL_MARKS = {"*": "training_free", "†": "fine_tuned"}
+
+
+def _parse_tables_6_to_10(text: str) -> dict[tuple[str, int, str], Mapping[str, PaperValue]]:
+    out: dict[tuple[str, int, str], Mapping[str, PaperValue]] = {}
+    for line in text.strip().splitlines():
+        dataset, shots, mark, *cells = line.split()
+        values = []
+        for cell in cells:
+            mean, std = cell.split("±")
+            values.append(PaperValue(float(mean), float(std)))
+        key = (dataset, int(shots), _MODEL_MARKS[mark])
+        out[key] = MappingProxyType(dict(zip(METRIC_NAMES, values, strict=True)))
+    return out
+
+
+def _parse_table_1(text: str) -> dict[tuple[str, int, str], Mapping[str, float]]:
+    out: dict[tuple[str, int, str], Mapping[str, float]] = {}
+    for line in text.strip().splitlines():
+        dataset, shots, *per_mode = line.split()
+        for mode, cell in zip(MODES, per_mode, strict=True):
+            values = (float(v) for v in cell.split("/"))
+            out[(dataset, int(shots), mode)] = MappingProxyType(
+                dict(zip(TABLE1_METRICS, values, strict=True))
+            )
+    return out
+
+
+PAPER_RESULTS: Mapping[tuple[str, int, str], Mapping[str, PaperValue]] = MappingProxyType(
+    _parse_tables_6_to_10(_TABLES_6_TO_10)
+)
+"""Tables 6–10: ``(dataset, shots, mode)`` → metric name → :class:`PaperValue` (percent)."""
+
+PAPER_TABLE1: Mapping[tuple[str, int, str], Mapping[str, float]] = MappingProxyType(
+    _parse_table_1(_TABLE_1)
+)
+"""Table 1: ``(dataset or "average", shots, mode)`` → metric → mean (percent), as printed."""
+
+PAPER_DISCREPANCIES: tuple[str, ...] = (
+    "DTD-Synthetic, 4-shot, Res²CLIP† P-AP: Table 1 prints 78.9, Table 10 prints 79.2; "
+    "Table 1's Average (58.5) fits 79.2 (mean 58.48; 78.9 gives 58.42), so 79.2 is taken "
+    "as right (spec §7.1). PAPER_RESULTS holds 79.2, PAPER_TABLE1 holds 78.9 as printed.",
+)
+"""Known inconsistencies between the paper's tables (text, one entry each)."""

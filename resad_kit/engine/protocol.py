@@ -1,0 +1,293 @@
+"""The few-shot evaluation protocol: data sets × categories × shots × seeds × modes (spec §6).
+
+For every category the test images are encoded once (through a
+:class:`~resad_kit.engine.features.FeatureCache`) and reused for every shot count, seed and
+mode. For each ``(shots, seed)`` the ``K`` normal references are drawn from the category's
+train split with :func:`~resad_kit.data.sample_references` (seeded; the same references for
+both modes, as the paper compares methods on the same references), every model is fitted to
+them and predicts all test images in batches, and the seven metrics are computed per
+category with :func:`~resad_kit.metrics.evaluate` on maps at the masks' resolution (spec
+§6.3: 518 px). Categories are the unit of work: under ``torchrun`` each rank evaluates its
+share (:func:`~resad_kit.engine.distributed.shard`) and the results are gathered, so they
+are the same as in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from resad_kit.clip import Features
+from resad_kit.data import AnomalyDataset, sample_references
+from resad_kit.engine.distributed import DistContext, gather, shard
+from resad_kit.engine.features import FeatureCache
+from resad_kit.engine.heatmaps import save_heatmaps
+from resad_kit.engine.results import CategoryResult
+from resad_kit.methods import Res2CLIP
+from resad_kit.metrics import MetricConfig, evaluate
+
+__all__ = ["DatasetSpec", "evaluate_category", "run_evaluation"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One data set to evaluate: its key, root folder and categories.
+
+    Attributes:
+        name: the key used in tables (``"mvtec"``, ``"visa"``, ``"btad"``, ``"mpdd"``,
+            ``"dtd"`` for the paper's; any other name for other data).
+        root: the folder holding the category folders (or VisA's root).
+        categories: the categories to evaluate, in order.
+
+    Example:
+        >>> from resad_kit.engine import DatasetSpec
+        >>> spec = DatasetSpec("mvtec", "/data/mvtec", ["bottle", "cable"])
+        >>> spec.root.name, spec.categories
+        ('mvtec', ('bottle', 'cable'))
+    """
+
+    name: str
+    root: Path
+    categories: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.categories:
+            raise ValueError(f"DatasetSpec: data set {self.name!r} has no categories")
+        object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "categories", tuple(self.categories))
+
+
+def _slice(features: Features, start: int, stop: int) -> Features:
+    return Features(
+        [p[start:stop] for p in features.patches], features.cls[start:stop], features.grid
+    )
+
+
+def _heatmap_indices(labels: Sequence[int], count: int) -> list[int]:
+    """Up to ``count`` test images, anomalous and normal alternating (anomalous first)."""
+    anomalous = [i for i, y in enumerate(labels) if y]
+    normal = [i for i, y in enumerate(labels) if not y]
+    picked = [i for pair in zip(anomalous, normal, strict=False) for i in pair]
+    longer = anomalous if len(anomalous) > len(normal) else normal
+    picked += longer[min(len(anomalous), len(normal)) :]
+    return sorted(picked[:count])
+
+
+def evaluate_category(
+    models: Mapping[str, Res2CLIP],
+    dataset: str,
+    test: AnomalyDataset,
+    train: AnomalyDataset,
+    cache: FeatureCache,
+    *,
+    shots: Sequence[int] = (1, 2, 4),
+    seeds: Sequence[int] = (111, 222, 333),
+    batch_size: int = 8,
+    metric_config: MetricConfig | None = None,
+    heatmap_dir: str | Path | None = None,
+    heatmaps: int = 4,
+    reference_method: str = "random",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> list[CategoryResult]:
+    """Evaluate one category for every ``(shots, seed, mode)``.
+
+    Args:
+        models: mode (``"training_free"``/``"fine_tuned"``) → model for this data set.
+        dataset: the data set key for the results.
+        test, train: the category's test and train splits (same image size; the test
+            split's ``mask_size`` is the evaluation resolution).
+        cache: the feature cache of the models' (shared) backbone.
+        shots, seeds: the few-shot settings; the references of ``(K, seed)`` are the same
+            for every mode.
+        batch_size: query images per forward pass.
+        metric_config: exact metrics (default) or ``MetricConfig.official_code()``.
+        heatmap_dir: write heat-map overlays of the first ``heatmaps`` test images (for
+            the largest ``K`` and the first seed, every mode) under
+            ``heatmap_dir/<mode>/<dataset>/<category>/``.
+        heatmaps: number of images with overlays per category and mode.
+        reference_method: ``"random"`` (seeded) or ``"first"`` (official code's order).
+        mean, std: the images' normalisation (to undo it in the heat maps).
+
+    Returns:
+        One :class:`~resad_kit.engine.results.CategoryResult` per ``(shots, seed, mode)``.
+
+    Example:
+        >>> from resad_kit.clip import ClipBackbone
+        >>> from resad_kit.data import AnomalyDataset, synthesize_dataset
+        >>> from resad_kit.engine import FeatureCache, evaluate_category
+        >>> from resad_kit.methods import Res2CLIP
+        >>> root = synthesize_dataset(getfixture("tmp_path"), ["grass"], 2, 4, image_size=32)
+        >>> backbone = ClipBackbone.tiny(image_size=32)
+        >>> test, train = (AnomalyDataset(root, "grass", s, 32) for s in ("test", "train"))
+        >>> results = evaluate_category(
+        ...     {"training_free": Res2CLIP(backbone)},
+        ...     "synthetic",
+        ...     test,
+        ...     train,
+        ...     FeatureCache(backbone, progress=False),
+        ...     shots=(2,),
+        ...     seeds=(7,),
+        ... )
+        >>> [(r.shots, r.seed, r.n_images) for r in results]
+        [(2, 7, 4)]
+    """
+    if not models:
+        raise ValueError("evaluate_category: `models` is empty")
+    queries = cache.features(test)
+    n = len(test)
+    size = (test.mask_size, test.mask_size)
+    masks = torch.stack([test[i]["mask"][0] for i in range(n)])
+    labels = torch.tensor(test.labels)
+    results = []
+    for k in shots:
+        for seed_index, seed in enumerate(seeds):
+            refs = sample_references(train, k, seed, method=reference_method)
+            ref_features = cache.features(train, refs.indices)
+            for mode, model in models.items():
+                model.fit_references(ref_features)
+                scores, maps = [], []
+                with torch.inference_mode():
+                    for start in range(0, n, batch_size):
+                        pred = model(_slice(queries, start, start + batch_size), output_size=size)
+                        scores.append(pred.image_score.float().cpu())
+                        maps.append(pred.anomaly_map.float().cpu())
+                score, amap = torch.cat(scores), torch.cat(maps)
+                metrics = evaluate(score, amap, labels, masks, config=metric_config)
+                results.append(
+                    CategoryResult(
+                        dataset, test.category, k, seed, mode, metrics, refs.paths, n_images=n
+                    )
+                )
+                if heatmap_dir is not None and heatmaps > 0 and k == max(shots) and seed_index == 0:
+                    picked = _heatmap_indices(test.labels, heatmaps)
+                    save_heatmaps(
+                        test.images(picked),
+                        amap[picked],
+                        masks[picked],
+                        [test.samples[i].relative_path for i in picked],
+                        Path(heatmap_dir) / mode / dataset / test.category,
+                        mean=mean,
+                        std=std,
+                    )
+    return results
+
+
+def run_evaluation(
+    models: Mapping[tuple[str, str], Res2CLIP],
+    datasets: Sequence[DatasetSpec],
+    cache: FeatureCache,
+    *,
+    shots: Sequence[int] = (1, 2, 4),
+    seeds: Sequence[int] = (111, 222, 333),
+    eval_size: int | None = None,
+    batch_size: int = 8,
+    metric_config: MetricConfig | None = None,
+    heatmap_dir: str | Path | None = None,
+    heatmaps: int = 4,
+    reference_method: str = "random",
+    dist: DistContext | None = None,
+    progress: bool = True,
+    release_features: bool = True,
+) -> list[CategoryResult]:
+    """Run the protocol over data sets and categories; every rank returns all results.
+
+    Args:
+        models: ``(mode, dataset key)`` → the model to evaluate on that data set (the
+            fine-tuned model of a target is the one trained on its auxiliary data set).
+        datasets: what to evaluate.
+        cache: feature cache of the backbone shared by all models.
+        shots, seeds: few-shot settings (paper: 1, 2, 4 shots; three seeds).
+        eval_size: mask (and map) side for the metrics; ``None``: the backbone's input
+            size (spec §6.3: 518).
+        batch_size, metric_config, heatmap_dir, heatmaps, reference_method: see
+            :func:`evaluate_category`.
+        dist: distributed context; categories are sharded across ranks and gathered.
+        progress: show a progress bar over categories (main rank).
+        release_features: :meth:`FeatureCache.clear` the cache's memory after each
+            category (each category's features are used only by that category; at 518 px
+            they take gigabytes). The disk store, if any, is kept.
+
+    Returns:
+        The :class:`~resad_kit.engine.results.CategoryResult` list in data set, category,
+        shots, seed, mode order.
+
+    Example:
+        >>> from resad_kit.clip import ClipBackbone
+        >>> from resad_kit.data import synthesize_dataset
+        >>> from resad_kit.engine import DatasetSpec, FeatureCache, run_evaluation
+        >>> from resad_kit.methods import Res2CLIP
+        >>> root = synthesize_dataset(getfixture("tmp_path"), ["grass"], 2, 4, image_size=32)
+        >>> backbone = ClipBackbone.tiny(image_size=32)
+        >>> results = run_evaluation(
+        ...     {("training_free", "synthetic"): Res2CLIP(backbone)},
+        ...     [DatasetSpec("synthetic", root, ("grass",))],
+        ...     FeatureCache(backbone, progress=False),
+        ...     shots=(1,),
+        ...     seeds=(0, 1),
+        ...     progress=False,
+        ... )
+        >>> [(r.category, r.shots, r.seed) for r in results]
+        [('grass', 1, 0), ('grass', 1, 1)]
+    """
+    image_size = cache.backbone.image_size
+    units = [(spec, category) for spec in datasets for category in spec.categories]
+    for spec in datasets:
+        if not any(name == spec.name for _, name in models):
+            raise ValueError(f"run_evaluation: no model for data set {spec.name!r}")
+    mine = shard(units, dist)
+    main = dist is None or dist.is_main
+    bar = tqdm(mine, desc="evaluate", unit="category", disable=not (progress and main))
+    results: list[CategoryResult] = []
+    for spec, category in bar:
+        bar.set_postfix_str(f"{spec.name}/{category}")
+        kwargs = {"mean": cache.backbone.mean, "std": cache.backbone.std}
+        test = AnomalyDataset(
+            spec.root, category, "test", image_size, mask_size=eval_size, **kwargs
+        )
+        train = AnomalyDataset(spec.root, category, "train", image_size, **kwargs)
+        models_here = {mode: m for (mode, name), m in models.items() if name == spec.name}
+        category_results = evaluate_category(
+            models_here,
+            spec.name,
+            test,
+            train,
+            cache,
+            shots=shots,
+            seeds=seeds,
+            batch_size=batch_size,
+            metric_config=metric_config,
+            heatmap_dir=heatmap_dir,
+            heatmaps=heatmaps,
+            reference_method=reference_method,
+            **kwargs,
+        )
+        first = category_results[0]
+        logger.info(
+            "%s/%s: %d images, %d results (e.g. %d-shot seed %d %s: I-AUROC %.3f)",
+            spec.name,
+            category,
+            first.n_images,
+            len(category_results),
+            first.shots,
+            first.seed,
+            first.mode,
+            first.metrics["I-AUROC"],
+        )
+        results.extend(category_results)
+        if release_features:
+            cache.clear()
+    gathered = [r for part in gather(results, dist) for r in part]
+    order = {(s.name, c): i for i, (s, c) in enumerate(units)}
+    modes = sorted({m for m, _ in models})
+    gathered.sort(
+        key=lambda r: (order[(r.dataset, r.category)], r.shots, r.seed, modes.index(r.mode))
+    )
+    return gathered

@@ -1,0 +1,225 @@
+"""Tests of the safetensors checkpoints (resad_kit.engine.checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import resad_kit.engine.checkpoint as checkpoint_module
+from resad_kit.clip import ClipBackbone
+from resad_kit.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from resad_kit.engine.schedule import warmup_cosine_scheduler
+from resad_kit.engine.training import TrainConfig
+from resad_kit.methods import Res2CLIP, Res2CLIPConfig
+from resad_kit.nn import LocalConvAdapter, ResidualAdapter
+
+FINE_TUNED = Res2CLIPConfig.paper(mode="fine_tuned")
+
+
+@pytest.fixture(scope="module")
+def backbone() -> ClipBackbone:
+    return ClipBackbone.tiny(image_size=32)
+
+
+def _perturbed(backbone: ClipBackbone, seed: int = 0) -> Res2CLIP:
+    """A fine-tuned model whose adapters are no longer the identity (random weights)."""
+    model = Res2CLIP(backbone, FINE_TUNED)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.adapters.modules():
+            if isinstance(m, ResidualAdapter):
+                m.fc2.weight.copy_(0.3 * torch.randn(m.fc2.weight.shape, generator=gen))
+            elif isinstance(m, LocalConvAdapter):
+                m.up.weight.copy_(0.3 * torch.randn(m.up.weight.shape, generator=gen))
+    return model
+
+
+def _adam_with_state(model: Res2CLIP) -> tuple[dict, dict]:
+    groups = model.adapters.parameter_groups()
+    opt = torch.optim.Adam(groups, betas=(0.5, 0.999))
+    sched = warmup_cosine_scheduler(opt, 2, 8)
+    for _ in range(3):
+        for p in model.adapters.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+        sched.step()
+    return {"all": opt}, {"all": sched}
+
+
+def _predict(model: Res2CLIP, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    refs = torch.randn(2, 3, 32, 32, generator=gen)
+    queries = torch.randn(3, 3, 32, 32, generator=gen)
+    with torch.no_grad():
+        return model.fit_references(refs)(queries)
+
+
+def test_save_load_gives_identical_predictions(backbone, tmp_path):
+    trained = _perturbed(backbone)
+    path = save_checkpoint(tmp_path / "ckpt.safetensors", trained, epoch=2, global_step=7)
+    fresh = Res2CLIP(backbone, FINE_TUNED)
+    before = _predict(fresh)
+    ckpt = load_checkpoint(path, fresh)
+    assert isinstance(ckpt, Checkpoint)
+    assert (ckpt.epoch, ckpt.global_step) == (2, 7)
+    for (name, a), b in zip(
+        trained.adapters.state_dict().items(), fresh.adapters.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    expected, got = _predict(trained), _predict(fresh)
+    assert torch.equal(got.anomaly_map, expected.anomaly_map)
+    assert torch.equal(got.image_score, expected.image_score)
+    # Not a vacuous check: the untrained model predicts something else.
+    assert not torch.equal(before.anomaly_map, expected.anomaly_map)
+
+
+def test_config_can_be_rebuilt_from_the_checkpoint(backbone, tmp_path):
+    config = Res2CLIPConfig.official_code(mode="fine_tuned", loss_reduction="per_sample")
+    model = Res2CLIP(backbone, config)
+    path = save_checkpoint(tmp_path / "c.safetensors", model)
+    ckpt = load_checkpoint(path)
+    assert Res2CLIPConfig.from_dict(ckpt.model_config) == config
+    assert ckpt.backbone == {
+        "model_name": backbone.model_name,
+        "weights": backbone.weights,
+        "embed_dim": 32,
+        "layers": list(backbone.layers),
+        "image_size": 32,
+        "patch_size": 8,
+    }
+
+
+def test_optimizer_scheduler_and_rng_states_round_trip(backbone, tmp_path):
+    model = _perturbed(backbone)
+    optimizers, schedulers = _adam_with_state(model)
+    reference = random.Random(5)
+    reference.random()
+    rng = {"reference": reference.getstate(), "torch_cpu": torch.get_rng_state()}
+    config = TrainConfig.paper(epochs=3)
+    path = save_checkpoint(
+        tmp_path / "c.safetensors",
+        model,
+        optimizers=optimizers,
+        schedulers=schedulers,
+        train_config=config,
+        rng=rng,
+        extra={"history": [{"total": 1.5, "lr": {"visual": 0.0}}], "inf": float("inf")},
+    )
+
+    fresh = Res2CLIP(backbone, FINE_TUNED)
+    opt2 = {"all": torch.optim.Adam(fresh.adapters.parameter_groups(), betas=(0.5, 0.999))}
+    sched2 = {"all": warmup_cosine_scheduler(opt2["all"], 0, 1)}
+    ckpt = load_checkpoint(path, fresh, optimizers=opt2, schedulers=sched2, train_config=config)
+
+    saved, loaded = optimizers["all"].state_dict(), opt2["all"].state_dict()
+    assert saved["param_groups"] == loaded["param_groups"]  # names, lrs, betas tuple, ...
+    assert loaded["param_groups"][0]["betas"] == (0.5, 0.999)
+    assert saved["state"].keys() == loaded["state"].keys()
+    for pid, state in saved["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, loaded["state"][pid][key]), (pid, key)
+    assert sched2["all"].state_dict() == schedulers["all"].state_dict()
+    restored = random.Random()
+    restored.setstate(ckpt.rng["reference"])
+    assert restored.random() == reference.random()
+    assert torch.equal(ckpt.rng["torch_cpu"], rng["torch_cpu"])
+    assert ckpt.train_config["betas"] == (0.5, 0.999)
+    assert ckpt.extra == {"history": [{"total": 1.5, "lr": {"visual": 0.0}}], "inf": float("inf")}
+
+
+def test_file_is_plain_safetensors_with_json_metadata(backbone, tmp_path):
+    from safetensors import safe_open
+
+    model = _perturbed(backbone)
+    path = save_checkpoint(tmp_path / "c.safetensors", model)
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        meta = f.metadata()
+    assert keys == {f"adapters.{k}" for k in model.adapters.state_dict()}
+    assert meta["format"] == "resad_kit.res2clip.checkpoint"
+    assert json.loads(meta["resad_kit"])["model_config"]["mode"] == "fine_tuned"
+
+
+def test_config_mismatch_is_a_clear_error_and_loads_nothing(backbone, tmp_path):
+    path = save_checkpoint(tmp_path / "c.safetensors", _perturbed(backbone))
+    other = Res2CLIP(backbone, FINE_TUNED.replace(margin=0.5, loss_reduction="per_sample"))
+    before = {k: v.clone() for k, v in other.adapters.state_dict().items()}
+    with pytest.raises(ValueError, match=r"loss_reduction: checkpoint 'batch', now 'per_sample'"):
+        load_checkpoint(path, other)
+    with pytest.raises(ValueError, match=r"margin: checkpoint 1\.0, now 0\.5"):
+        load_checkpoint(path, other)
+    assert all(torch.equal(v, before[k]) for k, v in other.adapters.state_dict().items())
+
+
+def test_backbone_mismatch(backbone, tmp_path, caplog):
+    path = save_checkpoint(tmp_path / "c.safetensors", _perturbed(backbone))
+    three_taps = Res2CLIP(ClipBackbone.tiny(image_size=32, layers=(1, 2, 4)), FINE_TUNED)
+    with pytest.raises(ValueError, match=r"backbone differs .*layers: checkpoint \[1, 2, 3, 4\]"):
+        load_checkpoint(path, three_taps)
+    other_weights = Res2CLIP(ClipBackbone.tiny(seed=3, image_size=32), FINE_TUNED)
+    with caplog.at_level(logging.WARNING, logger="resad_kit.engine.checkpoint"):
+        load_checkpoint(path, other_weights)
+    assert "trained on backbone weights" in caplog.text
+
+
+def test_train_config_and_optimizer_name_mismatch(backbone, tmp_path):
+    model = _perturbed(backbone)
+    optimizers, schedulers = _adam_with_state(model)
+    path = save_checkpoint(
+        tmp_path / "c.safetensors",
+        model,
+        optimizers=optimizers,
+        schedulers=schedulers,
+        train_config=TrainConfig.paper(),
+    )
+    fresh = Res2CLIP(backbone, FINE_TUNED)
+    with pytest.raises(ValueError, match=r"training configuration differs.*epochs: checkpoint 10"):
+        load_checkpoint(path, fresh, train_config=TrainConfig.paper(epochs=4))
+    wrong = {"visual": torch.optim.Adam(fresh.adapters.parameters())}
+    with pytest.raises(ValueError, match=r"`optimizers` must have the names .*\['all'\]"):
+        load_checkpoint(path, fresh, optimizers=wrong)
+    # Nothing was loaded by the failed calls.
+    assert not torch.equal(fresh.adapters.text.fc2.weight, model.adapters.text.fc2.weight)
+    assert not wrong["visual"].state_dict()["state"]
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(backbone, tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "c.safetensors", _perturbed(backbone), epoch=1)
+    original = path.read_bytes()
+
+    def broken(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, _perturbed(backbone, seed=1), epoch=2)
+    assert path.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]  # no temporary left
+    assert load_checkpoint(path).epoch == 1
+
+
+def test_clear_errors(backbone, tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint file"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_checkpoint(tmp_path / "garbage.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(ValueError, match="not a resad_kit Res2CLIP checkpoint"):
+        load_checkpoint(tmp_path / "foreign.safetensors")
+    training_free = Res2CLIP(backbone)
+    with pytest.raises(ValueError, match="no adapters"):
+        save_checkpoint(tmp_path / "tf.safetensors", training_free)
+    path = save_checkpoint(tmp_path / "c.safetensors", _perturbed(backbone))
+    with pytest.raises(ValueError, match="no adapters"):
+        load_checkpoint(path, training_free)
+    with pytest.raises(TypeError, match="cannot store a set"):
+        save_checkpoint(tmp_path / "d.safetensors", _perturbed(backbone), extra={"s": {1}})
+    assert not (tmp_path / "d.safetensors").exists()
