@@ -99,3 +99,8 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
     )
     assert done.returncode != 0
     assert "is not a folder" in done.stderr
+
+
+def test_readme_main_job_is_this_example():
+    readme = (ROOT / "README.md").read_text()
+    assert "python examples/res2clip_full.py --backbone tiny --out results/smoke" in readme

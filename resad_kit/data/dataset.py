@@ -86,6 +86,7 @@ class AnomalyDataset(Dataset):
     Attributes:
         samples: the :class:`~resad_kit.data.Sample` list (no image loaded).
         layout: the layout that was used.
+        mean, std: the normalisation of the images (``None`` for ``[0, 1]`` images).
 
     Raises:
         ValueError: unknown layout, split or category (the message lists what exists), a
@@ -137,6 +138,16 @@ class AnomalyDataset(Dataset):
         self.split = split
         samples, self.layout = scan_samples(self.root, self.category, split, layout)
         self.samples: tuple[Sample, ...] = samples
+
+    @property
+    def mean(self) -> tuple[float, ...] | None:
+        """The per-channel normalisation mean of the images (``None``: ``[0, 1]`` images)."""
+        return None if self._norm is None else self._norm[0]
+
+    @property
+    def std(self) -> tuple[float, ...] | None:
+        """The per-channel normalisation std of the images (``None``: ``[0, 1]`` images)."""
+        return None if self._norm is None else self._norm[1]
 
     @property
     def labels(self) -> tuple[int, ...]:

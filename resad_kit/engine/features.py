@@ -319,15 +319,14 @@ class FeatureCache:
             raise ValueError(
                 f"FeatureCache.features: image {str(path)!r} cannot be read: {err}"
             ) from err
-        norm = dataset._norm  # the data set's (mean, std), or None for [0, 1] images
         key = {
             "backbone": fingerprint,
             "path": str(path),
             "mtime_ns": stat.st_mtime_ns,
             "size": stat.st_size,
             "image_size": dataset.image_size,
-            "mean": None if norm is None else list(norm[0]),
-            "std": None if norm is None else list(norm[1]),
+            "mean": None if dataset.mean is None else list(dataset.mean),
+            "std": None if dataset.std is None else list(dataset.std),
             "dtype": _STORE_DTYPES[self.store_dtype],
         }
         return json.dumps(key, sort_keys=True)

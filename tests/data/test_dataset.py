@@ -243,3 +243,14 @@ def test_file_removed_after_listing_is_a_named_error(mvtec_root: Path):
     ds.samples[1].path.unlink()
     with pytest.raises(ValueError, match=r"`image` .*001\.png' does not exist"):
         ds[1]
+
+
+def test_dataset_reports_its_normalisation(tmp_path: Path):
+    from resad_kit.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, AnomalyDataset, synthesize_dataset
+
+    root = synthesize_dataset(tmp_path, categories=["grass"], n_train=1, n_test=1, image_size=16)
+    clip = AnomalyDataset(root, "grass", "test", image_size=8)
+    raw = AnomalyDataset(root, "grass", "test", image_size=8, mean=None, std=None)
+    assert clip.mean == tuple(OPENAI_CLIP_MEAN)
+    assert clip.std == tuple(OPENAI_CLIP_STD)
+    assert (raw.mean, raw.std) == (None, None)
