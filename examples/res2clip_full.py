@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Res2CLIPConfig.official_code if args.profile == "official" else Res2CLIPConfig.paper
     )
     cache = FeatureCache(
-        backbone, args.cache_dir, batch_size=args.eval_batch_size, progress=progress
+        backbone, args.cache_dir, batch_size=args.eval_batch_size, progress=progress and is_main
     )
     autocast = (
         torch.autocast(
