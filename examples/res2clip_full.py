@@ -269,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         dist=dist,
                     )
                     logger.info("trained on %s: %s", aux, result)
+                    cache.clear()  # the auxiliary features (GBs at 518 px) are not needed now
                     trained[aux] = model
                 models["fine_tuned", target] = trained[aux]
         results = run_evaluation(
