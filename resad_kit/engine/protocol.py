@@ -18,6 +18,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -180,6 +181,35 @@ def evaluate_category(
     return results
 
 
+def _evaluate_unit(
+    models: Mapping[str, Res2CLIP],
+    spec: DatasetSpec,
+    category: str,
+    cache: FeatureCache,
+    *,
+    eval_size: int | None,
+    **options: Any,
+) -> list[CategoryResult]:
+    image_size = cache.backbone.image_size
+    norm = {"mean": cache.backbone.mean, "std": cache.backbone.std}
+    test = AnomalyDataset(spec.root, category, "test", image_size, mask_size=eval_size, **norm)
+    train = AnomalyDataset(spec.root, category, "train", image_size, **norm)
+    results = evaluate_category(models, spec.name, test, train, cache, **options, **norm)
+    first = results[0]
+    logger.info(
+        "%s/%s: %d images, %d results (e.g. %d-shot seed %d %s: I-AUROC %.3f)",
+        spec.name,
+        category,
+        first.n_images,
+        len(results),
+        first.shots,
+        first.seed,
+        first.mode,
+        first.metrics["I-AUROC"],
+    )
+    return results
+
+
 def run_evaluation(
     models: Mapping[tuple[str, str], Res2CLIP],
     datasets: Sequence[DatasetSpec],
@@ -219,6 +249,11 @@ def run_evaluation(
         The :class:`~resad_kit.engine.results.CategoryResult` list in data set, category,
         shots, seed, mode order.
 
+    Raises:
+        RuntimeError: under ``torchrun``, on every rank when any rank failed (the message
+            names the rank and its error), instead of leaving the others waiting. In one
+            process the error itself propagates.
+
     Example:
         >>> from resad_kit.clip import ClipBackbone
         >>> from resad_kit.data import synthesize_dataset
@@ -237,7 +272,6 @@ def run_evaluation(
         >>> [(r.category, r.shots, r.seed) for r in results]
         [('grass', 1, 0), ('grass', 1, 1)]
     """
-    image_size = cache.backbone.image_size
     units = [(spec, category) for spec in datasets for category in spec.categories]
     for spec in datasets:
         if not any(name == spec.name for _, name in models):
@@ -246,45 +280,40 @@ def run_evaluation(
     main = dist is None or dist.is_main
     bar = tqdm(mine, desc="evaluate", unit="category", disable=not (progress and main))
     results: list[CategoryResult] = []
-    for spec, category in bar:
-        bar.set_postfix_str(f"{spec.name}/{category}")
-        kwargs = {"mean": cache.backbone.mean, "std": cache.backbone.std}
-        test = AnomalyDataset(
-            spec.root, category, "test", image_size, mask_size=eval_size, **kwargs
-        )
-        train = AnomalyDataset(spec.root, category, "train", image_size, **kwargs)
-        models_here = {mode: m for (mode, name), m in models.items() if name == spec.name}
-        category_results = evaluate_category(
-            models_here,
-            spec.name,
-            test,
-            train,
-            cache,
-            shots=shots,
-            seeds=seeds,
-            batch_size=batch_size,
-            metric_config=metric_config,
-            heatmap_dir=heatmap_dir,
-            heatmaps=heatmaps,
-            reference_method=reference_method,
-            **kwargs,
-        )
-        first = category_results[0]
-        logger.info(
-            "%s/%s: %d images, %d results (e.g. %d-shot seed %d %s: I-AUROC %.3f)",
-            spec.name,
-            category,
-            first.n_images,
-            len(category_results),
-            first.shots,
-            first.seed,
-            first.mode,
-            first.metrics["I-AUROC"],
-        )
-        results.extend(category_results)
-        if release_features:
-            cache.clear()
-    gathered = [r for part in gather(results, dist) for r in part]
+    failure = None
+    try:
+        for spec, category in bar:
+            bar.set_postfix_str(f"{spec.name}/{category}")
+            models_here = {mode: m for (mode, name), m in models.items() if name == spec.name}
+            results.extend(
+                _evaluate_unit(
+                    models_here,
+                    spec,
+                    category,
+                    cache,
+                    eval_size=eval_size,
+                    shots=shots,
+                    seeds=seeds,
+                    batch_size=batch_size,
+                    metric_config=metric_config,
+                    heatmap_dir=heatmap_dir,
+                    heatmaps=heatmaps,
+                    reference_method=reference_method,
+                )
+            )
+            if release_features:
+                cache.clear()
+    except Exception as error:
+        if dist is None or not dist.enabled:
+            raise
+        # Tell every rank (they would otherwise wait in `gather` until the timeout).
+        logger.exception("run_evaluation failed on rank %d", dist.rank)
+        failure = f"rank {dist.rank}: {type(error).__name__}: {error}"
+    parts = gather((results, failure), dist)
+    failures = [f for _, f in parts if f is not None]
+    if failures:
+        raise RuntimeError("run_evaluation failed: " + "; ".join(failures))
+    gathered = [r for part, _ in parts for r in part]
     order = {(s.name, c): i for i, (s, c) in enumerate(units)}
     modes = sorted({m for m, _ in models})
     gathered.sort(

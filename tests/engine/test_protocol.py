@@ -136,3 +136,34 @@ def test_evaluate_category_alone_matches_run_evaluation(setup):
         progress=False,
     )
     assert alone == full
+
+
+def test_a_failing_rank_is_reported_on_every_rank(setup, monkeypatch):
+    # Rank 0 of 2 (built by hand; `gather` is replaced by what the other rank would send).
+    from resad_kit.engine import protocol
+    from resad_kit.engine.distributed import DistContext
+
+    root, backbone, cache, _models, spec = setup
+    ctx = DistContext(
+        rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend="gloo"
+    )
+    sent = []
+
+    def fake_gather(obj, dist):
+        sent.append(obj)
+        return [obj, ([], "rank 1: ValueError: unreadable image")]
+
+    monkeypatch.setattr(protocol, "gather", fake_gather)
+    models = {("training_free", "synth"): Res2CLIP(backbone)}
+    with pytest.raises(RuntimeError, match="rank 1: ValueError: unreadable image"):
+        run_evaluation(models, [spec], cache, shots=(1,), seeds=(0,), dist=ctx, progress=False)
+    assert sent[0][1] is None  # rank 0 itself succeeded, with its shard's results
+    assert {r.category for r in sent[0][0]} == {"brick"}
+
+    broken = DatasetSpec("synth", root, ("brick", "missing"))  # rank 1's unit fails here
+    ctx1 = DistContext(
+        rank=1, world_size=2, local_rank=0, device=torch.device("cpu"), backend="gloo"
+    )
+    monkeypatch.setattr(protocol, "gather", lambda obj, dist: [([], None), obj])
+    with pytest.raises(RuntimeError, match="rank 1: ValueError"):
+        run_evaluation(models, [broken], cache, shots=(1,), seeds=(0,), dist=ctx1, progress=False)
