@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from resad_kit.clip import BackboneConfig, ClipBackbone
+from resad_kit.clip import BackboneConfig, ClipBackbone, WeightsNotFoundError
 from resad_kit.data import (
     AnomalyDataset,
     find_categories,
@@ -202,7 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed_everything(111, dist)
     progress = not args.no_progress
     device = dist.device
-    backbone = build_backbone(args, device)
+    try:
+        backbone = build_backbone(args, device)
+    except WeightsNotFoundError as error:  # the message says what was tried and how to fix it
+        raise SystemExit(f"{error}\n(For an offline smoke run use --backbone tiny.)") from None
     if not backbone.trained:
         logger.warning(UNTRAINED)
     logger.info("backbone: %r", backbone)

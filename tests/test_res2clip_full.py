@@ -104,3 +104,17 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
 def test_readme_main_job_is_this_example():
     readme = (ROOT / "README.md").read_text()
     assert "python examples/res2clip_full.py --backbone tiny --out results/smoke" in readme
+
+
+def test_missing_clip_weights_are_a_clear_error(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable, str(EXAMPLE), "--checkpoint", str(tmp_path / "ViT-L-14-336px.pt"),
+            "--out", str(tmp_path / "out"), "--device", "cpu",
+        ],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "ViT-L-14-336px.pt" in done.stderr
+    assert "--backbone tiny" in done.stderr
+    assert "Traceback" not in done.stderr
