@@ -8,9 +8,6 @@ the same functions run in this single process.
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,10 +32,8 @@ from resad_kit.engine.distributed import (
     wrap_ddp,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 WORKER_PATH = Path(__file__).with_name("_dist_worker.py")
 WORLD = 2
-TIMEOUT_S = 180  # a hang guard only; a launch takes a few seconds
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -52,66 +47,20 @@ def _load_worker():
 worker = _load_worker()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", **extra)
-    return env
-
-
-def _wait(procs: list[subprocess.Popen]) -> None:
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=TIMEOUT_S)[0])
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
-    failed = [
-        (i, p.returncode, out)
-        for i, (p, out) in enumerate(zip(procs, outputs, strict=True))
-        if p.returncode
-    ]
-    if failed:
-        pytest.fail("\n".join(f"process {i} exited with {rc}:\n{out}" for i, rc, out in failed))
-
-
-def _launch(scenarios: list[str], out_dir: Path) -> list[dict]:
+def _launch(processes, scenarios: list[str], out_dir: Path) -> list[dict]:
     """Run the worker on 2 ranks with the torchrun variables set by hand; load each rank's file."""
-    port = str(_free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER_PATH), ",".join(scenarios), str(out_dir)],
-            cwd=ROOT,
-            env=_worker_env(
-                RANK=str(r),
-                LOCAL_RANK=str(r),
-                WORLD_SIZE=str(WORLD),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=port,
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(WORLD)
-    ]
-    _wait(procs)
+    argv = [sys.executable, str(WORKER_PATH), ",".join(scenarios), str(out_dir)]
+    processes.wait(processes.start_ranks(argv, WORLD), "distributed workers")
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def ranks(tmp_path_factory: pytest.TempPathFactory, processes) -> list[dict]:
     """The results of every scenario on both ranks (one launch for the module)."""
     out = tmp_path_factory.mktemp("dist")
-    return _launch(["shard", "collectives", "ddp", "alternating", "unused_without_flag"], out)
+    return _launch(
+        processes, ["shard", "collectives", "ddp", "alternating", "unused_without_flag"], out
+    )
 
 
 def _assert_states_close(a: dict, b: dict, atol: float = 1e-6) -> None:
@@ -317,7 +266,7 @@ def test_seed_everything_same_or_per_rank() -> None:
 
 
 @pytest.mark.slow
-def test_same_worker_under_torchrun(tmp_path: Path) -> None:
+def test_same_worker_under_torchrun(tmp_path: Path, processes) -> None:
     """The real launcher: ``torchrun --standalone --nproc_per_node=2`` (it picks the port)."""
     cmd = [
         sys.executable,
@@ -329,15 +278,7 @@ def test_same_worker_under_torchrun(tmp_path: Path) -> None:
         "shard",
         str(tmp_path),
     ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=_worker_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    _wait([proc])
+    processes.wait([processes.start(cmd)], "torchrun")
     single = worker.run_sharded(None)["merged"]
     for r in range(WORLD):
         out = torch.load(tmp_path / f"rank{r}.pt")

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import pickle
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,8 +29,6 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER_PATH = Path(__file__).with_name("_protocol_worker.py")
 EXAMPLE = ROOT / "examples" / "res2clip_full.py"
 WORLD = 2
-TIMEOUT_S = 180  # a hang guard only; the two workers take a few seconds
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def _load_worker():
@@ -44,32 +39,6 @@ def _load_worker():
 
 
 worker = _load_worker()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", **extra)
-    return env
-
-
-def _communicate(procs: list[subprocess.Popen], what: str) -> list[str]:
-    try:
-        outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"{what} did not finish within {TIMEOUT_S} s")
-    for i, (p, out) in enumerate(zip(procs, outputs, strict=True)):
-        if p.returncode:
-            pytest.fail(f"{what} (process {i}) exited with {p.returncode}:\n{out[-4000:]}")
-    return outputs
 
 
 def _expected_misses(root: Path, category: str) -> int:
@@ -90,7 +59,7 @@ def _pngs(folder: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def runs(tmp_path_factory: pytest.TempPathFactory, processes) -> dict[str, object]:
     """Both ranks' outputs and the single-process reference (computed while they run)."""
     tmp = tmp_path_factory.mktemp("protocol_ddp")
     root = synthesize_dataset(
@@ -100,31 +69,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         n_test=worker.N_TEST,
         image_size=worker.SIZE,
     )
-    port = str(_free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER_PATH), str(root), str(tmp)],
-            cwd=ROOT,
-            env=_env(
-                RANK=str(r),
-                LOCAL_RANK=str(r),
-                WORLD_SIZE=str(WORLD),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=port,
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(WORLD)
-    ]
+    procs = processes.start_ranks([sys.executable, str(WORKER_PATH), str(root), str(tmp)], WORLD)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)  # as in the workers
         single = worker.evaluate(root, tmp / "heatmaps_single", None)
     finally:
         torch.set_num_threads(threads)
-        _communicate(procs, "protocol workers")
+        processes.wait(procs, "protocol workers")
     ranks = []
     for r in range(WORLD):
         with (tmp / f"rank{r}.pkl").open("rb") as f:
@@ -186,7 +138,9 @@ def test_heat_maps_are_written_by_the_rank_that_owns_the_category(runs) -> None:
 
 
 @pytest.mark.slow
-def test_example_under_torchrun_writes_the_single_process_metrics(tmp_path: Path) -> None:
+def test_example_under_torchrun_writes_the_single_process_metrics(
+    tmp_path: Path, processes
+) -> None:
     """``torchrun --standalone --nproc_per_node=2 examples/res2clip_full.py ...`` vs one process."""
     args = [
         *("--backbone", "tiny", "--mode", "training-free", "--shots", "1", "--seeds", "111"),
@@ -199,23 +153,9 @@ def test_example_under_torchrun_writes_the_single_process_metrics(tmp_path: Path
         "--standalone",
         f"--nproc_per_node={WORLD}",
     ]
-    ddp = subprocess.Popen(
-        [*launcher, str(EXAMPLE), *args, str(tmp_path / "ddp")],
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    one = subprocess.Popen(
-        [sys.executable, str(EXAMPLE), *args, str(tmp_path / "one")],
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    _communicate([ddp, one], "examples/res2clip_full.py")
+    ddp = processes.start([*launcher, str(EXAMPLE), *args, str(tmp_path / "ddp")])
+    one = processes.start([sys.executable, str(EXAMPLE), *args, str(tmp_path / "one")])
+    processes.wait([ddp, one], "examples/res2clip_full.py")
 
     records = load_results(tmp_path / "ddp")
     assert records == load_results(tmp_path / "one")

@@ -13,9 +13,6 @@ Run by hand: ``RANK=0 WORLD_SIZE=1 ... python tests/engine/test_training_ddp.py 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,12 +27,10 @@ from resad_kit.engine.features import FeatureCache
 from resad_kit.engine.training import TrainConfig, TrainResult, train
 from resad_kit.methods import Res2CLIP, Res2CLIPConfig
 
-ROOT = Path(__file__).resolve().parents[2]
 SIZE = 32
 CATEGORIES = ("grass", "coins")
 WORLD = 2
 TIMEOUT_S = 120  # a hang guard; the launch takes a few seconds
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # 8 queries, batches of 4 (2 per process), 2 epochs: both phases, 4 steps.
 CONFIG = TrainConfig.paper(epochs=2, batch_size=4, warmup_epochs=0, lr_scale=50.0)
 
@@ -51,58 +46,16 @@ def run(root: Path, out_dir: Path, dist: DistContext | None) -> TrainResult:
     return train(model, data, cache, CONFIG, out_dir=out_dir, progress=False, dist=dist)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(root: Path, out_dir: Path) -> list[subprocess.Popen]:
-    port = str(_free_port())
-    base = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
-    base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), base.get("PYTHONPATH")]))
-    base.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    return [
-        subprocess.Popen(
-            [sys.executable, __file__, str(root), str(out_dir)],
-            cwd=ROOT,
-            env={
-                **base,
-                "RANK": str(r),
-                "LOCAL_RANK": str(r),
-                "WORLD_SIZE": str(WORLD),
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": port,
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(WORLD)
-    ]
-
-
-def _wait(procs: list[subprocess.Popen]) -> None:
-    outputs = []
-    try:
-        outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"training workers did not finish within {TIMEOUT_S} s")
-    for r, (p, out) in enumerate(zip(procs, outputs, strict=True)):
-        if p.returncode:
-            pytest.fail(f"rank {r} exited with {p.returncode}:\n{out}")
-
-
 @pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path: Path) -> None:
+def test_two_processes_train_like_one(tmp_path: Path, processes) -> None:
     root = synthesize_dataset(tmp_path / "data", CATEGORIES, n_train=1, n_test=4, image_size=SIZE)
-    procs = _start(root, tmp_path / "ddp")
+    procs = processes.start_ranks(
+        [sys.executable, __file__, str(root), str(tmp_path / "ddp")], WORLD
+    )
     try:
         single = run(root, tmp_path / "single", None)  # while the workers run
     finally:
-        _wait(procs)
+        processes.wait(procs, "training workers", timeout=TIMEOUT_S)
 
     # Only rank 0 writes checkpoints; every rank logs the same (all-reduced) losses.
     assert sorted(p.name for p in (tmp_path / "ddp").glob("*.safetensors")) == [
