@@ -21,6 +21,7 @@ from resad_kit.data.transforms import (
     check_interpolation,
     check_normalization,
     image_to_tensor,
+    load_mask,
     mask_to_tensor,
     open_image,
 )
@@ -199,6 +200,35 @@ class AnomalyDataset(Dataset):
         if len(indices) == 0:
             raise ValueError("AnomalyDataset.images: `indices` must not be empty")
         return torch.stack([self[i]["image"] for i in indices])
+
+    def masks(self, indices: Sequence[int]) -> torch.Tensor:
+        """Read only the masks at ``indices`` (no image is decoded) as ``(K, S_m, S_m)``.
+
+        The same values as ``self[i]["mask"][0]``; an evaluation or training loop whose
+        images come from a feature cache needs nothing else from the files.
+
+        Example:
+            >>> import tempfile
+            >>> from resad_kit.data import AnomalyDataset, synthesize_dataset
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     _ = synthesize_dataset(tmp, categories=["grass"], n_train=1, n_test=4)
+            ...     test = AnomalyDataset(tmp, "grass", "test", image_size=8, mask_size=16)
+            ...     masks = test.masks([0, 3])
+            >>> masks.shape, float(masks[0].sum()), bool(masks[1].any())
+            (torch.Size([2, 16, 16]), 0.0, True)
+        """
+        if len(indices) == 0:
+            raise ValueError("AnomalyDataset.masks: `indices` must not be empty")
+        n = len(self.samples)
+        for i in indices:
+            if not -n <= i < n:
+                raise IndexError(f"AnomalyDataset.masks: index {i} out of range for {n} samples")
+        return torch.cat(
+            [
+                load_mask(self.samples[i].mask_path, self.mask_size, self.mask_interpolation)
+                for i in indices
+            ]
+        )
 
     def __repr__(self) -> str:
         return (

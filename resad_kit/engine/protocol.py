@@ -145,7 +145,7 @@ def evaluate_category(
     queries = cache.features(test)
     n = len(test)
     size = (test.mask_size, test.mask_size)
-    masks = torch.stack([test[i]["mask"][0] for i in range(n)])
+    masks = test.masks(range(n))
     labels = torch.tensor(test.labels)
     results = []
     for k in shots:

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from resad_kit.clip import Features
-from resad_kit.data import STANDARD_CATEGORIES, AnomalyDataset, load_mask
+from resad_kit.data import STANDARD_CATEGORIES, AnomalyDataset
 from resad_kit.engine.checkpoint import load_checkpoint, save_checkpoint
 from resad_kit.engine.distributed import (
     DistContext,
@@ -272,11 +272,10 @@ class _Queries:
         out = torch.zeros(len(items), size, size)
         for b, (d, i) in enumerate(items):
             ds = self.datasets[d]
-            path = ds.samples[i].mask_path
-            if path is None:
+            if ds.samples[i].mask_path is None:  # a normal image: all zeros
                 continue
             if (d, i) not in self._masks:
-                mask = load_mask(path, size, ds.mask_interpolation)[0].numpy() > 0.5
+                mask = ds.masks([i])[0].numpy() > 0.5
                 self._masks[d, i] = np.packbits(mask)
             bits = np.unpackbits(self._masks[d, i], count=size * size)
             out[b] = torch.from_numpy(bits.reshape(size, size).astype(np.float32))

@@ -254,3 +254,20 @@ def test_dataset_reports_its_normalisation(tmp_path: Path):
     assert clip.mean == tuple(OPENAI_CLIP_MEAN)
     assert clip.std == tuple(OPENAI_CLIP_STD)
     assert (raw.mean, raw.std) == (None, None)
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_masks_equal_the_items_masks(tmp_path: Path, interpolation: str):
+    from resad_kit.data import AnomalyDataset, synthesize_dataset
+
+    root = synthesize_dataset(tmp_path, categories=["coins"], n_train=1, n_test=6, image_size=40)
+    ds = AnomalyDataset(
+        root, "coins", "test", image_size=16, mask_size=24, mask_interpolation=interpolation
+    )
+    expected = torch.stack([ds[i]["mask"][0] for i in range(len(ds))])
+    assert torch.equal(ds.masks(range(len(ds))), expected)
+    assert torch.equal(ds.masks([5, 0]), expected[[5, 0]])
+    with pytest.raises(ValueError, match="empty"):
+        ds.masks([])
+    with pytest.raises(IndexError, match="out of range"):
+        ds.masks([6])
