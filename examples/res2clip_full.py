@@ -210,9 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning(UNTRAINED)
     logger.info("backbone: %r", backbone)
     all_specs = discover(args, args.out, dist)
-    targets = args.datasets or [k for k in all_specs if k in PAPER_DATASETS or k == "sample"]
-    if args.data_root is None and not args.datasets:
-        targets = ["sample", "synthetic"]
+    targets = args.datasets or list(all_specs)  # default: every data set found
     unknown = [t for t in targets if t not in all_specs]
     if unknown:
         raise SystemExit(f"--datasets {unknown} not found; available: {sorted(all_specs)}")

@@ -128,7 +128,7 @@ class _Bank(NamedTuple):
 
 
 class _Residuals(NamedTuple):
-    query: dict[int, Tensor]  # tap → (B, N, D) normalised query patches
+    query: dict[int, Tensor]  # used or text tap → (B, N, D) normalised query patches
     visual: dict[int, Tensor]  # tap → (B, N, D) raw visual residual R_{v,l}
     cls_query: Tensor  # (B, D) normalised global query feature
     cls: Tensor  # (B, D) raw global residual R_{v,cls}
@@ -307,7 +307,8 @@ class Res2CLIP(nn.Module):
         """Raw residuals (no gradient): ``bank`` is ``(L, 1|B, M, D)`` normalised."""
         c = self.config
         device = self.backbone.device
-        q = {t: F.normalize(query.patches[t].to(device), dim=-1) for t in range(len(query.patches))}
+        needed = sorted(set(self.used_taps) | set(self.taps["text"]))  # not the unused taps
+        q = {t: F.normalize(query.patches[t].to(device), dim=-1) for t in needed}
         r_query = radial_distance(*query.grid, device=device)
         stacked = torch.stack([q[t] for t in self.used_taps])  # (L, B, N, D)
         reference = retrieve(
