@@ -2,33 +2,33 @@
 
 One layer, one test image, D = 768, the fast path only (the official path's dense ``N×M``
 tensors stop fitting a laptop long before K = 64), with a bank normalised once per class
-(``normalize="query"``). Each case runs under :func:`harness.peak_memory` (a warm-up call,
-then the measured call, whose result is checked), then is timed:
+(``normalize="query"``). Each case runs under :func:`harness.timed_peak_memory`: a warm-up
+call, then one call that is both timed and measured, and whose result is then checked:
 
-* ``shots``: K = 1 → 64 at 518 px (N = 1,369, M = K·N), unchunked;
-* ``size``: 336 → 1,036 px (N = 24² → 74², K = 4) with three memory policies:
-  ``none`` (all rows at once: the similarity block is N×M, quadratic in N), ``rows256``
-  (``chunk_size=256``: a 256×M block, linear in N through M) and ``budget`` (``chunk_size``
-  chosen so that the block holds at most 2²⁴ similarities, 64 MiB: flat in N).
+* ``shots``: K = 1 → 64 at 518 px (N = 1,369, M = K·N), default chunking;
+* ``size``: 336, 518, 700 and 1,036 px (N = 24² → 74², K = 4) with two memory policies:
+  ``all`` (``chunk_size=N``, all rows at once: the similarity block is N×M, quadratic in N)
+  and ``budget`` (``chunk_size`` chosen so that a block holds at most 2²⁴ similarities,
+  64 MiB: flat in N).
 
-Correctness: the chunked results must equal the unchunked ones bit for bit, every row's
-weights sum to one, and for K ≤ 16 the reference matches the official path.
+Correctness: the chunked results must equal the one-block ones bit for bit, every row's
+weights sum to one, and at 518 px for K ≤ 4 the reference matches the official path (K = 8
+and 16 are checked on four layers in ``bench_retrieval.py``).
 """
 
 from __future__ import annotations
 
-import functools
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from baselines import official_retrieval
-from harness import DEVICES, GAMMA, bank_radius, features, peak_memory, record, timed
+from harness import DEVICES, GAMMA, SIDE, bank_radius, features, record, timed_peak_memory
 
 from resad_kit.ops import retrieve
 
-BLOCK_BUDGET = 2**24  # similarities per chunk under the "budget" policy (64 MiB in float32)
-SIZES = {336: 24, 518: 37, 700: 50, 854: 61, 1036: 74}  # image side (px) → patch-grid side
+SIZES = {336: 24, 518: 37, 700: 50, 1036: 74}  # image side (px) → patch-grid side
 
 
 def _device_params(grid, ident):
@@ -38,16 +38,21 @@ def _device_params(grid, ident):
             yield pytest.param(*case, name, marks=marks, id=f"{ident(*case)}-{name}")
 
 
-def _chunk(policy: str, m: int) -> int | None:
-    if policy == "none":
-        return None
-    if policy == "rows256":
-        return 256
-    return max(64, BLOCK_BUDGET // m)
+BLOCK_BUDGET = 2**24  # similarities per block under the "budget" policy (64 MiB in float32)
+
+
+def _chunk(policy: str, n: int, m: int) -> int:
+    return {"all": n, "budget": max(64, BLOCK_BUDGET // m)}[policy]
+
+
+def _layer(shots: int, side: int, device: str):
+    """The first layer's features (shared with the four-layer cases of the other files)."""
+    layers = 4 if side == SIDE and shots <= 16 else 1
+    return features(shots, 768, device, side=side, layers=layers)[0]
 
 
 def _retrieve(shots: int, side: int, device: str, chunk_size: int | None):
-    layer = features(shots, 768, device, side=side, layers=1)[0]
+    layer = _layer(shots, side, device)
     r_query, r_bank = bank_radius(shots, device, side)
     return retrieve(
         layer.query,
@@ -60,16 +65,22 @@ def _retrieve(shots: int, side: int, device: str, chunk_size: int | None):
     )
 
 
-@functools.lru_cache(maxsize=1)
+_UNCHUNKED: dict[tuple[int, str], Any] = {}
+
+
 def _unchunked(shots: int, side: int, device: str):
-    return _retrieve(shots, side, device, None)
+    """The one-block result (kept from the ``all`` case, which runs first for every size)."""
+    if (side, device) not in _UNCHUNKED:
+        _UNCHUNKED.clear()
+        _UNCHUNKED[(side, device)] = _retrieve(shots, side, device, side * side)
+    return _UNCHUNKED[(side, device)]
 
 
 def _check(out, shots: int, side: int, device: str) -> None:
     sums = out.weights.values.sum(dim=-1)
     torch.testing.assert_close(sums, torch.ones_like(sums), atol=1e-5, rtol=0)
-    if shots <= 16 and side == 37:
-        layer = features(shots, 768, device, side=side, layers=1)[0]
+    if shots <= 4 and side == SIDE:
+        layer = _layer(shots, side, device)
         (expected,) = official_retrieval([layer.query], [layer.bank], GAMMA, shots)
         got = F.normalize(out.reference, dim=-1)
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
@@ -81,8 +92,8 @@ def _check(out, shots: int, side: int, device: str) -> None:
 )
 def test_shots(benchmark, shots, device):
     side = SIZES[518]
-    features(shots, 768, device, side=side, layers=1)  # inputs exist before the measurement
-    out, peak = peak_memory(lambda: _retrieve(shots, side, device, None), device)
+    _layer(shots, side, device)  # inputs exist before the measurement
+    out, peak = timed_peak_memory(benchmark, lambda: _retrieve(shots, side, device, None), device)
     _check(out, shots, side, device)
     support = out.weights.support_size().float()
     record(
@@ -100,10 +111,9 @@ def test_shots(benchmark, shots, device):
         support_median=float(support.median()),
         support_max=float(support.max()),
     )
-    timed(benchmark, lambda: _retrieve(shots, side, device, None), device, 3 if shots <= 8 else 1)
 
 
-_SIZE_CASES = [(px, policy) for px in SIZES for policy in ("none", "rows256", "budget")]
+_SIZE_CASES = [(px, policy) for px in SIZES for policy in ("all", "budget")]
 
 
 @pytest.mark.parametrize(
@@ -113,11 +123,14 @@ _SIZE_CASES = [(px, policy) for px in SIZES for policy in ("none", "rows256", "b
 def test_size(benchmark, pixels, policy, device):
     shots, side = 4, SIZES[pixels]
     m = shots * side * side
-    chunk = _chunk(policy, m)
-    features(shots, 768, device, side=side, layers=1)  # inputs exist before the measurement
-    out, peak = peak_memory(lambda: _retrieve(shots, side, device, chunk), device)
+    chunk = _chunk(policy, side * side, m)
+    _layer(shots, side, device)  # inputs exist before the measurement
+    out, peak = timed_peak_memory(benchmark, lambda: _retrieve(shots, side, device, chunk), device)
     _check(out, shots, side, device)
-    if policy != "none":
+    if policy == "all":
+        _UNCHUNKED.clear()
+        _UNCHUNKED[(side, device)] = out
+    else:
         expected = _unchunked(shots, side, device)
         assert torch.equal(out.reference, expected.reference)
         assert torch.equal(out.weights.indices, expected.weights.indices)
@@ -135,4 +148,3 @@ def test_size(benchmark, pixels, policy, device):
         chunk_size=chunk,
         peak_mib=peak,
     )
-    timed(benchmark, lambda: _retrieve(shots, side, device, chunk), device, 1)

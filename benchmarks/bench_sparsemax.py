@@ -1,13 +1,14 @@
-"""Sparsemax of one layer's penalised similarities: top-k paths versus the full sort.
+"""Sparsemax of one layer's penalised similarities: the exact fast paths versus the full sort.
 
 Input: the ``(N, K·N)`` similarities of one 518 px query (N = 1,369) against a ``K``-shot
 bank (Eq. 8). Baseline: the official code's sparsemax, which sorts every whole row. Fast:
-``resad_kit.ops.sparsemax(x, k="auto")`` (exact adaptive top-k). Also timed at K = 4:
-resad_kit's own full sort (``k=None``) and the two sort-free alternatives of
-:mod:`alternatives` (Michelot's fixed point, bisection). Every case first checks its output
-against the baseline's. ``start_width`` times the kernel inside ``retrieve``
-(:func:`resad_kit.ops.simplex.sorted_support`) for start widths 16–128 at K = 4 and 16, the
-measurement behind ``AUTO_K``.
+``resad_kit.ops.sparsemax(x, k="auto")`` (exact: a screen by block maxima, then a sort of the
+few entries above a lower bound of τ). Also timed at K = 4: resad_kit's own full sort
+(``k=None``) and the two sort-free alternatives of :mod:`alternatives` (Michelot's fixed point,
+bisection). Every case first checks its output against the baseline's (the baseline's own
+first timed call computes it). ``first_pass`` times the kernel inside ``retrieve``
+(:func:`resad_kit.ops.simplex.sorted_support`) for the top-k start widths 16–128 and for
+``"auto"`` at K = 4 and 16, the measurement behind the default.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from resad_kit.ops import sparsemax
 from resad_kit.ops.simplex import sorted_support
 
 SHOTS = (1, 2, 4, 8, 16)
-ROUNDS = {1: 5, 2: 5, 4: 7, 8: 2, 16: 2}  # K = 4 is the issue's key case: steadier median
+ROUNDS = {1: 5, 2: 5, 4: 5, 8: 2, 16: 1}  # the official sort at K = 16 takes seconds
+ALTERNATIVE_ROUNDS = 3  # k=None, Michelot, bisection (K = 4): far behind, a few rounds do
+PAIRED_ROUNDS = 5
 
 
 def _cases():
@@ -54,24 +57,43 @@ def _run(impl: str, sim: torch.Tensor) -> torch.Tensor:
     return (z - z.amax(dim=-1, keepdim=True) - threshold(z)).clamp_min(0)
 
 
-@functools.lru_cache(maxsize=4)
+_REFERENCE: dict[tuple[int, torch.dtype, str], torch.Tensor] = {}
+
+
 def _reference(shots: int, dtype: torch.dtype, device: str) -> torch.Tensor:
-    return _run("official", similarity(shots, device, dtype))
+    """The official output for this input (kept from the official case's timed call)."""
+    key = (shots, dtype, device)
+    if key not in _REFERENCE:
+        _REFERENCE[key] = _run("official", similarity(shots, device, dtype))
+    return _REFERENCE[key]
+
+
+def _keep(key: tuple[int, torch.dtype, str], output: torch.Tensor) -> None:
+    """Keep the official output of the key case (K = 4, float32: every K = 4 case checks
+    against it) and of the latest input only (dense ``(N, M)``: 120 MiB at K = 16)."""
+    for old in [k for k in _REFERENCE if k[:2] != (4, torch.float32)]:
+        del _REFERENCE[old]
+    _REFERENCE[key] = output
 
 
 @pytest.mark.parametrize(("impl", "shots", "dtype", "device"), list(_cases()))
 def test_sparsemax(benchmark, impl, shots, dtype, device):
     sim = similarity(shots, device, dtype)
-    expected = _reference(shots, dtype, device)
-    out = _run(impl, sim)
-    atol = 1e-6 if dtype == torch.float32 else 4e-3  # bfloat16 output: 8 bits of mantissa
-    torch.testing.assert_close(out.float(), expected, atol=atol, rtol=0)
-    support = (expected > 0).sum(dim=-1).float()
+    official = impl == "official"
+    if not official:  # the official output is the reference: nothing to check it against
+        out = _run(impl, sim)
+        atol = 1e-6 if dtype == torch.float32 else 4e-3  # bfloat16 output: 8 bits of mantissa
+        torch.testing.assert_close(out.float(), _reference(shots, dtype, device), atol=atol, rtol=0)
+    rounds = ROUNDS[shots] if impl in ("official", "auto") else ALTERNATIVE_ROUNDS
+    result = timed(benchmark, lambda: _run(impl, sim), device, rounds)
+    if official:
+        _keep((shots, dtype, device), result)
+    support = (_reference(shots, dtype, device) > 0).sum(dim=-1).float()
     record(
         benchmark,
         "sparsemax",
         impl=impl,
-        baseline=impl == "official",
+        baseline=official,
         shots=shots,
         rows=sim.shape[0],
         columns=sim.shape[1],
@@ -80,7 +102,6 @@ def test_sparsemax(benchmark, impl, shots, dtype, device):
         support_median=float(support.median()),
         support_max=float(support.max()),
     )
-    timed(benchmark, lambda: _run(impl, sim), device, ROUNDS[shots])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -90,7 +111,7 @@ def test_sparsemax_paired(benchmark, device):
     out = _run("auto", sim)
     torch.testing.assert_close(out, _reference(4, torch.float32, device), atol=1e-6, rtol=0)
     result = paired(
-        benchmark, lambda: _run("official", sim), lambda: _run("auto", sim), device, ROUNDS[4]
+        benchmark, lambda: _run("official", sim), lambda: _run("auto", sim), device, PAIRED_ROUNDS
     )
     record(
         benchmark,
@@ -104,43 +125,45 @@ def test_sparsemax_paired(benchmark, device):
     )
 
 
-# ---------------------------------------------------------------- start width of k="auto"
+# ---------------------------------------------------------------- first pass of the support
 
-START_WIDTHS = (16, 32, 64, 128)
+FIRST_PASS = (16, 32, 64, 128, "auto")
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=1)
 def _sorted_threshold(shots: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     full = sorted_support(similarity(shots, device), None)
     return full.tau, full.support
 
 
-def _start_cases():
+def _first_pass_cases():
     for device in DEVICES:
         (name,), marks = device.values, device.marks
         for shots in (4, 16):
-            for width in START_WIDTHS:
-                ident = f"k{width}-K{shots}-{name}"
-                yield pytest.param(width, shots, name, marks=marks, id=ident)
+            for k in FIRST_PASS:
+                ident = f"k{k}-K{shots}-{name}"
+                yield pytest.param(k, shots, name, marks=marks, id=ident)
 
 
-@pytest.mark.parametrize(("width", "shots", "device"), list(_start_cases()))
-def test_start_width(benchmark, width, shots, device):
-    """The kernel inside ``retrieve``: the sorted support of every row, for start widths."""
+@pytest.mark.parametrize(("k", "shots", "device"), list(_first_pass_cases()))
+def test_first_pass(benchmark, k, shots, device):
+    """The kernel inside ``retrieve``: the sorted support of every row, for every first pass
+    (top-k start widths, and the screen of ``k="auto"``)."""
     sim = similarity(shots, device)
     tau, support = _sorted_threshold(shots, device)
-    top = sorted_support(sim, width)
+    top = sorted_support(sim, k)
     assert torch.equal(top.tau, tau)
     assert torch.equal(top.support, support)
     record(
         benchmark,
-        "start_width",
-        impl=f"k{width}",
-        width=width,
+        "first_pass",
+        impl=f"k{k}",
+        width=k,
         shots=shots,
         columns=sim.shape[1],
         dtype="float32",
         device=device,
-        second_pass=float((support >= width).float().mean()),  # rows not resolved at first
+        # rows that a top-k start of this width does not resolve (need a second pass)
+        second_pass=None if k == "auto" else float((support >= k).float().mean()),
     )
-    timed(benchmark, lambda: sorted_support(sim, width), device, 5)
+    timed(benchmark, lambda: sorted_support(sim, k), device, 3)

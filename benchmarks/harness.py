@@ -31,11 +31,11 @@ __all__ = [
     "dtype_name",
     "features",
     "paired",
-    "peak_memory",
     "record",
     "similarity",
     "synchronize",
     "timed",
+    "timed_peak_memory",
 ]
 
 SIDE = 37  # 518 px / patch 14: N = 1,369 query patches
@@ -133,34 +133,48 @@ def _status_mib(field: str) -> float:
     return int(match.group(1)) / 1024
 
 
-def peak_memory(fn: Callable[[], Any], device: str) -> tuple[Any, float | None]:
-    """Run ``fn`` twice; return the second result and the peak memory that call added, in MiB.
+def timed_peak_memory(
+    benchmark: Any, fn: Callable[[], Any], device: str
+) -> tuple[Any, float | None]:
+    """Time one call of ``fn`` and measure the peak memory it adds, in MiB; return both.
 
-    The first call is a warm-up, so that what the libraries keep between calls (the BLAS
+    A first, untimed call is a warm-up, so that what the libraries keep between calls (the BLAS
     library's packing buffers, the CUDA caching allocator's blocks) is already there: the
-    figure is the working memory of a call in steady state, as in an evaluation loop.
-    CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before the call. CPU
-    (Linux): the process's peak resident set size (``VmHWM``) above the resident size before
-    the call, after returning freed heap pages to the system (``malloc_trim``) and resetting
-    the peak (``/proc/self/clear_refs``), so that memory freed by earlier cases can neither
-    hide nor inflate this one. ``None`` where neither is available.
+    figure is the working memory of a call in steady state, as in an evaluation loop. The
+    timed call is the measured one. CUDA: ``torch.cuda.max_memory_allocated`` above the
+    allocation before the call. CPU (Linux): the process's peak resident set size (``VmHWM``)
+    above the resident size before the call, after returning freed heap pages to the system
+    (``malloc_trim``) and resetting the peak (``/proc/self/clear_refs``), so that memory freed
+    by earlier cases can neither hide nor inflate this one. ``None`` where neither is
+    available.
     """
     fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
+    start: dict[str, float | None] = {"mib": None}
+
+    def reset() -> None:  # untimed, just before the measured call
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            start["mib"] = torch.cuda.memory_allocated() / 2**20
+            return
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            _CLEAR_REFS.write_text("5")
+            start["mib"] = _status_mib("VmRSS")
+        except OSError:
+            start["mib"] = None
+
+    def run() -> Any:
         out = fn()
-        torch.cuda.synchronize()
-        return out, (torch.cuda.max_memory_allocated() - start) / 2**20
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        _CLEAR_REFS.write_text("5")
-        start = _status_mib("VmRSS")
-    except OSError:
-        return fn(), None
-    out = fn()
-    return out, _status_mib("VmHWM") - start
+        synchronize(device)
+        return out
+
+    out = benchmark.pedantic(run, setup=reset, rounds=1, iterations=1)
+    if start["mib"] is None:
+        return out, None
+    if device.startswith("cuda"):
+        return out, torch.cuda.max_memory_allocated() / 2**20 - start["mib"]
+    return out, _status_mib("VmHWM") - start["mib"]
 
 
 def paired(

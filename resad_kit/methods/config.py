@@ -89,7 +89,11 @@ class Res2CLIPConfig:
         gamma: radial penalty γ of eq. 8 (paper + code: 0.01, per patch unit).
         retrieval_k: sparsemax support search of :func:`~resad_kit.ops.retrieve`
             (``"auto"``, an int, or ``None`` for the full sort; all exact and identical).
-        chunk_size: query rows per retrieval block (bounds memory); ``None``: no chunking.
+        chunk_size: query rows per similarity block of :func:`~resad_kit.ops.retrieve`
+            (rounded up to a multiple of 64; bounds its memory to O(chunk_size·M));
+            ``None``: ``retrieve``'s default, blocks of about 2²³ similarities (32 MiB in
+            float32) or 1,024 rows for larger banks, whole images and layers where they fit.
+            Results are bit-identical whatever the chunking.
         top_fraction: share of pixels averaged for image scores (eqs. 7, 9, 12: 1 %).
         blur_sigma, blur_kernel: Gaussian smoothing (App. F.2: σ = 4, 5×5, zero padding).
         smooth_branch_maps: smooth each upsampled branch map (code; spec §10.1 #8).

@@ -8,13 +8,15 @@ images, shot-major):
     F_ref   = W · B̂                                      (Eq. 34)
 
 The weights are sparse (typically tens of non-zeros out of thousands), so the support of every
-row is found with the exact adaptive top-k sparsemax (:func:`resad_kit.ops.sparsemax`,
-``k="auto"``), returned as ``(indices, values)``, and the reference is aggregated with a
-gather-and-sum (``F.embedding_bag``) instead of a dense ``N×M`` product. The radial penalty
-enters the similarity GEMM as its accumulator (``addmm``), so the ``N×M`` block is written
-once. ``chunk_size`` bounds the similarity blocks to O(chunk·M); many query images (and one
-bank per layer) are handled in one call. docs/benchmarks.md measures all of this against a
-re-implementation of the official code.
+row is found exactly without sorting whole rows (:func:`resad_kit.ops.sparsemax`,
+``k="auto"``: a screen by block maxima, then a sort of the few entries left), returned as
+``(indices, values)``, and the reference is aggregated with a gather-and-sum
+(``F.embedding_bag``) instead of a dense ``N×M`` product. The GEMM writes the similarity block
+directly; the radial penalty of a ``K``-shot bank (radii repeating every ``N`` entries) is an
+``N``-wide table subtracted from every shot's columns, never an ``N×M`` block. Many query
+images and one bank per layer are handled in one call, in similarity blocks of bounded size
+(``chunk_size``). docs/benchmarks.md measures all of this against a re-implementation of the
+official code.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ __all__ = ["Retrieval", "SparseWeights", "radial_distance", "radial_penalty", "r
 
 _NORM_EPS = 1e-12
 _MIN_GEMM_ROWS = 64
+_BLOCK_ENTRIES = 2**23  # default similarity block: 2²³ entries (32 MiB in float32)
+_MIN_BLOCK_ROWS = 1024  # ... but at least this many rows (the GEMM packs the bank per call)
 
 
 class SparseWeights(NamedTuple):
@@ -205,23 +209,26 @@ def retrieve(
         bank_radius: ``(M,)`` radius of every bank entry, e.g. ``radial_distance(h, w).repeat(K)``.
         gamma: radial penalty strength γ ≥ 0 (paper and code: 0.01).
         k: how sparsemax finds each row's sorted support (see
-            :func:`resad_kit.ops.sparsemax`): ``"auto"`` (default, the fastest measured: exact
-            adaptive top-k), an int start width for the same algorithm, or ``None`` for the full
-            sort. All give identical results.
+            :func:`resad_kit.ops.sparsemax`): ``"auto"`` (default, the fastest measured: a
+            screen by block maxima, or the adaptive top-k for banks under 2,048 entries), an
+            int start width for the adaptive top-k, or ``None`` for the full sort. All give
+            identical results.
         chunk_size: process this many query rows (flattened over the leading dims and ``N``;
             rounded up to a multiple of 64) at a time, so that the similarity block (one at a
-            time) takes O(chunk_size·M) memory instead of O(rows·M). Results are bit-identical
-            with and without chunking.
+            time) takes O(chunk_size·M) memory. ``None`` (default): blocks of about 2²³
+            similarities (32 MiB in float32), or of 1,024 rows for banks too large for that,
+            made of whole images and layers where one fits in twice that. Results are
+            bit-identical whatever the chunking.
         normalize: ``True``: ℓ2-normalise query and bank first (cosine similarity; the bank
             aggregated in Eq. 34 is then ``B̂``). ``"query"``: normalise the query only, for a
             bank that is already normalised (built once per class, as the method does), which
             saves two passes over the bank per call. ``False``: use both as given (dot
             products).
-        compile: run the similarity (GEMM with the penalty as accumulator) and the weight
-            computation through ``torch.compile`` (compiled on first use, ``dynamic=True``).
+        compile: run the similarity (GEMM and penalty) and the weight computation through
+            ``torch.compile`` (compiled on first use, ``dynamic=True``).
             If compilation is unavailable or fails, the eager code runs instead. Off by
-            default: on CPU it gave no speed-up (the GEMM dominates) and cost about a minute
-            of compilation (docs/benchmarks.md); results match eager to float rounding.
+            default: on CPU it gave no speed-up (the GEMM dominates) and compiling took tens
+            of seconds (docs/benchmarks.md); results match eager to float rounding.
 
     Returns:
         :class:`Retrieval` with ``reference`` ``(..., N, D)`` in the query's dtype and sparse
@@ -300,12 +307,21 @@ def retrieve(
         banks = F.normalize(banks, dim=-1, eps=_NORM_EPS)
     penalty = None
     if query_radius is not None and bank_radius is not None and gamma > 0:
-        # γ folded into the radii: |γ·r_q − γ·r_ref| (the block is then one sub and one abs)
+        # γ folded into the radii: |γ·r_q − γ·r_ref| (the table is then one sub and one abs)
         row_radius = (gamma * query_radius.to(dtype)).repeat(rows.shape[1] // n)
-        penalty = (row_radius, gamma * bank_radius.to(dtype))
+        penalty = (row_radius, _period(gamma * bank_radius.to(dtype), n))
     reference, indices, values = _retrieve_groups(rows, banks, penalty, k, chunk_size, compile)
     weights = SparseWeights(restore(indices), restore(values), num_entries=m)
     return Retrieval(restore(reference).to(query.dtype), weights)
+
+
+def _period(bank_radius: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` bank radii if the ``M`` radii repeat them (a bank of ``K`` shots of the
+    query's grid: ``radial_distance(h, w).repeat(K)``), else all ``M``."""
+    m = bank_radius.shape[0]
+    if m % n == 0 and torch.equal(bank_radius.view(m // n, n), bank_radius[:n].expand(m // n, n)):
+        return bank_radius[:n]
+    return bank_radius
 
 
 def _check_finite_fast(fn: str, name: str, x: torch.Tensor) -> None:
@@ -357,57 +373,115 @@ def _retrieve_groups(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Retrieval of ``(G, R, D)`` rows, group ``g`` against its bank ``banks[g]`` ``(M, D)``.
 
-    ``penalty`` is ``(γ·r of every row (R,), γ·r of every bank entry (M,))`` or ``None``.
-    Rows are processed in chunks of ``chunk_size`` (rounded up to a multiple of 64), one
-    ``chunk × M`` similarity block at a time. Returns ``reference (G, R, D)``,
-    ``indices (G, R, S)`` and ``values (G, R, S)``.
+    ``penalty`` is ``(γ·r of every row (R,), γ·r of the first P bank entries (P,))``, the bank
+    radii repeating with period ``P`` (``P = M`` for arbitrary radii), or ``None``. The ``G·R``
+    rows, flattened, are processed in chunks of ``chunk_size`` rows (rounded up to a multiple
+    of 64; by default ``_BLOCK_ENTRIES`` similarities or ``_MIN_BLOCK_ROWS`` rows, whole
+    groups where a group fits in twice that): one ``chunk × M``
+    similarity block at a time, which may span groups (each group's rows against its own
+    bank), so that the sparsemax and the gather-and-sum run once per block. Returns
+    ``reference (G, R, D)``, ``indices (G, R, S)`` and ``values (G, R, S)``.
     """
-    total = rows.shape[1]
-    step = -(-(chunk_size or total) // _MIN_GEMM_ROWS) * _MIN_GEMM_ROWS
-    similarity = _COMPILED_SIMILARITY if compile else _similarity
+    groups, total, d = rows.shape
+    m = banks.shape[1]
+    flat_rows = rows.reshape(groups * total, d)
+    if chunk_size is None:
+        budget = max(_MIN_BLOCK_ROWS, _BLOCK_ENTRIES // m)  # rows
+        if total <= 2 * budget:  # whole groups, so that every GEMM takes a whole group
+            step = total * max(1, budget // total)
+        else:
+            step = budget // _MIN_GEMM_ROWS * _MIN_GEMM_ROWS
+    else:
+        step = -(-chunk_size // _MIN_GEMM_ROWS) * _MIN_GEMM_ROWS
+    bank_offset = m * torch.arange(groups, device=rows.device).repeat_interleave(total)[:, None]
     references, indices, values = [], [], []
-    for group_rows, bank in zip(rows, banks, strict=True):
-        refs, idxs, vals = [], [], []
-        for start in range(0, total, step):
-            block = slice(start, start + step)
-            count = min(step, total - start)
-            # BLAS libraries take other kernels (and so round differently) for very short
-            # matrices: short chunks are padded so that every row goes through the same
-            # kernel and the results do not depend on the chunking (tested bit for bit).
-            pad = max(0, _MIN_GEMM_ROWS - count)
-            chunk = F.pad(group_rows[block], (0, 0, 0, pad)) if pad else group_rows[block]
-            block_penalty = None
-            if penalty is not None:
-                block_penalty = _radial_block(F.pad(penalty[0][block], (0, pad)), penalty[1])
-            sim = similarity(chunk, bank, block_penalty)[:count]
-            idx, w = _sparse_sparsemax(sim, k, compile)
-            refs.append(F.embedding_bag(idx, bank, per_sample_weights=w, mode="sum"))
-            idxs.append(idx)
-            vals.append(w)
-            del sim, block_penalty  # free this block before the next one is allocated
-        references.append(torch.cat(refs))
-        group_idx, group_val = _pad_and_stack(idxs, vals)
-        indices.append(group_idx[None])
-        values.append(group_val[None])
-    return torch.stack(references), *_pad_and_stack(indices, values)
+    for start in range(0, groups * total, step):
+        stop = min(start + step, groups * total)
+        sim = _similarity_block(flat_rows, banks, penalty, start, stop, compile)
+        idx, w = _sparse_sparsemax(sim, k, compile)
+        del sim  # free this block before the next one is allocated
+        flat_idx = idx + bank_offset[start:stop]  # one gather-and-sum over all the banks
+        flat_bank = banks.reshape(groups * m, d)
+        references.append(F.embedding_bag(flat_idx, flat_bank, per_sample_weights=w, mode="sum"))
+        indices.append(idx)
+        values.append(w)
+    reference = references[0] if len(references) == 1 else torch.cat(references)
+    idx, val = _pad_and_stack(indices, values)
+    return (
+        reference.view(groups, total, d),
+        idx.view(groups, total, -1),
+        val.view(groups, total, -1),
+    )
 
 
-def _radial_block(row_radius: torch.Tensor, bank_radius: torch.Tensor) -> torch.Tensor:
-    """``|γr_q(i) − γr_ref(j)|`` for a chunk of rows, ``(R, M)`` (Eq. 8's penalty)."""
+def _similarity_block(
+    rows: torch.Tensor,
+    banks: torch.Tensor,
+    penalty: tuple[torch.Tensor, torch.Tensor] | None,
+    start: int,
+    stop: int,
+    compile: bool,
+) -> torch.Tensor:
+    """Eq. 8 for the flattened rows ``[start, stop)``: ``(stop − start, M)``, every row against
+    the bank of its group (``R = rows / G`` rows per group).
+
+    Every GEMM covers at least 64 rows (shorter segments are padded): BLAS libraries take other
+    kernels, which round differently, for very short matrices, so the results do not depend on
+    the chunking (tested bit for bit).
+    """
+    groups, m = banks.shape[:2]
+    total = rows.shape[0] // groups
+    similarity = _COMPILED_SIMILARITY if compile else _similarity
+    # GEMMs write into one block; with autograd (no out= there), the segments are joined
+    differentiable = torch.is_grad_enabled() and (rows.requires_grad or banks.requires_grad)
+    block = None if differentiable else rows.new_empty(stop - start, m)
+    parts = []
+    for group in range(start // total, (stop - 1) // total + 1):
+        first, last = max(start, group * total), min(stop, (group + 1) * total)
+        segment = rows[first:last]
+        table = None
+        if penalty is not None:
+            row_radius = penalty[0][first - group * total : last - group * total]
+            table = _radial_table(row_radius, penalty[1])
+        out = None if block is None else block[first - start : last - start]
+        pad = max(0, _MIN_GEMM_ROWS - (last - first))
+        if pad:
+            table = None if table is None else F.pad(table, (0, 0, 0, pad))
+            sim = similarity(F.pad(segment, (0, 0, 0, pad)), banks[group], table, None)
+            sim = sim[: last - first]
+            if out is None:
+                parts.append(sim)
+            else:
+                out.copy_(sim)
+        elif out is None:
+            parts.append(similarity(segment, banks[group], table, None))
+        else:
+            similarity(segment, banks[group], table, out)
+    return torch.cat(parts) if block is None else block
+
+
+def _radial_table(row_radius: torch.Tensor, bank_radius: torch.Tensor) -> torch.Tensor:
+    """``|γr_q(i) − γr_ref(j)|`` (Eq. 8's penalty) for rows ``(R,)`` and bank radii ``(P,)``."""
     return (row_radius[:, None] - bank_radius[None, :]).abs_()
 
 
 def _similarity(
-    rows: torch.Tensor, bank: torch.Tensor, penalty: torch.Tensor | None
+    rows: torch.Tensor,
+    bank: torch.Tensor,
+    table: torch.Tensor | None,
+    out: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``rows @ bank.T − penalty`` (Eq. 8), ``(R, M)``.
+    """``rows @ bank.T − penalty`` (Eq. 8), ``(R, M)``, written into ``out`` if given.
 
-    The penalty block is the GEMM's accumulator (``addmm_`` with ``beta=-1``, in place), so the
-    ``R×M`` block is written by the GEMM and needs no extra pass.
+    ``table`` ``(R, P)`` holds the penalty of the first ``P`` bank entries, whose radii repeat
+    with period ``P`` (``P = N`` for a bank of ``K`` shots of the query's grid, ``P = M`` for
+    arbitrary radii): it is subtracted from every period of the GEMM's output in place, so a
+    ``K``-shot bank needs no ``R×M`` penalty block.
     """
-    if penalty is None:
-        return rows @ bank.T
-    return penalty.addmm_(rows, bank.T, beta=-1)
+    sim = rows @ bank.T if out is None else torch.mm(rows, bank.T, out=out)
+    if table is not None:
+        sim.view(sim.shape[0], -1, table.shape[-1]).sub_(table[:, None, :])
+    return sim
 
 
 def _sparse_sparsemax(
@@ -422,11 +496,21 @@ def _sparse_sparsemax(
     """
     with torch.no_grad():
         top = sorted_support(sim, k)
-        by_index = top.indices.argsort(dim=-1)
-        idx, vals = top.indices.gather(-1, by_index), top.values.gather(-1, by_index)
-        idx = idx.gather(-1, vals.argsort(dim=-1, descending=True, stable=True))
+        idx = top.indices
+        if _ties_out_of_order(top.values, idx, top.support):
+            by_index = idx.argsort(dim=-1)
+            idx, vals = idx.gather(-1, by_index), top.values.gather(-1, by_index)
+            idx = idx.gather(-1, vals.argsort(dim=-1, descending=True, stable=True))
     weights_fn = _COMPILED_SUPPORT_WEIGHTS if compile else _support_weights
     return weights_fn(sim, idx, top.support)
+
+
+def _ties_out_of_order(values: torch.Tensor, indices: torch.Tensor, support: torch.Tensor) -> bool:
+    """Whether two equal weights of a support ``(R, W)`` (sorted descending, ``support``
+    ``(R, 1)``) are listed against bank order (tied similarities are rare: usually no sort)."""
+    inside = torch.arange(1, values.shape[-1], device=values.device) < support
+    tied = values[:, 1:] == values[:, :-1]
+    return bool((tied & inside & (indices[:, 1:] < indices[:, :-1])).any())
 
 
 def _support_weights(
