@@ -166,15 +166,16 @@ def _compact(keep: torch.Tensor, payload: torch.Tensor) -> tuple[torch.Tensor, t
     """The ``payload`` entries where ``keep`` holds, moved to the front of their row in order.
 
     Returns ``(R, Q)`` (``Q`` the largest count; the rest of every row is 0) and the counts
-    ``(R, 1)``.
+    ``(R, 1)``. A running count gives every kept entry its slot, and one scatter moves it
+    there (the entries not kept all go to a spare column, dropped), which is cheaper than
+    ``nonzero`` on CPU.
     """
-    rows, cols = keep.nonzero(as_tuple=True)
-    counts = torch.bincount(rows, minlength=keep.shape[0])
-    first = counts.cumsum(0) - counts
-    slots = torch.arange(rows.numel(), device=keep.device) - first[rows]
-    out = payload.new_zeros(keep.shape[0], int(counts.max()))
-    out[rows, slots] = payload[rows, cols]
-    return out, counts[:, None]
+    slots = keep.cumsum(dim=-1)
+    counts = slots[:, -1:]
+    width = int(counts.max())
+    target = torch.where(keep, slots - 1, width)
+    out = payload.new_zeros(keep.shape[0], width + 1).scatter_(-1, target, payload)
+    return out[:, :width], counts
 
 
 def _children(parents: torch.Tensor, counts: torch.Tensor, width: int):
