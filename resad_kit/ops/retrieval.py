@@ -227,8 +227,9 @@ def retrieve(
         compile: run the similarity (GEMM and penalty) and the weight computation through
             ``torch.compile`` (compiled on first use, ``dynamic=True``).
             If compilation is unavailable or fails, the eager code runs instead. Off by
-            default: on CPU it gave no speed-up (the GEMM dominates) and compiling took tens
-            of seconds (docs/benchmarks.md); results match eager to float rounding.
+            default: on CPU it gave no speed-up (the GEMM dominates) and the first call, which
+            compiles, took about 12 s on 2 cores (docs/benchmarks.md); results match eager to
+            float rounding.
 
     Returns:
         :class:`Retrieval` with ``reference`` ``(..., N, D)`` in the query's dtype and sparse
