@@ -396,9 +396,10 @@ def _retrieve_groups(
         step = -(-chunk_size // _MIN_GEMM_ROWS) * _MIN_GEMM_ROWS
     bank_offset = m * torch.arange(groups, device=rows.device).repeat_interleave(total)[:, None]
     references, indices, values = [], [], []
+    tables: dict[tuple[int, int], torch.Tensor] = {}  # the last penalty table, reused
     for start in range(0, groups * total, step):
         stop = min(start + step, groups * total)
-        sim = _similarity_block(flat_rows, banks, penalty, start, stop, compile)
+        sim = _similarity_block(flat_rows, banks, penalty, start, stop, compile, tables)
         idx, w = _sparse_sparsemax(sim, k, compile)
         del sim  # free this block before the next one is allocated
         flat_idx = idx + bank_offset[start:stop]  # one gather-and-sum over all the banks
@@ -422,9 +423,15 @@ def _similarity_block(
     start: int,
     stop: int,
     compile: bool,
+    tables: dict[tuple[int, int], torch.Tensor],
 ) -> torch.Tensor:
     """Eq. 8 for the flattened rows ``[start, stop)``: ``(stop − start, M)``, every row against
     the bank of its group (``R = rows / G`` rows per group).
+
+    Every group has the same row radii, so the penalty table of a span of rows within a group
+    is the same in every group: ``tables`` keeps the last one (keyed by that span), which the
+    next group's segment reuses (one table per call with the default whole-group blocks); only
+    one is kept, so memory stays bounded by the block.
 
     Every GEMM covers at least 64 rows (shorter segments are padded): BLAS libraries take other
     kernels, which round differently, for very short matrices, so the results do not depend on
@@ -442,8 +449,11 @@ def _similarity_block(
         segment = rows[first:last]
         table = None
         if penalty is not None:
-            row_radius = penalty[0][first - group * total : last - group * total]
-            table = _radial_table(row_radius, penalty[1])
+            span = (first - group * total, last - group * total)
+            table = tables.get(span)
+            if table is None:
+                tables.clear()
+                table = tables[span] = _radial_table(penalty[0][span[0] : span[1]], penalty[1])
         out = None if block is None else block[first - start : last - start]
         pad = max(0, _MIN_GEMM_ROWS - (last - first))
         if pad:

@@ -206,6 +206,23 @@ def test_one_bank_per_layer_broadcasts_over_images():
     assert torch.equal(shared.reference, retrieve(query, bank[:1]).reference)
 
 
+def test_penalised_layers_equal_separate_calls():
+    """The penalty table computed for the first layer's block and reused for the others gives
+    what each layer's own call gives (default whole-layer blocks, and 64-row chunks whose
+    spans differ from layer to layer)."""
+    query, bank = _features(40, 3, 3, 16, 6), _features(41, 3, 1, 48, 6)  # 48-row layers
+    r = radial_distance(4, 4)
+    radii = {"query_radius": r, "bank_radius": r.repeat(3), "gamma": 0.1}
+    for chunk in (None, 8):
+        out = retrieve(query, bank, chunk_size=chunk, **radii)
+        for layer in range(3):
+            single = retrieve(query[layer], bank[layer, 0], **radii)
+            assert torch.equal(out.reference[layer], single.reference)
+            width = single.weights.values.shape[-1]
+            assert torch.equal(out.weights.values[layer, ..., :width], single.weights.values)
+            assert torch.equal(out.weights.indices[layer, ..., :width], single.weights.indices)
+
+
 def test_normalize_query_only_for_a_normalised_bank():
     query, bank = _features(26, 2, 20, 8), F.normalize(_features(27, 60, 8), dim=-1)
     r = torch.rand(20)
