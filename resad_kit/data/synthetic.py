@@ -21,10 +21,15 @@ foreign patches (no known copyright restrictions).
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import shutil
+import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -222,9 +227,76 @@ def draw_defect(image: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray, np
     return out, mask
 
 
+MANIFEST_NAME = "synthetic.json"
+"""File in each category folder that records how it was generated and every file's digest."""
+_MANIFEST_FORMAT = "resad_kit.synthetic/1"
+
+
 def _write_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, format="PNG")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_category(
+    cat_dir: Path,
+    category: str,
+    settings: dict[str, Any],
+    n_train: int,
+    n_test: int,
+    seed: int,
+    image_size: int,
+    defects: tuple[str, ...],
+) -> None:
+    """Every file of one category under ``cat_dir``, the manifest last."""
+    for i in range(n_train):
+        image = _render_normal(category, image_size, _seeded(seed, category, 0, i))
+        _write_png(image, cat_dir / "train" / "good" / f"{i:03d}.png")
+    n_good = n_test // 2
+    for i in range(n_good):
+        image = _render_normal(category, image_size, _seeded(seed, category, 1, i))
+        _write_png(image, cat_dir / "test" / "good" / f"{i:03d}.png")
+    counts = dict.fromkeys(defects, 0)
+    for j in range(n_test - n_good):
+        kind = defects[j % len(defects)]
+        rng = _seeded(seed, category, 2, j)
+        clean = _render_normal(category, image_size, rng)
+        image, mask = draw_defect(clean, kind, int(rng.integers(0, 2**31)))
+        name = f"{counts[kind]:03d}"
+        counts[kind] += 1
+        _write_png(image, cat_dir / "test" / kind / f"{name}.png")
+        _write_png(
+            mask.astype(np.uint8) * 255, cat_dir / "ground_truth" / kind / f"{name}_mask.png"
+        )
+    files = {p.relative_to(cat_dir).as_posix(): _digest(p) for p in sorted(cat_dir.rglob("*.png"))}
+    manifest = {"format": _MANIFEST_FORMAT, "settings": settings, "files": files}
+    (cat_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", "utf-8")
+
+
+def _is_complete(cat_dir: Path, settings: dict[str, Any]) -> bool:
+    """Whether ``cat_dir`` holds exactly what its manifest lists, generated with ``settings``."""
+    try:
+        manifest = json.loads((cat_dir / MANIFEST_NAME).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(manifest, dict) or manifest.get("format") != _MANIFEST_FORMAT:
+        return False
+    if manifest.get("settings") != settings or not isinstance(manifest.get("files"), dict):
+        return False
+    present = {p.relative_to(cat_dir).as_posix() for p in cat_dir.rglob("*.png")}
+    if present != set(manifest["files"]):
+        return False
+    return all(_digest(cat_dir / name) == digest for name, digest in manifest["files"].items())
+
+
+def _remove_stale_temp(root: Path, category: str) -> None:
+    """Delete the temporary folders of this category left by an interrupted call."""
+    for stale in root.glob(f".{category}.tmp*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def synthesize_dataset(
@@ -237,17 +309,25 @@ def synthesize_dataset(
     image_size: int = 256,
     defects: Sequence[str] = DEFECT_KINDS,
     overwrite: bool = False,
+    reuse: bool = False,
 ) -> Path:
     """Write a small synthetic data set in the MVTec AD layout; deterministic per seed.
 
     Per category: ``n_train`` normal training images; ``n_test`` test images, of which
     ``n_test // 2`` are normal and the rest anomalous, the defect types taken in turn from
-    ``defects``; one 0/255 mask per anomalous image::
+    ``defects``; one 0/255 mask per anomalous image; and ``synthetic.json``
+    (:data:`MANIFEST_NAME`), the settings and the SHA-256 of every file::
 
         <root>/<category>/train/good/000.png ...
         <root>/<category>/test/good/000.png ...
         <root>/<category>/test/<defect>/000.png ...
         <root>/<category>/ground_truth/<defect>/000_mask.png ...
+        <root>/<category>/synthetic.json
+
+    Each category is written into a temporary folder ``<root>/.<category>.tmp…`` and
+    renamed to ``<root>/<category>`` when complete, so an interrupted call never leaves a
+    partial category under its real name (its temporary folder is deleted by the next
+    call for that category). Only one call may write into ``root`` at a time.
 
     Args:
         root: output folder (created if needed).
@@ -258,13 +338,17 @@ def synthesize_dataset(
         image_size: side of the square images (≥ 16).
         defects: defect types to draw, a subset of :data:`DEFECT_KINDS`.
         overwrite: replace an existing ``<root>/<category>`` folder instead of failing.
+        reuse: keep an existing category whose manifest has these settings and whose
+            files are all present, unaltered and not more (checked by their SHA-256);
+            regenerate any other existing category folder (a partial or altered one, or
+            one written with other settings).
 
     Returns:
         ``root`` as a :class:`~pathlib.Path`.
 
     Raises:
         ValueError: unknown categories or defects, bad counts or size, or an existing
-            category folder without ``overwrite=True``.
+            category folder without ``overwrite=True`` or ``reuse=True``.
 
     Example:
         >>> import tempfile
@@ -280,6 +364,16 @@ def synthesize_dataset(
          'coffee/test/scratch/000.png',
          'coffee/train/good/000.png',
          'coffee/train/good/001.png']
+
+        With ``reuse=True`` a complete category is kept and a damaged one regenerated:
+
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     kwargs = dict(categories=["coffee"], n_train=2, n_test=2, image_size=32)
+        ...     root = synthesize_dataset(tmp, **kwargs)
+        ...     (root / "coffee" / "test" / "good" / "000.png").unlink()  # a damaged copy
+        ...     root = synthesize_dataset(tmp, reuse=True, **kwargs)
+        ...     (root / "coffee" / "test" / "good" / "000.png").is_file()
+        True
     """
     fn = "synthesize_dataset"
     categories = SYNTHETIC_CATEGORIES if categories is None else tuple(categories)
@@ -303,34 +397,41 @@ def synthesize_dataset(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"{fn}: `seed` must be an int; got {seed!r}")
     root = Path(root)
+    todo = []
     for category in categories:
+        settings = {
+            "category": category,
+            "n_train": n_train,
+            "n_test": n_test,
+            "seed": seed,
+            "image_size": image_size,
+            "defects": list(defects),
+        }
         cat_dir = root / category
         if cat_dir.exists() and any(cat_dir.iterdir()):
-            if not overwrite:
+            if reuse and _is_complete(cat_dir, settings):
+                continue
+            if not (overwrite or reuse):
                 raise ValueError(
                     f"{fn}: {str(cat_dir)!r} exists and is not empty; pass overwrite=True "
                     f"to replace it"
                 )
-            shutil.rmtree(cat_dir)
-    for category in categories:
-        cat_dir = root / category
-        for i in range(n_train):
-            image = _render_normal(category, image_size, _seeded(seed, category, 0, i))
-            _write_png(image, cat_dir / "train" / "good" / f"{i:03d}.png")
-        n_good = n_test // 2
-        for i in range(n_good):
-            image = _render_normal(category, image_size, _seeded(seed, category, 1, i))
-            _write_png(image, cat_dir / "test" / "good" / f"{i:03d}.png")
-        counts = dict.fromkeys(defects, 0)
-        for j in range(n_test - n_good):
-            kind = defects[j % len(defects)]
-            rng = _seeded(seed, category, 2, j)
-            clean = _render_normal(category, image_size, rng)
-            image, mask = draw_defect(clean, kind, int(rng.integers(0, 2**31)))
-            name = f"{counts[kind]:03d}"
-            counts[kind] += 1
-            _write_png(image, cat_dir / "test" / kind / f"{name}.png")
-            _write_png(
-                mask.astype(np.uint8) * 255, cat_dir / "ground_truth" / kind / f"{name}_mask.png"
-            )
+        todo.append((category, settings))
+    root.mkdir(parents=True, exist_ok=True)
+    for category, settings in todo:
+        _remove_stale_temp(root, category)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{category}.tmp"))
+        try:
+            _write_category(tmp, category, settings, n_train, n_test, seed, image_size, defects)
+            cat_dir = root / category
+            if cat_dir.exists():  # the old folder goes aside, then away: never half of each
+                old = Path(tempfile.mkdtemp(dir=root, prefix=f".{category}.tmp"))
+                os.replace(cat_dir, old / category)
+                os.replace(tmp, cat_dir)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, cat_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return root

@@ -24,6 +24,7 @@ the backbone is untrained and the numbers are not comparable to the paper.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from resad_kit.data import standard_categories
+from resad_kit.engine.atomic import atomic_write
 from resad_kit.engine.paper_results import (
     MODES,
     PAPER_DATASET_NAMES,
@@ -175,36 +177,37 @@ class CategoryResult:
 class DatasetAggregate:
     """One ``(dataset, shots, mode)``: class means per seed, their mean and std over seeds.
 
-    Attributes:
-        dataset, shots, mode: the group's key.
-        mean: metric → mean over seeds of the per-seed unweighted class mean (fractions).
-        std: metric → standard deviation of the same over seeds (``ddof`` = :data:`STD_DDOF`).
-        seeds: the seeds, sorted; ``n_seeds = len(seeds)``.
-        categories: the categories, sorted (every seed has all of them).
-        per_seed: seed → metric → unweighted class mean.
+        Attributes:
+            dataset, shots, mode: the group's key.
+            mean: metric → mean over seeds of the per-seed unweighted class mean (fractions).
+            std: metric → standard deviation of the same over seeds (``ddof`` = :data:`STD_DDOF`).
+            seeds: the seeds, sorted; ``n_seeds = len(seeds)``.
+            categories: the categories, sorted (every seed has all of them).
+            per_seed: seed → metric → unweighted class mean.
 
-    Example:
-        >>> from resad_kit.data import standard_categories
-        >>> from resad_kit.engine.results import CategoryResult, aggregate
-        >>> from resad_kit.metrics import METRIC_NAMES
-        >>> recs = [
-        ...     CategoryResult(
-        ...         "btad",
-        ...         c,
-        ...         1,
-        ...         0,
-        ...         "training_free",
-        ...         dict.fromkeys(METRIC_NAMES, 0.9),
-        ...         ("ref.bmp",),
-        ...         10,
-        ...     )
-        ...     for c in standard_categories("btad")
-        ... ]
-        >>> g = aggregate(recs)[("btad", 1, "training_free")]
-        >>> g.categories, g.n_seeds, g.paper["I-AUROC"]  # all 3 BTAD categories: comparable
-        (('01', '02', '03'), 1, PaperValue(mean=95.5, std=0.7))
-        >>> aggregate(recs[:2])[("btad", 1, "training_free")].paper is None  # a subset: not
-        True
+        Example:
+            >>> from resad_kit.data import standard_categories
+    from resad_kit.engine.atomic import atomic_write
+            >>> from resad_kit.engine.results import CategoryResult, aggregate
+            >>> from resad_kit.metrics import METRIC_NAMES
+            >>> recs = [
+            ...     CategoryResult(
+            ...         "btad",
+            ...         c,
+            ...         1,
+            ...         0,
+            ...         "training_free",
+            ...         dict.fromkeys(METRIC_NAMES, 0.9),
+            ...         ("ref.bmp",),
+            ...         10,
+            ...     )
+            ...     for c in standard_categories("btad")
+            ... ]
+            >>> g = aggregate(recs)[("btad", 1, "training_free")]
+            >>> g.categories, g.n_seeds, g.paper["I-AUROC"]  # all 3 BTAD categories: comparable
+            (('01', '02', '03'), 1, PaperValue(mean=95.5, std=0.7))
+            >>> aggregate(recs[:2])[("btad", 1, "training_free")].paper is None  # a subset: not
+            True
     """
 
     dataset: str
@@ -571,7 +574,9 @@ def write_results(
 
     Args:
         results: the run's records.
-        out_dir: the run's folder (created if missing; files are overwritten).
+        out_dir: the run's folder (created if missing). Each file is replaced atomically
+            (:func:`resad_kit.engine.atomic.atomic_write`): a failed write (a full disk, a
+            killed job) leaves the previous version of that file intact.
         backbone_label: e.g. ``"ViT-L-14-336 (openai)"`` or ``"tiny (random weights)"``.
         trained: whether the backbone has trained weights; ``False`` puts the
             :data:`UNTRAINED_WARNING` on the first line of ``table.md`` and in the
@@ -585,6 +590,7 @@ def write_results(
     Raises:
         ValueError: bad records (see :func:`aggregate`), a config or extra metadata that is
             not JSON-serialisable, an empty ``backbone_label``.
+        OSError: a file could not be written (that file keeps its previous content).
 
     Example:
         >>> import tempfile
@@ -625,27 +631,30 @@ def write_results(
         "extra": extra,
     }
     paths = {"csv": out / "metrics.csv", "json": out / "metrics.json", "table": out / "table.md"}
-    with paths["csv"].open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow([*_CSV_FIELDS, *METRIC_NAMES, "references"])
-        for r in records:
-            writer.writerow(
-                [r.dataset, r.category, r.shots, r.seed, r.mode, r.n_images, backbone_label]
-                + [trained]
-                + [f"{100 * r.metrics[m]:.2f}" for m in METRIC_NAMES]
-                + [";".join(r.references)]
-            )
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow([*_CSV_FIELDS, *METRIC_NAMES, "references"])
+    for r in records:
+        writer.writerow(
+            [r.dataset, r.category, r.shots, r.seed, r.mode, r.n_images, backbone_label]
+            + [trained]
+            + [f"{100 * r.metrics[m]:.2f}" for m in METRIC_NAMES]
+            + [";".join(r.references)]
+        )
     document = {
         "schema": SCHEMA,
         "metadata": metadata,
         "records": [r.to_dict() for r in records],
         "aggregates": [a.to_dict() for a in aggs.values()],
     }
-    paths["json"].write_text(json.dumps(document, indent=1, ensure_ascii=False), "utf-8")
     table = _render_table_md(
         list(aggs.values()), trained=trained, backbone_label=backbone_label, created=created
     )
-    paths["table"].write_text(table, "utf-8")
+    text = json.dumps(document, indent=1, ensure_ascii=False)
+    # Every file is rendered before the first is written; each write is atomic.
+    atomic_write(paths["csv"], buffer.getvalue())
+    atomic_write(paths["json"], text)
+    atomic_write(paths["table"], table)
     return paths
 
 

@@ -18,7 +18,7 @@ from resad_kit.data import (
     draw_defect,
     synthesize_dataset,
 )
-from resad_kit.data.synthetic import _render_normal, _seeded
+from resad_kit.data.synthetic import MANIFEST_NAME, _render_normal, _seeded
 
 SIZE = 48
 
@@ -41,7 +41,7 @@ def synthetic(tmp_path_factory) -> Path:
 def test_same_seed_gives_the_same_bytes(synthetic: Path, tmp_path: Path):
     again = synthesize_dataset(tmp_path / "again", n_train=3, n_test=10, seed=5, image_size=SIZE)
     assert _digest(again) == _digest(synthetic)
-    assert len(_digest(synthetic)) == 5 * (3 + 10 + 5)  # images + masks
+    assert len(_digest(synthetic)) == 5 * (3 + 10 + 5 + 1)  # images + masks + manifest
 
 
 def test_other_seed_gives_other_images(synthetic: Path, tmp_path: Path):
@@ -152,3 +152,68 @@ def test_synthesize_errors_and_overwrite(tmp_path: Path):
         synthesize_dataset(tmp_path, ["brick"], **kwargs)
     (tmp_path / "brick" / "train" / "good" / "stale.png").write_bytes(b"")
     assert _digest(synthesize_dataset(tmp_path, ["brick"], overwrite=True, **kwargs)) == first
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Make the n-th PNG write of synthesize_dataset raise, as a killed job would stop."""
+    import resad_kit.data.synthetic as synthetic
+
+    real, calls = synthetic._write_png, []
+
+    def write(array: np.ndarray, path: Path) -> None:
+        calls.append(path)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        real(array, path)
+
+    monkeypatch.setattr(synthetic, "_write_png", write)
+
+
+def test_interrupted_generation_leaves_no_partial_category(tmp_path: Path, monkeypatch):
+    """A call stopped in the middle of a category (here after 2 of its 5 files) leaves no
+    folder under the category's name and no temporary folder; the old code left a category
+    with only some of its images, which a later run read as complete."""
+    kwargs = {"n_train": 2, "n_test": 2, "image_size": 16}
+    root = tmp_path / "data"
+    _interrupt_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize_dataset(root, ["brick"], **kwargs)
+    assert list(root.iterdir()) == []
+    monkeypatch.undo()
+    complete = _digest(synthesize_dataset(tmp_path / "ref", ["brick"], **kwargs))
+    assert _digest(synthesize_dataset(root, ["brick"], **kwargs)) == complete
+
+
+def test_reuse_keeps_a_complete_category_and_regenerates_a_damaged_one(tmp_path: Path):
+    """``reuse=True`` keeps a category that matches its manifest (same files, same bytes,
+    same settings) and regenerates one with a missing, altered or extra file, a missing
+    manifest (written by a killed job of the old code) or other settings."""
+    kwargs = {"n_train": 2, "n_test": 4, "image_size": 16}
+    root = synthesize_dataset(tmp_path, ["coins", "grass"], **kwargs)
+    complete = _digest(root)
+    grass = root / "grass" / "train" / "good" / "000.png"
+    before = grass.stat().st_mtime_ns
+    damages = [
+        lambda d: (d / "test" / "good" / "001.png").unlink(),
+        lambda d: (d / "test" / "good" / "001.png").write_bytes(b"not a png"),
+        lambda d: (d / "test" / "good" / "009.png").write_bytes(b"extra"),
+        lambda d: (d / MANIFEST_NAME).unlink(),
+    ]
+    for damage in damages:
+        damage(root / "coins")
+        assert _digest(root) != complete
+        assert _digest(synthesize_dataset(tmp_path, ["coins", "grass"], reuse=True, **kwargs)) == (
+            complete
+        )
+        assert grass.stat().st_mtime_ns == before  # the complete category was not rewritten
+    other = synthesize_dataset(tmp_path, ["coins"], reuse=True, seed=9, **kwargs)
+    assert _digest(other)["coins/train/good/000.png"] != complete["coins/train/good/000.png"]
+
+
+def test_stale_temporary_folder_is_removed(tmp_path: Path):
+    """The temporary folder of a killed call is deleted by the next call for its category."""
+    stale = tmp_path / ".brick.tmp_dead"
+    (stale / "train" / "good").mkdir(parents=True)
+    (stale / "train" / "good" / "000.png").write_bytes(b"partial")
+    synthesize_dataset(tmp_path, ["brick"], n_train=1, n_test=2, image_size=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brick"]

@@ -332,3 +332,55 @@ def test_summary_table_warns_when_untrained_and_shows_paper_rows() -> None:
     assert trained[0].split() == ["dataset", "shots", "mode", "seeds", "cats", *METRIC_NAMES]
     assert trained[1].split()[:6] == ["btad", "1", "training_free", "2", "3", "95.5±0.0"]
     assert trained[2].split()[:3] == ["paper", "(T8)", "95.5"]
+
+
+@pytest.mark.parametrize("fail_on", ["write", "fsync", "replace"])
+def test_failed_write_keeps_every_previous_result_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_on: str
+) -> None:
+    """A full disk during a rewrite (the write, the fsync or the rename of a file fails)
+    leaves every result file as the previous valid run wrote it, and no temporary file.
+    The old code rewrote metrics.json in place and left it truncated and invalid."""
+    import errno
+    import os
+
+    import resad_kit.engine.atomic as atomic
+
+    out = tmp_path / "run"
+    first = [_rec(value=0.25)]
+    write_results(first, out, backbone_label="tiny", trained=False, config={})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    class FullDisk:
+        """A file object that writes half of the data, then fails (a full disk)."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise full
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def fail(*args, **kwargs):
+        raise full
+
+    if fail_on == "write":
+        real_fdopen = os.fdopen
+        monkeypatch.setattr(atomic.os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
+    else:
+        monkeypatch.setattr(atomic.os, fail_on, fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_results([_rec(value=0.75)], out, backbone_label="tiny", trained=False, config={})
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert load_results(out) == first
