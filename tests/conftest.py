@@ -16,6 +16,14 @@ settings.register_profile(
     derandomize=True,
 )
 settings.register_profile("dev", max_examples=300, deadline=None)
+# the metric tests rerun under other OpenBLAS kernels (tests/metrics/test_cpu_independence.py)
+settings.register_profile(
+    "quick",
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -17,7 +17,11 @@ of each positive into the sorted negatives, gives every exact threshold metric:
   region)/R``; the trapezoid area up to FPR ``limit`` is a weighted Mann–Whitney sum over
   the negatives above the cut plus one interpolated partial segment.
 
-Counts are int64 (Python ints for the sums); ratios are float64.
+Counts are int64 (Python ints for the sums); ratios are float64. No sum goes through BLAS
+(whose rounding depends on the CPU's kernels): the PRO sums are grouped by region area, so
+each group's sum is an exact integer and only the per-area terms are rounded, then added
+with ``math.fsum`` (exactly rounded). A perfect predictor thus scores exactly 1.0 on every
+CPU.
 """
 
 from __future__ import annotations
@@ -125,7 +129,13 @@ def rank_stats(
             n_above = n_neg - int(np.searchsorted(neg, cut, "right"))
             n_at_least = n_neg - int(np.searchsorted(neg, cut, "left"))
     auroc_num, ap_sum, f1max = 0, 0.0, 0.0
-    pro_num, w_above, w_at_least = 0.0, 0.0, 0.0
+    if with_pro:
+        # per distinct area a: Σ 2·(ties_half) over positives above the cut, and the counts
+        # above / at least the cut (exact int64); weights 1/a are applied once per area
+        area_values, area_index = np.unique(areas, return_inverse=True)
+        twice_ties = np.zeros(area_values.size, dtype=np.int64)
+        count_above = np.zeros(area_values.size, dtype=np.int64)
+        count_at_least = np.zeros(area_values.size, dtype=np.int64)
     for start in range(0, n_pos, CHUNK):
         s = pos[start : start + CHUNK]
         lo, hi = _ranks_in(neg, s)
@@ -141,15 +151,19 @@ def rank_stats(
             f1 = 2.0 * precision * recall / (precision + recall + f1_eps)
         f1max = max(f1max, float(f1.max()))
         if with_pro:
-            w = 1.0 / areas[start : start + CHUNK].astype(np.float64)  # type: ignore[index]
+            idx = area_index[start : start + CHUNK]
             above = s > cut
-            wa = w[above]
-            ties_half = (lo[above] + hi[above]) * 0.5 - (n_neg - n_above)
-            pro_num += float(wa @ ties_half)
-            w_above += float(wa.sum())
-            w_at_least += float(w[s >= cut].sum())
+            ia = idx[above]
+            twice = lo[above] + hi[above] - 2 * (n_neg - n_above)
+            np.add.at(twice_ties, ia, twice)
+            count_above += np.bincount(ia, minlength=area_values.size)
+            count_at_least += np.bincount(idx[s >= cut], minlength=area_values.size)
     aupro = None
     if with_pro:
+        inv = [float(a) for a in area_values]
+        pro_num = math.fsum(int(t) / (2.0 * a) for t, a in zip(twice_ties, inv, strict=True))
+        w_above = math.fsum(int(c) / a for c, a in zip(count_above, inv, strict=True))
+        w_at_least = math.fsum(int(c) / a for c, a in zip(count_at_least, inv, strict=True))
         area = pro_num / (n_neg * num_regions)
         if n_above < n_neg:  # interpolate the segment that crosses the limit
             x0, x1 = n_above / n_neg, n_at_least / n_neg

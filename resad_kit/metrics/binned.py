@@ -16,7 +16,9 @@ reproduce that computation on the CPU so that numbers can be compared like with 
   normalised by the total weight, integrated with the trapezoid rule from the first point
   to FPR ``fpr_limit`` (the crossing segment interpolated linearly), divided by the limit.
 
-These are approximations: scores within one bin are treated as tied. Use the exact
+Maps of every dtype are binned as float32 (as adeval accumulates float32 maps), so float64
+maps give exactly the result of their float32 cast. These are approximations: scores within
+one bin are treated as tied. Use the exact
 functions (:func:`~resad_kit.metrics.pixel_auroc`, ...) unless you need the official numbers.
 """
 
@@ -127,7 +129,9 @@ def curve_aupro(c: BinnedCurves, fpr_limit: float) -> float:
 
 def _curves(fn: str, maps: object, masks: object, num_bins: object, *, pro: bool) -> BinnedCurves:
     bins = check_positive_int(fn, "num_bins", num_bins)
-    return binned_curves(pixel_store(fn, maps, masks, regions=pro), bins)  # type: ignore[arg-type]
+    # always float32, as adeval's accumulator: float64 maps give their float32 cast's result
+    store = pixel_store(fn, maps, masks, regions=pro, dtype=np.float32)
+    return binned_curves(store, bins)  # type: ignore[arg-type]
 
 
 def binned_pixel_auroc(maps: torch.Tensor, masks: torch.Tensor, *, num_bins: int = 200) -> float:

@@ -61,11 +61,21 @@ def _image_stats(fn: str, scores: object, labels: object, *, f1_eps: float = 0.0
     return rank_stats(neg, pos, f1_eps=f1_eps)
 
 
-def pixel_store(fn: str, maps: object, masks: object, *, regions: bool) -> PixelStore:
-    """Checked ``(B, H, W)`` maps and masks copied into a store (shared with pro and binned)."""
+def pixel_store(
+    fn: str,
+    maps: object,
+    masks: object,
+    *,
+    regions: bool,
+    dtype: type[np.floating] | None = None,
+) -> PixelStore:
+    """Checked ``(B, H, W)`` maps and masks copied into a store (shared with pro and binned).
+
+    ``dtype`` fixes the storage dtype (default: float64 for float64 maps, else float32).
+    """
     m = check_tensor(fn, "maps", maps, ndim=3, shape_doc="(B, H, W)", finite=False)
     g = check_targets(fn, "masks", masks, m, "maps")
-    store = PixelStore(m.numel(), _working_dtype(m), regions=regions)
+    store = PixelStore(m.numel(), dtype or _working_dtype(m), regions=regions)
     fill(fn, store, m, g, names=("maps", "masks"))
     check_both_classes(fn, "masks", store.num_pos, store.num_neg)
     return store
