@@ -9,13 +9,19 @@ One ``.safetensors`` file holds everything needed to evaluate or to resume:
   (``optimizers.<name>.…``) and the rest in the JSON metadata;
 - JSON metadata: the model configuration (``Res2CLIPConfig.to_dict()``), the backbone it
   was trained on (name, weights label, ``D``, taps), the training configuration, the number
-  of completed epochs, the global step, the random-number-generator states and any extra
-  JSON-able data (the loss history).
+  of completed epochs, the global step, the random-number-generator states, a record of
+  the training data (:func:`~resad_kit.engine.fingerprint.data_fingerprint`) and any extra
+  JSON-able data (the loss history);
+- a SHA-256 checksum (metadata key ``sha256``) of the JSON metadata and of every tensor's
+  name, dtype, shape and bytes, verified by :func:`load_checkpoint`: a file whose bytes
+  were altered after it was written (a flipped bit on disk, a bad copy) is refused with a
+  ``ValueError`` naming it. Files written before checksums existed load with a warning.
 
 Writes are atomic: the file is written next to its destination and moved into place with
 ``os.replace``, so an interrupted save never leaves a truncated checkpoint. Loading into a
-model checks that the model's configuration and backbone match the checkpoint's and
-raises a ``ValueError`` naming every field that differs.
+model checks that the model's configuration and backbone match the checkpoint's, and,
+when asked, that the training configuration and data match, and raises a ``ValueError``
+naming every field that differs.
 
 Only tensors, ``str``, ``int``, ``float``, ``bool``, ``None`` and lists, tuples and dicts
 of them can be stored; tuples and dicts with non-string keys (an optimiser's ``state``)
@@ -37,6 +43,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from resad_kit.engine._checkpoint_codec import (
+    as_dict,
+    checksum,
+    decode,
+    differences,
+    encode,
+    json_normal,
+)
+from resad_kit.engine.fingerprint import data_differences
+
 if TYPE_CHECKING:
     from resad_kit.methods import Res2CLIP
 
@@ -47,8 +63,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "resad_kit.res2clip.checkpoint"
 VERSION = 1
 _META_KEY = "resad_kit"
-_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
-_MARKERS = (_TENSOR, _TUPLE, _ITEMS)
+_CHECKSUM_KEY = "sha256"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +84,8 @@ class Checkpoint:
         schedulers: ``{name: scheduler.state_dict()}``.
         rng: random-number-generator states (see :func:`save_checkpoint`).
         extra: any extra JSON-able data saved with the checkpoint.
+        data: the record of the training data
+            (:func:`~resad_kit.engine.fingerprint.data_fingerprint`); ``None`` if not saved.
 
     Example:
         >>> import tempfile
@@ -101,79 +118,7 @@ class Checkpoint:
     schedulers: dict[str, dict[str, Any]]
     rng: dict[str, Any]
     extra: dict[str, Any]
-
-
-# ---------------------------------------------------------------------------- codec
-
-
-def _encode(obj: Any, path: str, tensors: dict[str, Tensor]) -> Any:
-    """Make ``obj`` JSON-able; tensors move to ``tensors`` under their path."""
-    if isinstance(obj, Tensor):
-        if path in tensors:
-            raise ValueError(f"save_checkpoint: two tensors would be stored under {path!r}")
-        tensors[path] = obj.detach().to("cpu", copy=True).contiguous()
-        return {_TENSOR: path}
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, tuple):
-        return {_TUPLE: [_encode(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]
-    if isinstance(obj, Mapping):
-        plain = all(isinstance(k, str) and k not in _MARKERS for k in obj)
-        if plain:
-            return {k: _encode(v, f"{path}.{k}", tensors) for k, v in obj.items()}
-        return {
-            _ITEMS: [
-                [_encode(k, f"{path}.key{i}", tensors), _encode(v, f"{path}.{k}", tensors)]
-                for i, (k, v) in enumerate(obj.items())
-            ]
-        }
-    raise TypeError(
-        f"save_checkpoint: cannot store a {type(obj).__name__} (at {path!r}); only tensors, "
-        "str, int, float, bool, None, lists, tuples and dicts of them"
-    )
-
-
-def _decode(obj: Any, tensors: Mapping[str, Tensor]) -> Any:
-    if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
-    if isinstance(obj, dict):
-        if set(obj) == {_TENSOR}:
-            return tensors[obj[_TENSOR]]
-        if set(obj) == {_TUPLE}:
-            return tuple(_decode(v, tensors) for v in obj[_TUPLE])
-        if set(obj) == {_ITEMS}:
-            return {_decode(k, tensors): _decode(v, tensors) for k, v in obj[_ITEMS]}
-        return {k: _decode(v, tensors) for k, v in obj.items()}
-    return obj
-
-
-def _as_dict(config: Any, name: str) -> dict[str, Any] | None:
-    if config is None:
-        return None
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    if isinstance(config, Mapping):
-        return dict(config)
-    raise TypeError(
-        f"save_checkpoint: `{name}` must be a dataclass instance or a mapping; "
-        f"got {type(config).__name__}"
-    )
-
-
-def _json_normal(obj: Any) -> Any:
-    """Tuples → lists etc., so that configs compare equal after a JSON round trip."""
-    return json.loads(json.dumps(obj))
-
-
-def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    saved, current = _json_normal(saved), _json_normal(current)
-    return [
-        f"{key}: checkpoint {saved.get(key, '<missing>')!r}, now {current.get(key, '<missing>')!r}"
-        for key in sorted(set(saved) | set(current))
-        if saved.get(key, "<missing>") != current.get(key, "<missing>")
-    ]
+    data: dict[str, Any] | None = None
 
 
 def _backbone_info(model: Res2CLIP) -> dict[str, Any]:
@@ -212,6 +157,7 @@ def save_checkpoint(
     global_step: int = 0,
     rng: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the adapters, optimiser/scheduler states and metadata to one safetensors file.
 
@@ -227,6 +173,9 @@ def save_checkpoint(
         rng: random-number-generator states, e.g. ``{"reference": random.Random().getstate(),
             "torch_cpu": torch.get_rng_state()}``.
         extra: further JSON-able data (lists, dicts, numbers, strings).
+        data: the record of the training data
+            (:func:`~resad_kit.engine.fingerprint.data_fingerprint`), which
+            ``load_checkpoint(..., data=...)`` compares.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -257,16 +206,22 @@ def save_checkpoint(
     payload = {
         "model_config": model.config.to_dict(),
         "backbone": _backbone_info(model),
-        "train_config": _as_dict(train_config, "train_config"),
+        "train_config": as_dict(train_config, "train_config"),
         "epoch": int(epoch),
         "global_step": int(global_step),
         "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
         "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
         "rng": dict(rng or {}),
         "extra": dict(extra or {}),
+        "data": None if data is None else dict(data),
     }
-    encoded = {key: _encode(value, key, tensors) for key, value in payload.items()}
-    metadata = {"format": FORMAT, "version": str(VERSION), _META_KEY: json.dumps(encoded)}
+    encoded = json.dumps({key: encode(value, key, tensors) for key, value in payload.items()})
+    metadata = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        _META_KEY: encoded,
+        _CHECKSUM_KEY: checksum(encoded, tensors),
+    }
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -287,7 +242,7 @@ def _read(path: Path, device: str | torch.device) -> Checkpoint:
     if not path.is_file():
         raise ValueError(f"{fn}: no checkpoint file at {str(path)!r}")
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except Exception as err:  # safetensors raises its own error types
@@ -302,7 +257,10 @@ def _read(path: Path, device: str | torch.device) -> Checkpoint:
             f"{fn}: {str(path)!r} has checkpoint version {metadata.get('version')!r}; "
             f"this resad_kit reads version {VERSION}"
         )
-    payload = _decode(json.loads(metadata[_META_KEY]), tensors)
+    _verify(path, metadata, tensors)
+    if torch.device(device) != torch.device("cpu"):
+        tensors = {key: t.to(device) for key, t in tensors.items()}
+    payload = decode(json.loads(metadata[_META_KEY]), tensors)
     prefix = "adapters."
     return Checkpoint(
         path=path,
@@ -316,12 +274,32 @@ def _read(path: Path, device: str | torch.device) -> Checkpoint:
         schedulers=payload["schedulers"],
         rng=payload["rng"],
         extra=payload["extra"],
+        data=payload.get("data"),  # absent in files written before data records existed
     )
+
+
+def _verify(path: Path, metadata: Mapping[str, str], tensors: Mapping[str, Tensor]) -> None:
+    """Compare the stored checksum with the file's content; warn if there is none."""
+    stored = metadata.get(_CHECKSUM_KEY)
+    if stored is None:
+        logger.warning(
+            "load_checkpoint: %s has no checksum (written by an older resad_kit), so its "
+            "tensors cannot be verified; save it again to add one",
+            path,
+        )
+        return
+    actual = checksum(metadata[_META_KEY], tensors)
+    if actual != stored:
+        raise ValueError(
+            f"load_checkpoint: {str(path)!r} is corrupt: the SHA-256 of its tensors and "
+            f"metadata is {actual[:12]}… but {stored[:12]}… was stored when it was written "
+            "(altered on disk or in a copy); restore the file from a good copy or retrain"
+        )
 
 
 def _check_model(ckpt: Checkpoint, model: Res2CLIP) -> None:
     fn = "load_checkpoint"
-    diffs = _differences(ckpt.model_config, model.config.to_dict())
+    diffs = differences(ckpt.model_config, model.config.to_dict())
     if diffs:
         raise ValueError(
             f"{fn}: the model's Res2CLIPConfig differs from the checkpoint's "
@@ -329,7 +307,7 @@ def _check_model(ckpt: Checkpoint, model: Res2CLIP) -> None:
         )
     now = _backbone_info(model)
     keys = ("model_name", "embed_dim", "layers", "patch_size")
-    diffs = _differences({k: ckpt.backbone.get(k) for k in keys}, {k: now[k] for k in keys})
+    diffs = differences({k: ckpt.backbone.get(k) for k in keys}, {k: now[k] for k in keys})
     if diffs:
         raise ValueError(
             f"{fn}: the model's backbone differs from the one the checkpoint was trained on "
@@ -342,6 +320,22 @@ def _check_model(ckpt: Checkpoint, model: Res2CLIP) -> None:
             ckpt.path,
             ckpt.backbone.get("weights"),
             now["weights"],
+        )
+
+
+def _check_data(ckpt: Checkpoint, data: Mapping[str, Any]) -> None:
+    if ckpt.data is None:
+        logger.warning(
+            "load_checkpoint: %s holds no record of its training data (written by an older "
+            "resad_kit), so the data cannot be compared",
+            ckpt.path,
+        )
+        return
+    diffs = data_differences(ckpt.data, json_normal(dict(data)))
+    if diffs:
+        raise ValueError(
+            f"load_checkpoint: the training data differs from the checkpoint's "
+            f"({str(ckpt.path)!r}): " + "; ".join(diffs)
         )
 
 
@@ -362,6 +356,7 @@ def load_checkpoint(
     optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
     schedulers: Mapping[str, Any] | None = None,
     train_config: Any = None,
+    data: Mapping[str, Any] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`; optionally restore it in place.
@@ -378,15 +373,18 @@ def load_checkpoint(
         schedulers: if given, the same names as stored; each gets its state.
         train_config: if given (dataclass or mapping), it must equal the stored training
             configuration (resuming with other settings would silently change the run).
+        data: if given (a :func:`~resad_kit.engine.fingerprint.data_fingerprint` record),
+            it must equal the stored record of the training data (roots aside); a
+            checkpoint without one (written by an older resad_kit) only logs a warning.
         map_location: where the tensors of the returned :class:`Checkpoint` are placed.
 
     Returns:
         The :class:`Checkpoint`.
 
     Raises:
-        ValueError: missing or unreadable file, not a resad_kit checkpoint, a model
-            without adapters, or a config/backbone/name mismatch (the message lists
-            every differing field).
+        ValueError: missing or unreadable file, not a resad_kit checkpoint, a corrupt
+            file (its checksum does not match), a model without adapters, or a
+            config/backbone/data/name mismatch (the message lists every difference).
 
     Example:
         >>> import tempfile
@@ -414,12 +412,14 @@ def load_checkpoint(
         adapters = _adapters(fn, model)
         _check_model(ckpt, model)
     if train_config is not None:
-        diffs = _differences(ckpt.train_config or {}, _as_dict(train_config, "train_config"))
+        diffs = differences(ckpt.train_config or {}, as_dict(train_config, "train_config"))
         if diffs:
             raise ValueError(
                 f"{fn}: the training configuration differs from the checkpoint's "
                 f"({str(ckpt.path)!r}): " + "; ".join(diffs)
             )
+    if data is not None:
+        _check_data(ckpt, data)
     if optimizers is not None and set(optimizers) != set(ckpt.optimizers):
         _load_states(fn, "optimizers", ckpt.optimizers, optimizers)  # raises
     if schedulers is not None and set(schedulers) != set(ckpt.schedulers):

@@ -40,13 +40,14 @@ from tqdm.auto import tqdm
 
 from resad_kit.clip import ClipBackbone, Features
 from resad_kit.data import AnomalyDataset
+from resad_kit.engine.fingerprint import file_digest
 from resad_kit.ops._validation import check_positive_int
 
 __all__ = ["FeatureCache", "backbone_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
-_FORMAT = "resad_kit.FeatureCache/1"
+_FORMAT = "resad_kit.FeatureCache/2"  # 2: entries keyed by file content (1: path + mtime)
 _STORE_DTYPES = {torch.float16: "float16", torch.float32: "float32"}
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 # backbone -> ((header, storage versions), fingerprint): hashing ViT-L takes ~1.5 s
@@ -138,10 +139,12 @@ class FeatureCache:
     (float32, on ``backbone.device``). Images the cache does not hold are read with the
     data set, encoded in batches of ``batch_size`` (frozen backbone, no gradients) and
     stored; later requests reuse them. An entry is keyed by
-    :func:`backbone_fingerprint`, the image file's absolute path, modification time and
-    size, the data set's ``image_size``, its normalisation ``mean``/``std`` and the store
-    dtype: another backbone (even another random seed), an edited file or another
-    preprocessing never reuses an entry.
+    :func:`backbone_fingerprint`, the content of the image file (a BLAKE2b hash of its
+    bytes, :func:`~resad_kit.engine.fingerprint.file_digest`), the data set's
+    ``image_size``, its normalisation ``mean``/``std`` and the store dtype: another
+    backbone (even another random seed), a file with other bytes (even with the same size
+    and modification time) or another preprocessing never reuses an entry, while a moved
+    or copied file with the same bytes does.
 
     Precision. Entries are kept in ``store_dtype``, and every returned value equals the
     backbone's output cast to ``store_dtype`` and back to float32, whether it was just
@@ -312,18 +315,16 @@ class FeatureCache:
         return out
 
     def _key(self, dataset: AnomalyDataset, index: int, fingerprint: str) -> str:
-        path = Path(dataset.samples[index].path).absolute()
+        path = dataset.samples[index].path
         try:
-            stat = path.stat()
-        except OSError as err:
+            content = file_digest(path)
+        except ValueError as err:
             raise ValueError(
-                f"FeatureCache.features: image {str(path)!r} cannot be read: {err}"
+                f"FeatureCache.features: image {str(path)!r} cannot be read: {err.__cause__}"
             ) from err
         key = {
             "backbone": fingerprint,
-            "path": str(path),
-            "mtime_ns": stat.st_mtime_ns,
-            "size": stat.st_size,
+            "content": content,
             "image_size": dataset.image_size,
             "mean": None if dataset.mean is None else list(dataset.mean),
             "std": None if dataset.std is None else list(dataset.std),

@@ -22,8 +22,11 @@ the official protocol:
   linear warm-up over one epoch of its own steps and a half cosine to 0 over all its
   steps (:mod:`resad_kit.engine.schedule`); the first step of each runs at lr 0.
 - **Checkpoints** after every epoch (``out_dir/checkpoint.safetensors``, see
-  :mod:`resad_kit.engine.checkpoint`); ``resume=True`` continues from it and reaches the
-  same state as an uninterrupted run.
+  :mod:`resad_kit.engine.checkpoint`), with a checksum and a record of the training data
+  (:func:`~resad_kit.engine.fingerprint.data_fingerprint`); ``resume=True`` continues
+  from it and reaches the same state as an uninterrupted run, and refuses other model or
+  training settings or other data; ``resume="auto"`` does the same if the checkpoint
+  exists and starts afresh otherwise.
 - **Several processes** (``torchrun``): every rank builds the same batches and reference
   draws and takes its slice of each batch; gradients are averaged by
   ``DistributedDataParallel``. This equals one process only for
@@ -59,6 +62,7 @@ from resad_kit.engine.distributed import (
     wrap_ddp,
 )
 from resad_kit.engine.features import FeatureCache, backbone_fingerprint
+from resad_kit.engine.fingerprint import data_fingerprint
 from resad_kit.engine.schedule import active_epochs, phase_of_epoch, warmup_cosine_scheduler
 from resad_kit.methods import Res2CLIP, TrainingBatch
 
@@ -411,7 +415,7 @@ def train(
     config: TrainConfig | None = None,
     *,
     out_dir: str | Path,
-    resume: bool = False,
+    resume: bool | str = False,
     progress: bool = True,
     dist: DistContext | None = None,
 ) -> TrainResult:
@@ -428,9 +432,12 @@ def train(
         cache: a :class:`~resad_kit.engine.FeatureCache` of the model's backbone.
         config: :class:`TrainConfig`; ``None`` is ``TrainConfig.paper()``.
         out_dir: folder of the checkpoints (created if needed).
-        resume: continue from ``out_dir/checkpoint.safetensors`` (its model and training
-            configs must equal these) at the epoch after the saved one. Without ``resume``
-            an existing checkpoint there is overwritten.
+        resume: ``True``: continue from ``out_dir/checkpoint.safetensors`` at the epoch
+            after the saved one; its model and training configs and its training data
+            (the content of every image and mask, their labels, order and preprocessing)
+            must equal these. ``"auto"``: the same if that checkpoint exists, else a fresh
+            run (for a script that resumes a sequence of trainings). ``False``: a fresh
+            run; an existing checkpoint there is overwritten.
         progress: show a tqdm bar per epoch (loss and ETA), on rank 0 only.
         dist: a :class:`~resad_kit.engine.distributed.DistContext` from
             ``init_distributed()`` to train under ``torchrun``: every rank builds the same
@@ -447,9 +454,10 @@ def train(
 
     Raises:
         ValueError: a training-free model, empty data sets, a category with fewer than two
-            normal images, mismatched sizes, a cache of another backbone, ``resume`` without
-            a checkpoint or with other settings, a batch smaller than the number of
-            processes.
+            normal images, mismatched sizes, a cache of another backbone, ``resume=True``
+            without a checkpoint, resuming with other settings or data, a corrupt
+            checkpoint, a batch smaller than the number of processes, a ``resume`` other
+            than ``True``, ``False`` or ``"auto"``.
         FloatingPointError: a non-finite loss.
 
     Side effects:
@@ -486,7 +494,10 @@ def train(
     config = TrainConfig.paper() if config is None else config
     if not isinstance(config, TrainConfig):
         raise TypeError(f"{fn}: `config` must be a TrainConfig; got {type(config).__name__}")
+    if resume not in (True, False, "auto") or not isinstance(resume, (bool, str)):
+        raise ValueError(f"{fn}: `resume` must be True, False or 'auto'; got {resume!r}")
     queries = _Queries(datasets)
+    data = data_fingerprint(queries.datasets)  # hashes every image and mask once
     n = len(queries.items)
     _check_dist(dist, model, n, config.batch_size)
     is_main = dist is None or dist.is_main
@@ -499,11 +510,20 @@ def train(
     start_epoch, global_step = 0, 0
     history: list[dict[str, Any]] = []
     epoch_losses: list[dict[str, Any]] = []
+    if resume == "auto":
+        resume = path.is_file()
+        if not resume:
+            logger.info("train: no checkpoint at %s yet; starting a fresh run", path)
     if resume:
         if not path.is_file():
             raise ValueError(f"{fn}: `resume=True` but there is no checkpoint at {str(path)!r}")
         ckpt = load_checkpoint(
-            path, model, optimizers=optimizers, schedulers=schedulers, train_config=config
+            path,
+            model,
+            optimizers=optimizers,
+            schedulers=schedulers,
+            train_config=config,
+            data=data,
         )
         _set_rng_state(ckpt.rng, reference_rng)
         start_epoch, global_step = ckpt.epoch, ckpt.global_step
@@ -593,6 +613,7 @@ def train(
                     global_step=global_step,
                     rng=_rng_state(reference_rng),
                     extra={"history": history, "epoch_losses": epoch_losses},
+                    data=data,
                 )
                 if config.keep_epoch_checkpoints:
                     shutil.copyfile(path, out_dir / f"checkpoint_epoch{epoch + 1:03d}.safetensors")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 import resad_kit.engine.checkpoint as checkpoint_module
@@ -134,8 +135,6 @@ def test_optimizer_scheduler_and_rng_states_round_trip(backbone, tmp_path):
 
 
 def test_file_is_plain_safetensors_with_json_metadata(backbone, tmp_path):
-    from safetensors import safe_open
-
     model = _perturbed(backbone)
     path = save_checkpoint(tmp_path / "c.safetensors", model)
     with safe_open(str(path), framework="pt") as f:
@@ -223,3 +222,98 @@ def test_clear_errors(backbone, tmp_path):
     with pytest.raises(TypeError, match="cannot store a set"):
         save_checkpoint(tmp_path / "d.safetensors", _perturbed(backbone), extra={"s": {1}})
     assert not (tmp_path / "d.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------- integrity
+
+
+def _data_offset(path: Path) -> int:
+    """Where the tensor bytes start: after the 8-byte header length and the JSON header."""
+    return 8 + int.from_bytes(path.read_bytes()[:8], "little")
+
+
+def _flip(path: Path, offset: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_a_flipped_tensor_byte_is_refused(backbone, tmp_path):
+    """A checkpoint whose tensor bytes changed after saving raises a ValueError naming the
+    file, instead of loading altered weights (the format and JSON metadata still parse)."""
+    model = _perturbed(backbone)
+    optimizers, _ = _adam_with_state(model)
+    path = save_checkpoint(tmp_path / "c.safetensors", model, optimizers=optimizers)
+    size = path.stat().st_size
+    start = _data_offset(path)
+    for offset in (start, (start + size) // 2, size - 1):  # first, middle and last byte
+        broken = tmp_path / f"broken{offset}.safetensors"
+        broken.write_bytes(path.read_bytes())
+        _flip(broken, offset)
+        fresh = Res2CLIP(backbone, FINE_TUNED)
+        before = {k: v.clone() for k, v in fresh.adapters.state_dict().items()}
+        with pytest.raises(ValueError, match=rf"{broken.name}' is corrupt: the SHA-256"):
+            load_checkpoint(broken, fresh)
+        assert all(torch.equal(v, before[k]) for k, v in fresh.adapters.state_dict().items())
+    assert load_checkpoint(path).epoch == 0  # the intact file still loads
+
+
+def test_altered_metadata_is_refused(backbone, tmp_path):
+    """The checksum covers the JSON metadata too: an edited epoch is refused."""
+    path = save_checkpoint(tmp_path / "c.safetensors", _perturbed(backbone), epoch=1)
+    raw = path.read_bytes()
+    assert raw.count(b'\\"epoch\\": 1,') == 1
+    path.write_bytes(raw.replace(b'\\"epoch\\": 1,', b'\\"epoch\\": 7,'))
+    with pytest.raises(ValueError, match="is corrupt"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_checksum_loads_with_a_warning(backbone, tmp_path, caplog):
+    """Files written before checksums existed still load, and the log says they are
+    unverified."""
+    model = _perturbed(backbone)
+    path = save_checkpoint(tmp_path / "c.safetensors", model, epoch=2)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        metadata = dict(f.metadata())
+    assert len(metadata.pop("sha256")) == 64
+    save_file(tensors, str(path), metadata=metadata)
+    fresh = Res2CLIP(backbone, FINE_TUNED)
+    with caplog.at_level(logging.WARNING, logger="resad_kit.engine.checkpoint"):
+        assert load_checkpoint(path, fresh).epoch == 2
+    assert "has no checksum" in caplog.text
+    assert torch.equal(fresh.adapters.text.fc2.weight, model.adapters.text.fc2.weight)
+
+
+def test_training_data_record_is_stored_and_compared(backbone, tmp_path, caplog):
+    """``data=`` round-trips through the file, an equal record passes, another one raises
+    naming the difference, and a file without a record only warns."""
+    record = {
+        "format": "resad_kit.training_data/1",
+        "datasets": [
+            {
+                "root": "/data/mvtec",
+                "category": "grass",
+                "split": "test",
+                "layout": "mvtec",
+                "image_size": 32,
+                "mask_size": 32,
+                "mask_interpolation": "nearest",
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.25, 0.25, 0.25],
+                "samples": [["grass/test/good/000.png", 0, "ab" * 32, None]],
+            }
+        ],
+    }
+    path = save_checkpoint(tmp_path / "c.safetensors", _perturbed(backbone), data=record)
+    assert load_checkpoint(path).data == record
+    load_checkpoint(path, data=record)
+    other = json.loads(json.dumps(record))
+    other["datasets"][0]["samples"][0][2] = "cd" * 32
+    with pytest.raises(ValueError, match=r"training data differs.*'grass/test/good/000.png'"):
+        load_checkpoint(path, data=other)
+    old = save_checkpoint(tmp_path / "old.safetensors", _perturbed(backbone))
+    assert load_checkpoint(old).data is None
+    with caplog.at_level(logging.WARNING, logger="resad_kit.engine.checkpoint"):
+        load_checkpoint(old, data=record)
+    assert "no record of its training data" in caplog.text

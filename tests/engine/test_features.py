@@ -7,11 +7,13 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from resad_kit.clip import ClipBackbone, Features
 from resad_kit.data import AnomalyDataset, synthesize_dataset
@@ -131,7 +133,7 @@ def test_keys_separate_backbones_files_and_preprocessing(backbone, dataset, root
     a.features(raw, [0])
     assert a.stats["misses"] == 3
 
-    # an edited file (new modification time): recomputed
+    # a touched file (new modification time, same bytes): the same content, reused
     path = dataset.samples[1].path
     stat = os.stat(path)
     try:
@@ -139,7 +141,53 @@ def test_keys_separate_backbones_files_and_preprocessing(backbone, dataset, root
         a.features(dataset, [0, 1])
     finally:
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert a.stats == {"hits": 1, "misses": 4, "disk_hits": 0}
+    assert a.stats == {"hits": 2, "misses": 3, "disk_hits": 0}
+
+
+def _write_stored_png(path: Path, seed: int) -> None:
+    """A random RGB PNG without compression: its byte size depends only on its pixel size."""
+    gen = np.random.default_rng(seed)
+    pixels = gen.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, compress_level=0)
+
+
+def test_other_bytes_with_the_same_size_and_mtime_are_recomputed(backbone, tmp_path):
+    """Entries are keyed by content: a file replaced by other bytes of the same size, with
+    its modification time set back, gets new features from memory and disk caches alike
+    (the old size + mtime key served the stale features)."""
+    root = synthesize_dataset(tmp_path / "data", ["grass"], 1, 4, image_size=SIZE)
+    data = AnomalyDataset(root, "grass", "test", image_size=SIZE)
+    path = data.samples[0].path
+    _write_stored_png(path, seed=1)
+    old = os.stat(path)
+    store = {"store_dtype": torch.float32, "progress": False}
+    cache = FeatureCache(backbone, tmp_path / "cache", **store)
+    before = cache.features(data, [0])
+
+    _write_stored_png(path, seed=2)  # in place: same inode
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    new = os.stat(path)
+    assert (new.st_size, new.st_mtime_ns, new.st_ino) == (old.st_size, old.st_mtime_ns, old.st_ino)
+    after = cache.features(data, [0])
+    assert cache.stats == {"hits": 0, "misses": 2, "disk_hits": 0}
+    _assert_features_equal(after, _direct(backbone, data, [0]))
+    assert not torch.equal(after.cls, before.cls)
+    # a later run with the same disk store reads the new image's entry, not the old one
+    warm = FeatureCache(backbone, tmp_path / "cache", **store)
+    _assert_features_equal(warm.features(data, [0]), after)
+    assert warm.stats == {"hits": 0, "misses": 0, "disk_hits": 1}
+
+
+def test_a_moved_data_set_reuses_the_disk_store(backbone, tmp_path):
+    """Same bytes under another path are the same entry (the key holds no path)."""
+    root = synthesize_dataset(tmp_path / "data", ["grass"], 1, 2, image_size=SIZE)
+    first = FeatureCache(backbone, tmp_path / "cache", progress=False)
+    first.features(AnomalyDataset(root, "grass", "test", image_size=SIZE))
+    moved = tmp_path / "moved"
+    os.replace(root, moved)
+    again = FeatureCache(backbone, tmp_path / "cache", progress=False)
+    again.features(AnomalyDataset(moved, "grass", "test", image_size=SIZE))
+    assert again.stats == {"hits": 0, "misses": 0, "disk_hits": 2}
 
 
 def test_weights_changed_after_construction_are_seen(backbone, dataset):
