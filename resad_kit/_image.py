@@ -1,9 +1,12 @@
 """Image → tensor preprocessing shared by :mod:`resad_kit.clip` and :mod:`resad_kit.data`.
 
-One copy of the CLIP preprocessing of spec §1.1: RGB, PIL bicubic squash resize (no crop),
-``[0, 1]`` scaling and per-channel normalisation with the OpenAI CLIP constants by default.
-Private: the public entry points are ``resad_kit.clip.ImagePreprocess`` and
-``resad_kit.data.load_image``.
+One copy of the CLIP preprocessing of the official code: RGB, PIL bicubic squash resize (no
+crop), ``[0, 1]`` scaling and per-channel normalisation with the OpenAI CLIP constants by
+default. 16-bit grey images (Pillow modes ``I;16*`` and ``I``) are first scaled to 8 bits by
+their full range (``round(v · 255 / 65535)``): Pillow's own ``convert("RGB")`` clips them at
+255, which turns every pixel brighter than 255/65535 white. Float images (mode ``F``) have no
+defined range and are refused. Private: the public entry points are
+``resad_kit.clip.ImagePreprocess`` and ``resad_kit.data.load_image``.
 """
 
 from __future__ import annotations
@@ -40,13 +43,58 @@ def check_normalization(
     return out[0], out[1]
 
 
+def describe(image: Image.Image) -> str:
+    """The file an image was read from, for error messages (``'the image'`` if unknown)."""
+    name = getattr(image, "filename", "")
+    return repr(str(name)) if name else "the image"
+
+
+def integer_grey_values(image: Image.Image, what: str) -> np.ndarray:
+    """The values of an integer grey image (modes ``I;16*``, ``I``), checked to be in
+    ``[0, 65535]``: Pillow opens 16-bit PNG and TIFF files in these modes. ``what`` starts
+    the error message, e.g. ``"load_mask: mask"``."""
+    values = np.asarray(image)
+    if values.size and (int(values.min()) < 0 or int(values.max()) > 65535):
+        raise ValueError(
+            f"{what} {describe(image)} is a {image.mode!r} (integer) image with values in "
+            f"[{int(values.min())}, {int(values.max())}], outside the 16-bit range "
+            f"[0, 65535]; save it as an 8- or 16-bit image"
+        )
+    return values
+
+
+def to_rgb(image: Image.Image, fn: str = "image_to_tensor") -> Image.Image:
+    """``image`` as an 8-bit RGB image; 16-bit grey is scaled by its range, not clipped.
+
+    ``fn`` names the caller in error messages.
+
+    Raises:
+        ValueError: a float (``F``) image, or an integer image outside ``[0, 65535]``.
+    """
+    if image.mode == "I" or image.mode.startswith("I;"):
+        values = integer_grey_values(image, f"{fn}: image").astype(np.int64)
+        eight = ((values * 255 + 32767) // 65535).astype(np.uint8)  # round(v · 255 / 65535)
+        image = Image.fromarray(eight)  # 2-D uint8: mode "L"
+    elif image.mode == "F":
+        raise ValueError(
+            f"{fn}: image {describe(image)} is a floating-point (mode 'F') image, whose value "
+            f"range is not defined; save it as an 8- or 16-bit image"
+        )
+    return image.convert("RGB")
+
+
 def image_to_tensor(
     image: Image.Image,
     size: int,
     norm: tuple[tuple[float, ...], tuple[float, ...]] | None,
+    fn: str = "image_to_tensor",
 ) -> torch.Tensor:
-    """RGB, bicubic squash resize, ``[0, 1]``, optional normalisation → ``(3, S, S)`` float32."""
-    image = image.convert("RGB")
+    """RGB, bicubic squash resize, ``[0, 1]``, optional normalisation → ``(3, S, S)`` float32.
+
+    16-bit grey images are scaled to 8 bits by their range first (see :func:`to_rgb`);
+    ``fn`` names the caller in error messages.
+    """
+    image = to_rgb(image, fn)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     # numpy, single-threaded: cheap per image and immune to thread over-subscription

@@ -1,4 +1,4 @@
-"""Standard category names of the five evaluation data sets (paper Table 5, spec §6.1).
+"""Standard category names of the five evaluation data sets (paper Table 5).
 
 The names are the folder names of each data set's official release, so that
 ``AnomalyDataset(root, category, ...)`` finds them on disk:
@@ -6,7 +6,7 @@ The names are the folder names of each data set's official release, so that
 * MVTec AD (15) and VisA (12): the class lists of the official Res²CLIP code;
 * BTAD (3): ``01``, ``02``, ``03``;
 * MPDD (6) and DTD-Synthetic (12): the release folder names (the official code has no
-  loader for them, spec §10.2 item 17).
+  loader for them).
 
 Each tuple is sorted alphabetically; the order carries no meaning.
 """

@@ -1,4 +1,4 @@
-"""``AnomalyDataset``: one category and split of an anomaly-detection data set (spec §6.1).
+"""``AnomalyDataset``: one category and split of an anomaly-detection data set.
 
 The sample list (paths, labels, defect types, masks) is built once, without reading any
 image, and is available as :attr:`AnomalyDataset.samples`; images are read in
@@ -21,9 +21,8 @@ from resad_kit.data.transforms import (
     check_interpolation,
     check_normalization,
     image_to_tensor,
-    load_mask,
-    mask_to_tensor,
     open_image,
+    read_sample_mask,
 )
 from resad_kit.ops._validation import check_positive_int
 
@@ -68,9 +67,12 @@ class AnomalyDataset(Dataset):
     synthetic data set and the shipped samples), BTAD, or VisA's ``split_csv/1cls.csv``.
     Images are converted to RGB, squash-resized to ``image_size`` with bicubic
     interpolation (any input size; no crop) and normalised with ``mean``/``std`` (default
-    OpenAI CLIP; pass the backbone's values). Masks are binarised (``> 0``) and resized
-    with nearest neighbour (``mask_interpolation="bilinear"``: the official code's bilinear
-    resize + ``> 0.5``). A mask whose size differs from its image's is an error.
+    OpenAI CLIP; pass the backbone's values; 16-bit grey images are scaled by their range).
+    Masks must be grey (1-bit, 8/16-bit grey, or palette/RGB with only grey colours; see
+    :func:`~resad_kit.data.load_mask`), are binarised (``> 0``) and resized with nearest
+    neighbour (``mask_interpolation="bilinear"``: the official code's bilinear resize +
+    ``> 0.5``). A mask whose size differs from its image's is an error on every path that
+    reads it (items and :meth:`masks`).
 
     Args:
         root: the data root (the folder holding the category folders, or VisA's root).
@@ -91,8 +93,9 @@ class AnomalyDataset(Dataset):
 
     Raises:
         ValueError: unknown layout, split or category (the message lists what exists), a
-            missing file or mask, a mask whose size differs from its image's (when read),
-            bad ``image_size``/``mean``/``std``/``mask_interpolation``.
+            missing file or mask, bad ``image_size``/``mean``/``std``/``mask_interpolation``;
+            when a file is read: a mask whose size differs from its image's, an ambiguous
+            (colour, transparent) mask, a float image.
 
     Example:
         >>> import tempfile
@@ -155,6 +158,45 @@ class AnomalyDataset(Dataset):
         """The label of every sample (``0`` normal, ``1`` anomalous), without reading images."""
         return tuple(s.label for s in self.samples)
 
+    def check_both_labels(self, dataset: str | None = None) -> None:
+        """Raise unless the split holds both normal and anomalous images.
+
+        Image-level metrics (AUROC, AP) rank anomalous against normal images, so a test split
+        without one of the two cannot be evaluated. Call this before any work so that the
+        error names the data set, category and split rather than coming from the metrics.
+
+        Args:
+            dataset: the data set's name for the message (e.g. ``"mvtec"``), if known.
+
+        Raises:
+            ValueError: when every image is normal, or every image is anomalous.
+
+        Example:
+            >>> import shutil, tempfile
+            >>> from pathlib import Path
+            >>> from resad_kit.data import AnomalyDataset, synthesize_dataset
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     _ = synthesize_dataset(tmp, categories=["grass"], n_train=1, n_test=2)
+            ...     AnomalyDataset(tmp, "grass", "test", image_size=8).check_both_labels()
+            ...     shutil.rmtree(Path(tmp) / "grass" / "test" / "scratch")
+            ...     AnomalyDataset(tmp, "grass", "test", image_size=8).check_both_labels("demo")
+            Traceback (most recent call last):
+            ...
+            ValueError: AnomalyDataset: data set 'demo', category 'grass', split 'test' (root ...)
+            has 1 normal and 0 anomalous images; ...
+        """
+        n_anomalous = sum(self.labels)
+        n_normal = len(self.samples) - n_anomalous
+        if n_anomalous and n_normal:
+            return
+        where = f"data set {dataset!r}, " if dataset is not None else ""
+        missing = "defect images (and their masks)" if n_normal else "normal images"
+        raise ValueError(
+            f"AnomalyDataset: {where}category {self.category!r}, split {self.split!r} (root "
+            f"{str(self.root)!r}) has {n_normal} normal and {n_anomalous} anomalous images; "
+            f"image-level metrics need both: add the {missing} or leave {self.category!r} out"
+        )
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -163,20 +205,13 @@ class AnomalyDataset(Dataset):
         if not -n <= index < n:
             raise IndexError(f"AnomalyDataset: index {index} out of range for {n} samples")
         s = self.samples[index]
-        image = open_image("AnomalyDataset", "image", s.path)
-        if s.mask_path is None:
-            mask = torch.zeros(1, self.mask_size, self.mask_size)
-        else:
-            mask_image = open_image("AnomalyDataset", "mask", s.mask_path)
-            if mask_image.size != image.size:
-                raise ValueError(
-                    f"AnomalyDataset: mask {str(s.mask_path)!r} is {mask_image.size[0]}×"
-                    f"{mask_image.size[1]} (w×h) but its image {str(s.path)!r} is "
-                    f"{image.size[0]}×{image.size[1]}"
-                )
-            mask = mask_to_tensor(mask_image, self.mask_size, self.mask_interpolation)
+        fn = "AnomalyDataset"
+        image = open_image(fn, "image", s.path)
+        mask = read_sample_mask(
+            fn, s.mask_path, s.path, self.mask_size, self.mask_interpolation, image.size
+        )
         return AnomalyItem(
-            image=image_to_tensor(image, self.image_size, self._norm),
+            image=image_to_tensor(image, self.image_size, self._norm, fn),
             mask=mask,
             label=s.label,
             defect=s.defect,
@@ -204,8 +239,10 @@ class AnomalyDataset(Dataset):
     def masks(self, indices: Sequence[int]) -> torch.Tensor:
         """Read only the masks at ``indices`` (no image is decoded) as ``(K, S_m, S_m)``.
 
-        The same values as ``self[i]["mask"][0]``; an evaluation or training loop whose
-        images come from a feature cache needs nothing else from the files.
+        The same values and the same checks as ``self[i]["mask"][0]``, a mask whose size
+        differs from its image's included (the image's size is read from its file header);
+        an evaluation or training loop whose images come from a feature cache needs nothing
+        else from the files.
 
         Example:
             >>> import tempfile
@@ -223,9 +260,16 @@ class AnomalyDataset(Dataset):
         for i in indices:
             if not -n <= i < n:
                 raise IndexError(f"AnomalyDataset.masks: index {i} out of range for {n} samples")
+        fn = "AnomalyDataset.masks"
         return torch.cat(
             [
-                load_mask(self.samples[i].mask_path, self.mask_size, self.mask_interpolation)
+                read_sample_mask(
+                    fn,
+                    self.samples[i].mask_path,
+                    self.samples[i].path,
+                    self.mask_size,
+                    self.mask_interpolation,
+                )
                 for i in indices
             ]
         )

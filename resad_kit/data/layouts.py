@@ -19,6 +19,12 @@ Mask lookup (folder layouts): for the image ``test/<defect>/<stem>.<ext>`` the m
 file in ``ground_truth/<defect>/`` whose name is ``<stem>_mask`` or ``<stem>`` with any
 image extension (case-insensitive); ``_mask`` wins when both exist. An anomalous image
 without a mask is an error.
+
+Hidden entries are skipped everywhere folders or files are listed: names that start with
+``.`` (``.ipynb_checkpoints``, ``.DS_Store``, macOS's ``._*`` resource forks) and
+``__MACOSX`` (the folder macOS's zip tool adds), so that they never become categories,
+defect types or images. The VisA CSV may start with a UTF-8 byte-order mark (as Excel and
+Windows editors save it).
 """
 
 from __future__ import annotations
@@ -70,16 +76,22 @@ class Sample:
     relative_path: str
 
 
+def _hidden(name: str) -> bool:
+    """A name to skip: dot files/folders and macOS zip metadata (``__MACOSX``)."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _entries(path: Path) -> list[Path]:
+    """The visible entries of a folder, sorted by name (none if it is not a folder)."""
+    return sorted(p for p in path.iterdir() if not _hidden(p.name)) if path.is_dir() else []
+
+
 def _listdir(path: Path) -> list[str]:
-    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    return [p.name for p in _entries(path)]
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    return [p for p in _entries(folder) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
 
 
 def _category_dir(root: Path, category: str) -> Path:
@@ -172,7 +184,7 @@ def find_categories(root: str | Path) -> tuple[str, ...]:
         return ()
     return tuple(
         p.name
-        for p in sorted(root.iterdir())
+        for p in _entries(root)
         if p.is_dir() and any((p / s / n).is_dir() for s in SPLITS for n in _NORMAL_FOLDER.values())
     )
 
@@ -180,7 +192,7 @@ def find_categories(root: str | Path) -> tuple[str, ...]:
 def _mask_index(gt_dir: Path) -> dict[str, list[Path]]:
     """The image files of a ground-truth folder, grouped by file stem."""
     index: dict[str, list[Path]] = {}
-    for p in _image_files(gt_dir) if gt_dir.is_dir() else []:
+    for p in _image_files(gt_dir):
         index.setdefault(p.stem, []).append(p)
     return index
 
@@ -213,7 +225,7 @@ def _scan_folder(root: Path, category: str, split: str, layout: str) -> list[Sam
         )
     normal = _NORMAL_FOLDER[layout]
     samples = []
-    for defect_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+    for defect_dir in (p for p in _entries(split_dir) if p.is_dir()):
         defect = defect_dir.name
         label = 0 if defect == normal else 1
         gt_dir = cat_dir / "ground_truth" / defect
@@ -235,7 +247,7 @@ def _scan_folder(root: Path, category: str, split: str, layout: str) -> list[Sam
 
 def _read_visa_csv(root: Path) -> list[dict[str, str]]:
     path = root / _VISA_CSV
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: skip a byte-order mark
         reader = csv.DictReader(f)
         header = tuple(reader.fieldnames or ())
         missing = [c for c in _VISA_COLUMNS if c not in header]
@@ -295,7 +307,8 @@ def scan_samples(
 
     Folder layouts are ordered by (defect folder, file name); VisA keeps the CSV's row order
     (the official code's metadata order). Image extensions are matched case-insensitively;
-    hidden files and non-image files are ignored.
+    hidden files and folders (names starting with ``.``, and ``__MACOSX``) and non-image
+    files are ignored.
 
     Args:
         root: the data root.

@@ -170,12 +170,51 @@ def test_unnormalised_images_stay_in_unit_range(mvtec_root: Path):
         ds.images([])
 
 
-def test_mask_size_mismatch_is_an_error(mvtec_root: Path):
+def test_mask_size_mismatch_is_an_error_on_every_path(mvtec_root: Path):
+    """Regression (issue 18): only ``__getitem__`` compared a mask's size with its image's;
+    ``masks()`` (evaluation and training with cached features) resized a wrong-size mask
+    silently. Both paths now raise the same error."""
     gt = mvtec_root / "widget" / "ground_truth" / "crack" / "000_mask.png"
-    Image.new("L", (41, 30)).save(gt)
+    Image.new("L", (41, 30), color=255).save(gt)
     ds = AnomalyDataset(mvtec_root, "widget", "test", image_size=16)
-    with pytest.raises(ValueError, match=r"is 41×30 \(w×h\) but its image .* is 40×30"):
+    match = r"mask .*000_mask\.png' is 41×30 \(w×h\) but its image .*000\.png' is 40×30"
+    with pytest.raises(ValueError, match="AnomalyDataset: " + match):
         ds[0]
+    with pytest.raises(ValueError, match=r"AnomalyDataset\.masks: " + match):
+        ds.masks([0])
+    with pytest.raises(ValueError, match=match):
+        ds.masks(range(len(ds)))
+    assert ds.masks([1]).shape == (1, 16, 16)  # the other masks still read
+    ds.samples[1].path.unlink()  # the image's size is needed: a missing image is named
+    with pytest.raises(ValueError, match=r"AnomalyDataset\.masks: `image` .*001\.png'"):
+        ds.masks([1])
+
+
+@pytest.mark.parametrize("drop", ["anomalous", "normal"])
+def test_single_class_test_split_error_names_the_category(mvtec_root: Path, drop: str):
+    """Regression (issue 18): a test split with only ``good`` images failed inside the
+    metrics ("labels must contain both classes") without naming the category. The data set
+    check names the data set, category, split and root, and what is missing."""
+    ds = AnomalyDataset(mvtec_root, "widget", "test", image_size=8)
+    ds.check_both_labels("mvtec")  # both classes: no error
+    test_dir = mvtec_root / "widget" / "test"
+    for folder in ("crack", "scratch") if drop == "anomalous" else ("good",):
+        for f in (test_dir / folder).iterdir():
+            f.unlink()
+        (test_dir / folder).rmdir()
+    if drop == "normal":  # detect_layout needs a `good` folder: train/good still has one
+        assert (mvtec_root / "widget" / "train" / "good").is_dir()
+    ds = AnomalyDataset(mvtec_root, "widget", "test", image_size=8)
+    counts = "1 normal and 0 anomalous" if drop == "anomalous" else "0 normal and 3 anomalous"
+    missing = "defect images" if drop == "anomalous" else "normal images"
+    with pytest.raises(
+        ValueError,
+        match=rf"data set 'mvtec', category 'widget', split 'test' \(root '.*mvtec'\) has "
+        rf"{counts} images; .*add the {missing}",
+    ):
+        ds.check_both_labels("mvtec")
+    with pytest.raises(ValueError, match=r"^AnomalyDataset: category 'widget', split 'test'"):
+        ds.check_both_labels()
 
 
 def test_bad_constructor_arguments(mvtec_root: Path):

@@ -225,3 +225,35 @@ def test_write_anomalous_helper_makes_aligned_pairs(tmp_path: Path, trees):
 def test_root_that_is_the_category_folder_gets_a_hint(mvtec_root: Path):
     with pytest.raises(ValueError, match="looks like the category folder itself: pass its parent"):
         scan_samples(mvtec_root / "widget", "widget", "test")
+
+
+# --------------------------------------------------------------------------- hidden entries, BOM
+
+
+def test_hidden_folders_are_neither_defects_nor_categories(mvtec_root: Path, trees):
+    """Regression (issue 18): `.ipynb_checkpoints` and `__MACOSX` inside `test/` (and
+    `train/`) were listed as defect classes, with no mask, so the listing failed or grew;
+    a dot folder at the root was listed as a category. Now the listing is unchanged."""
+    before = {s: scan_samples(mvtec_root, "widget", s)[0] for s in ("train", "test")}
+    cat = mvtec_root / "widget"
+    for split in ("train", "test"):
+        trees.write_normal(cat / split / ".ipynb_checkpoints" / "000-checkpoint.png")
+        trees.write_normal(cat / split / "__MACOSX" / "good" / "000.png")
+        trees.write_normal(cat / split / "__MACOSX" / "._000.png")  # AppleDouble file
+    trees.write_normal(cat / "ground_truth" / "__MACOSX" / "000_mask.png")
+    trees.write_normal(mvtec_root / ".widget_backup" / "train" / "good" / "000.png")
+    trees.write_normal(mvtec_root / "__MACOSX" / "train" / "good" / "000.png")
+    for split in ("train", "test"):
+        assert scan_samples(mvtec_root, "widget", split)[0] == before[split]
+    assert find_categories(mvtec_root) == ("widget",)
+
+
+def test_visa_csv_with_utf8_byte_order_mark(visa_root: Path, trees):
+    """Regression (issue 18): a `1cls.csv` saved with a UTF-8 BOM (Excel, Windows editors)
+    was rejected as lacking the column 'object'. It now reads like the plain file."""
+    plain = scan_samples(visa_root, "candle", "test")
+    csv_path = visa_root / "split_csv" / "1cls.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())
+    assert csv_path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert scan_samples(visa_root, "candle", "test") == plain
+    assert find_categories(visa_root) == ("candle", "pcb1")
