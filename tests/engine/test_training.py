@@ -20,6 +20,7 @@ from resad_kit.data import AnomalyDataset, synthesize_dataset
 from resad_kit.engine.checkpoint import load_checkpoint
 from resad_kit.engine.distributed import DistContext
 from resad_kit.engine.features import FeatureCache
+from resad_kit.engine.fingerprint import data_fingerprint
 from resad_kit.engine.schedule import warmup_cosine
 from resad_kit.engine.training import AUXILIARY_DATASET, TrainConfig, TrainResult, train
 from resad_kit.methods import Res2CLIP, Res2CLIPConfig, TrainingBatch
@@ -220,6 +221,48 @@ def test_resume_checks_the_settings(backbone, datasets, tmp_path):
     assert again.epochs == 1
     assert again.global_step == 3
     assert len(again.history) == 3
+
+
+def test_resume_refuses_other_training_data(backbone, tmp_path):
+    """The checkpoint records the training data; resuming on other image bytes or other
+    mask preprocessing raises a ValueError that names the difference and loads nothing."""
+    root = synthesize_dataset(tmp_path / "data", ["grass"], n_train=1, n_test=6, image_size=SIZE)
+    data = [AnomalyDataset(root, "grass", "test", image_size=SIZE)]
+    config = dataclasses.replace(FAST, epochs=1)
+    _run(backbone, data, tmp_path / "run", config)
+    record = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors").data
+    assert record == data_fingerprint(data)
+
+    bilinear = [
+        AnomalyDataset(root, "grass", "test", image_size=SIZE, mask_interpolation="bilinear")
+    ]
+    with pytest.raises(ValueError, match=r"training data differs.*mask_interpolation"):
+        _run(backbone, bilinear, tmp_path / "run", config, resume=True)
+
+    first, second = data[0].samples[0], data[0].samples[1]
+    first.path.write_bytes(second.path.read_bytes())  # another picture under the same name
+    model = _model(backbone)
+    before = {k: v.clone() for k, v in model.adapters.state_dict().items()}
+    cache = FeatureCache(backbone, progress=False)
+    with pytest.raises(ValueError, match=rf"other image bytes: '{first.relative_path}'"):
+        train(model, data, cache, config, out_dir=tmp_path / "run", resume=True, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.adapters.state_dict().items())
+
+
+def test_resume_auto_starts_or_continues(backbone, datasets, tmp_path):
+    """``resume="auto"``: a fresh run without a checkpoint, a resumed one with it."""
+    config = dataclasses.replace(FAST, epochs=1)
+    torch.manual_seed(0)  # the adapters' random initialisation
+    _, fresh = _run(backbone, datasets, tmp_path / "plain", config)
+    torch.manual_seed(0)
+    _, auto = _run(backbone, datasets, tmp_path / "auto", config, resume="auto")
+    assert auto.history == fresh.history  # no checkpoint: the same as resume=False
+    _, again = _run(backbone, datasets, tmp_path / "auto", config, resume="auto")
+    assert again.history == fresh.history  # finished: loaded, nothing trained
+    with pytest.raises(ValueError, match=r"training configuration differs.*epochs"):
+        _run(backbone, datasets, tmp_path / "auto", FAST, resume="auto")
+    with pytest.raises(ValueError, match=r"`resume` must be True, False or 'auto'; got 'yes'"):
+        _run(backbone, datasets, tmp_path / "auto", config, resume="yes")
 
 
 # ---------------------------------------------------------------------------- data
