@@ -142,6 +142,7 @@ def evaluate_category(
     """
     if not models:
         raise ValueError("evaluate_category: `models` is empty")
+    test.check_both_labels(dataset)  # before any work; the message names the category
     queries = cache.features(test)
     n = len(test)
     size = (test.mask_size, test.mask_size)

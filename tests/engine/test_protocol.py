@@ -167,3 +167,20 @@ def test_a_failing_rank_is_reported_on_every_rank(setup, monkeypatch):
     monkeypatch.setattr(protocol, "gather", lambda obj, dist: [([], None), obj])
     with pytest.raises(RuntimeError, match="rank 1: ValueError"):
         run_evaluation(models, [broken], cache, shots=(1,), seeds=(0,), dist=ctx1, progress=False)
+
+
+def test_good_only_test_split_is_refused_naming_the_category(tmp_path):
+    """A test split without anomalous images fails before any feature is computed, and the
+    message names the data set and category (it used to come from the metrics, unnamed)."""
+    import shutil
+
+    root = synthesize_dataset(tmp_path, categories=["grass"], n_train=2, n_test=4, image_size=32)
+    for defect in (root / "grass" / "test").iterdir():
+        if defect.name != "good":
+            shutil.rmtree(defect)
+    backbone = ClipBackbone.tiny(seed=0, image_size=SIZE)
+    cache = FeatureCache(backbone, progress=False)
+    test, train = (AnomalyDataset(root, "grass", s, SIZE) for s in ("test", "train"))
+    with pytest.raises(ValueError, match=r"data set 'synth', category 'grass'"):
+        evaluate_category({"training_free": Res2CLIP(backbone)}, "synth", test, train, cache)
+    assert cache.stats["misses"] == 0  # nothing was encoded
