@@ -45,13 +45,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from resad_kit.clip import Features
 from resad_kit.data import STANDARD_CATEGORIES, AnomalyDataset
+from resad_kit.engine._queries import Queries as _Queries
 from resad_kit.engine.checkpoint import load_checkpoint, save_checkpoint
 from resad_kit.engine.distributed import (
     DistContext,
@@ -193,97 +192,6 @@ class TrainResult:
     epoch_losses: tuple[dict[str, Any], ...]
     epochs: int
     global_step: int
-
-
-# ---------------------------------------------------------------------------- data
-
-
-class _Queries:
-    """Query list, reference draws and masks over several data sets (spec §4.6)."""
-
-    def __init__(self, datasets: Sequence[AnomalyDataset]) -> None:
-        fn = "train"
-        if isinstance(datasets, AnomalyDataset) or not isinstance(datasets, Sequence):
-            raise TypeError(f"{fn}: `datasets` must be a sequence of AnomalyDataset")
-        if not datasets:
-            raise ValueError(f"{fn}: `datasets` must not be empty")
-        for k, ds in enumerate(datasets):
-            if not isinstance(ds, AnomalyDataset):
-                raise TypeError(
-                    f"{fn}: `datasets[{k}]` must be an AnomalyDataset; got {type(ds).__name__}"
-                )
-        sizes = {(ds.image_size, ds.mask_size) for ds in datasets}
-        if len(sizes) != 1:
-            raise ValueError(
-                f"{fn}: every data set must have the same image_size and mask_size; got "
-                f"{sorted(sizes)}"
-            )
-        self.datasets = list(datasets)
-        self.items = [(d, i) for d, ds in enumerate(datasets) for i in range(len(ds))]
-        if not self.items:
-            raise ValueError(f"{fn}: the data sets hold no image")
-        self.normals = [[i for i, y in enumerate(ds.labels) if y == 0] for ds in datasets]
-        self._position = [{i: p for p, i in enumerate(n)} for n in self.normals]
-        for ds, normals in zip(datasets, self.normals, strict=True):
-            if len(normals) < 2:  # a normal query needs another normal image
-                raise ValueError(
-                    f"{fn}: category {ds.category!r} ({ds.split} split) has "
-                    f"{len(normals)} normal image(s); every query needs another normal "
-                    "image of its category as its 1-shot reference"
-                )
-        self._masks: dict[tuple[int, int], np.ndarray] = {}
-
-    def reference(self, rng: random.Random, item: tuple[int, int]) -> tuple[int, int]:
-        """One normal image of the query's data set, the query excluded, uniformly."""
-        d, i = item
-        normals = self.normals[d]
-        pos = self._position[d].get(i)
-        if pos is None:
-            return d, normals[rng.randrange(len(normals))]
-        j = rng.randrange(len(normals) - 1)
-        return d, normals[j + 1 if j >= pos else j]
-
-    def features(self, cache: FeatureCache, items: Sequence[tuple[int, int]]) -> Features:
-        """Cached features of ``items`` (any mix of data sets), in the order of ``items``.
-
-        The global torch generator is left as it was: encoding a cache miss iterates a
-        ``DataLoader``, which draws a seed from it, and the random stream of a run must not
-        depend on which features were cached (a resumed run starts with an empty cache).
-        """
-        groups: dict[int, list[int]] = {}
-        for b, (d, _) in enumerate(items):
-            groups.setdefault(d, []).append(b)
-        with torch.random.fork_rng(devices=[]):
-            parts = [
-                cache.features(self.datasets[d], [items[b][1] for b in bs])
-                for d, bs in groups.items()
-            ]
-        if len(parts) == 1:
-            return parts[0]
-        order = [b for bs in groups.values() for b in bs]
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        inverse = inverse.to(parts[0].cls.device)
-        patches = [
-            torch.cat([p.patches[layer] for p in parts])[inverse]
-            for layer in range(len(parts[0].patches))
-        ]
-        return Features(patches, torch.cat([p.cls for p in parts])[inverse], parts[0].grid)
-
-    def masks(self, items: Sequence[tuple[int, int]], device: torch.device) -> Tensor:
-        """``(B, S, S)`` binary float masks; decoded once, kept bit-packed in memory."""
-        size = self.datasets[0].mask_size
-        out = torch.zeros(len(items), size, size)
-        for b, (d, i) in enumerate(items):
-            ds = self.datasets[d]
-            if ds.samples[i].mask_path is None:  # a normal image: all zeros
-                continue
-            if (d, i) not in self._masks:
-                mask = ds.masks([i])[0].numpy() > 0.5
-                self._masks[d, i] = np.packbits(mask)
-            bits = np.unpackbits(self._masks[d, i], count=size * size)
-            out[b] = torch.from_numpy(bits.reshape(size, size).astype(np.float32))
-        return out.to(device)
 
 
 # ---------------------------------------------------------------------------- optimisation
