@@ -15,11 +15,15 @@ seeds. Two selections are offered:
 
 The official code's published 1-shot lists (JSON files of paths) can be used with
 :func:`references_from_paths`.
+
+Training (spec §4.6) draws one reference per query with :func:`training_reference`: a
+normal image of the query's category, uniformly at random with the query itself excluded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +32,7 @@ import torch
 from resad_kit.data.dataset import AnomalyDataset
 from resad_kit.ops._validation import check_positive_int
 
-__all__ = ["References", "references_from_paths", "sample_references"]
+__all__ = ["References", "references_from_paths", "sample_references", "training_reference"]
 
 METHODS = ("random", "first")
 
@@ -184,3 +188,60 @@ def references_from_paths(dataset: AnomalyDataset, paths: Iterable[str | Path]) 
             )
         indices.append(hits[0])
     return _load(dataset, indices)
+
+
+def training_reference(
+    rng: random.Random, normals: Sequence[int], query: int, *, self_reference: bool = False
+) -> int:
+    """The 1-shot reference of one training query (spec §4.6).
+
+    One of ``normals`` (the normal images of the query's category and split), drawn
+    uniformly with ``rng`` and the query itself excluded: the same draw as
+    ``rng.choice([i for i in normals if i != query])``, in O(1) random numbers.
+
+    A normal query that is the only normal image of its category has no other image to
+    draw. The official code then uses the query itself as its reference
+    (``self_reference=True``, no random number is drawn); by default this is an error,
+    since its residuals are all zero.
+
+    Args:
+        rng: the training's reference generator (Python ``random``, as the official code).
+        normals: indices of the category's normal images (no duplicates).
+        query: index of the query (normal or anomalous).
+        self_reference: the official code's fallback for a single normal image.
+
+    Returns:
+        The index of the reference image.
+
+    Raises:
+        ValueError: no normal image, or a query that is the only normal image without
+            ``self_reference=True``.
+
+    Example:
+        >>> import random
+        >>> from resad_kit.data.sampling import training_reference
+        >>> normals = [0, 1, 2, 5]
+        >>> draws = {training_reference(random.Random(s), normals, 1) for s in range(50)}
+        >>> sorted(draws)  # never the query itself
+        [0, 2, 5]
+        >>> training_reference(random.Random(0), [3], 3, self_reference=True)
+        3
+    """
+    fn = "training_reference"
+    n = len(normals)
+    if n == 0:
+        raise ValueError(f"{fn}: `normals` is empty; a training query needs a normal reference")
+    try:
+        position = normals.index(query)
+    except ValueError:  # an anomalous query: any normal image
+        return normals[rng.randrange(n)]
+    if n == 1:
+        if self_reference:
+            return query
+        raise ValueError(
+            f"{fn}: query {query} is the only normal image of its category; every query needs "
+            "another normal image as its reference (the official code uses the query itself: "
+            "self_reference=True)"
+        )
+    j = rng.randrange(n - 1)
+    return normals[j + 1 if j >= position else j]

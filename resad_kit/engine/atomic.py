@@ -1,7 +1,8 @@
 """Atomic file writes for a run's result files, and the cleanup of killed writers' leftovers.
 
 :func:`atomic_write` writes a whole file or nothing: the bytes go to a temporary file in
-the destination's folder (``.<name>.tmp<random>``), which is flushed, ``os.fsync``-ed and
+the destination's folder (``.<name>.tmp<pid>-<random>``), created with the permissions of
+any new file, which is flushed, ``os.fsync``-ed and
 moved over the destination with ``os.replace`` (atomic on POSIX and Windows within one file
 system); the folder is then synced where the platform allows it. A write that fails
 (a full disk, a killed job) leaves the previous file as it was. The checkpoints of
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 __all__ = ["atomic_write", "is_temp_name", "remove_stale_temp_files"]
@@ -83,8 +84,9 @@ def atomic_write(path: str | Path, data: str | bytes, *, encoding: str = "utf-8"
     else:
         raise TypeError(f"atomic_write: `data` must be str or bytes; got {type(data).__name__}")
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp")
-    tmp = Path(tmp_name)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{secrets.token_hex(4)}")
+    # Created like any new file (mode 0o666 less the umask), unlike mkstemp's 0o600.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
@@ -117,13 +119,11 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
         >>> from resad_kit.engine.atomic import remove_stale_temp_files
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     (Path(tmp) / "ckpt").mkdir()
-        ...     (Path(tmp) / "ckpt" / ".checkpoint.safetensors.tmp77").write_bytes(b"par")
-        ...     (Path(tmp) / "metrics.json").write_text("{}")
-        ...     removed = remove_stale_temp_files(tmp)
-        ...     (
-        ...         [p.relative_to(tmp).as_posix() for p in removed],
-        ...         (Path(tmp) / "metrics.json").exists(),
-        ...     )
+        ...     _ = (Path(tmp) / "ckpt" / ".checkpoint.safetensors.tmp77").write_bytes(b"par")
+        ...     _ = (Path(tmp) / "metrics.json").write_text("{}")
+        ...     removed = [p.relative_to(tmp).as_posix() for p in remove_stale_temp_files(tmp)]
+        ...     kept = (Path(tmp) / "metrics.json").exists()
+        >>> removed, kept
         (['ckpt/.checkpoint.safetensors.tmp77'], True)
     """
     root = Path(folder)
