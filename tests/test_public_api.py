@@ -34,7 +34,7 @@ LOSSES = {
 CLIP = {
     "ClipBackbone", "Features", "BackboneConfig", "WeightsNotFoundError", "ImagePreprocess",
     "TextAnchors", "build_prompts", "encode_prompt_ensemble", "vv_attention", "dual_attention",
-    "interpolate_pos_embed",
+    "interpolate_pos_embed", "convert_to_safetensors",
 }  # fmt: skip
 DATA = {
     "AnomalyDataset", "AnomalyItem", "Sample", "scan_samples", "detect_layout",

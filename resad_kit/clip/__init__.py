@@ -6,6 +6,8 @@
 - :func:`vv_attention`, :func:`dual_attention`: V-V attention over a pretrained
   attention layer, reusable by other methods;
 - :func:`interpolate_pos_embed`: positional-embedding resize (spec 1.2);
+- :func:`convert_to_safetensors`: a checkpoint (OpenAI's TorchScript ``.pt``) to a
+  ``.safetensors`` file, without running code from it;
 - :class:`ImagePreprocess`: the image preprocessing matching the weights;
 - :func:`build_prompts`, :func:`encode_prompt_ensemble`: the paper's prompt
   ensemble, text anchors and text residual (spec 2).
@@ -15,6 +17,7 @@ from resad_kit.clip.attention import dual_attention, vv_attention
 from resad_kit.clip.backbone import ClipBackbone, Features
 from resad_kit.clip.checkpoints import WeightsNotFoundError
 from resad_kit.clip.config import BackboneConfig
+from resad_kit.clip.conversion import convert_to_safetensors
 from resad_kit.clip.positional import interpolate_pos_embed
 from resad_kit.clip.preprocess import ImagePreprocess
 from resad_kit.clip.prompts import TextAnchors, build_prompts, encode_prompt_ensemble
@@ -27,6 +30,7 @@ __all__ = [
     "TextAnchors",
     "WeightsNotFoundError",
     "build_prompts",
+    "convert_to_safetensors",
     "dual_attention",
     "encode_prompt_ensemble",
     "interpolate_pos_embed",

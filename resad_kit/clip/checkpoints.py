@@ -13,13 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import open_clip
+import safetensors.torch
 import torch
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+from resad_kit.clip.torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 __all__ = ["TINY_MODEL_NAME", "WeightsNotFoundError"]
 
@@ -252,39 +254,74 @@ def download_weights(model_name: str, tag: str, cache_dir: str | None) -> str:
     return str(path)
 
 
-def _is_torchscript_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.split("/")[-1] == "constants.pkl" for name in archive.namelist())
+_OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The CLIP state dict in a checkpoint file (open_clip format or an OpenAI TorchScript .pt).
+def read_state_dict(
+    path: str | os.PathLike[str], *, trust_code: bool = False
+) -> dict[str, torch.Tensor]:
+    """The CLIP state dict in a checkpoint file, read without running code from the file.
 
-    ``.safetensors`` files are read with safetensors, OpenAI's TorchScript archives
-    with ``torch.jit.load``, anything else with ``torch.load(weights_only=True)``;
-    a ``{"state_dict": ...}`` wrapper and a DDP ``module.`` prefix are removed.
+    - ``.safetensors`` files are read with safetensors;
+    - OpenAI's TorchScript ``.pt`` archives are read by
+      :func:`~resad_kit.clip.torchscript.read_torchscript_state_dict`, which takes the
+      tensors out of the zip and never runs the archive's code (``torch.jit.load``
+      would: a TorchScript ``__setstate__`` runs while loading). Their extra
+      buffers ``input_resolution``, ``context_length``, ``vocab_size`` are dropped;
+    - anything else with ``torch.load(weights_only=True)``, which refuses pickles
+      of anything but tensors and plain containers; a ``{"state_dict": ...}``
+      wrapper and a DDP ``module.`` prefix are removed.
+
+    Args:
+        path: the checkpoint file.
+        trust_code: read TorchScript archives with ``torch.jit.load`` instead, which
+            runs code stored in the file: only for files from a source you trust,
+            and only needed for archives whose modules restore their state with
+            their own ``__setstate__``. Other formats never run code.
+
+    Returns:
+        The state dict (CPU tensors).
+
+    Raises:
+        ValueError: the file holds no non-empty state dict, or a TorchScript archive
+            holds anything but weights (refused before anything runs).
     """
     path = Path(path)
-    if _is_torchscript_archive(path):
-        with warnings.catch_warnings():  # TorchScript is deprecated, OpenAI's files are not
-            warnings.simplefilter("ignore", FutureWarning)
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        for key in ("input_resolution", "context_length", "vocab_size"):
-            state.pop(key, None)
-        return dict(state)
-    state = open_clip.factory.load_state_dict(str(path), device="cpu", weights_only=True)
+    if is_torchscript_archive(path):
+        if trust_code:
+            with warnings.catch_warnings():  # TorchScript is deprecated, OpenAI's files are not
+                warnings.simplefilter("ignore", FutureWarning)
+                state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        else:
+            state = read_torchscript_state_dict(path)
+        return {k: v for k, v in state.items() if k not in _OPENAI_EXTRAS}
+    if path.suffix == ".safetensors":
+        state = safetensors.torch.load_file(str(path), device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
     if not isinstance(state, dict) or not state:
         raise ValueError(f"holds {type(state).__name__}, not a non-empty state dict")
+    if all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
-def load_weights(model: open_clip.CLIP, path: str | os.PathLike[str], model_name: str) -> None:
-    """Copy the weights in ``path`` into ``model`` (strict: every key must match)."""
+def load_weights(
+    model: open_clip.CLIP,
+    path: str | os.PathLike[str],
+    model_name: str,
+    *,
+    trust_code: bool = False,
+) -> None:
+    """Copy the weights in ``path`` into ``model`` (strict: every key must match).
+
+    ``trust_code`` as in :func:`read_state_dict` (default: no code from the file runs).
+    """
     fn = "ClipBackbone.from_pretrained"
     try:
-        state = read_state_dict(path)
+        state = read_state_dict(path, trust_code=trust_code)
     except Exception as err:
         raise ValueError(
             f"{fn}: could not read the checkpoint {os.fspath(path)!r} "

@@ -12,7 +12,13 @@ from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
 
 from resad_kit.clip import ClipBackbone, WeightsNotFoundError
-from resad_kit.clip.checkpoints import TINY_MODEL_NAME, resolve_quick_gelu
+from resad_kit.clip.checkpoints import (
+    TINY_MODEL_NAME,
+    build_model,
+    load_weights,
+    read_state_dict,
+    resolve_quick_gelu,
+)
 
 TINY = {"image_size": 64, "layers": None, "vv_blocks": None}
 
@@ -70,6 +76,34 @@ def test_checkpoint_round_trip_gives_identical_outputs(source, tmp_path, suffix,
     assert loaded.weights == f"file {path}"
     assert isinstance(loaded.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
     _same_outputs(source, loaded)
+
+
+def test_openai_format_archive_loads_without_jit_load(source, tmp_path, monkeypatch):
+    """OpenAI's TorchScript format loads without torch.jit.load (which runs the archive's
+    code): the state dict read equals jit.load's, and the backbone computes the same outputs.
+    torch.jit.load is used only with the explicit trust_code=True."""
+    path = tmp_path / "ViT-tiny.pt"
+    _save_torchscript(source.model, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        reference = torch.jit.load(str(path)).state_dict()
+    real_load, calls = torch.jit.load, []
+
+    def recording_load(*args, **kwargs):
+        calls.append(args)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "load", recording_load)
+    state = read_state_dict(path)
+    assert list(state) == list(reference)
+    assert all(torch.equal(state[k], v) for k, v in reference.items())
+    _same_outputs(source, ClipBackbone.from_pretrained(TINY_MODEL_NAME, path, **TINY))
+    assert calls == []
+    trusted = build_model(TINY_MODEL_NAME, quick_gelu=True)
+    load_weights(trusted, path, TINY_MODEL_NAME, trust_code=True)
+    assert len(calls) == 1
+    expected = source.model.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in trusted.state_dict().items())
 
 
 def test_a_path_given_as_a_string(source, tmp_path):
