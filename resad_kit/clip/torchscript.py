@@ -1,27 +1,22 @@
 """The weights of a TorchScript archive (OpenAI's CLIP ``.pt``), read without running its code.
 
 ``torch.jit.load`` compiles the archive's ``code/`` folder and runs it while it
-loads: a ``__setstate__`` written in TorchScript executes before anything can
-check what the file holds. Weights need none of that. A TorchScript archive is a
-zip of
+loads (a TorchScript ``__setstate__`` executes before anything checks the file).
+Weights need none of that. A TorchScript archive is a zip of
 
-- ``<name>/data.pkl``: a pickle of the module tree. Each module is an object of a
-  ``__torch__.*`` class whose state is a dict of its attributes (parameters,
-  buffers, submodules, plain values); each tensor is
+- ``<name>/data.pkl``: a pickle of the module tree; each module is an object of a
+  ``__torch__.*`` class whose state is the dict of its attributes, each tensor a
   ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`` over a
-  storage referenced by a persistent id ``("storage", torch.FloatStorage, key,
-  location, numel)``;
+  persistent id ``("storage", torch.FloatStorage, key, location, numel)``;
 - ``<name>/data/<key>``: the raw bytes of each storage;
 - ``<name>/code/__torch__/...py``: the class definitions, whose headers list the
   parameters and buffers (``__parameters__ = ["weight", "bias", ]``).
 
 :func:`read_torchscript_state_dict` unpickles ``data.pkl`` with an allow-list
-(``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2``, the storage
-types, the list builders of ``torch.jit._pickle``); every ``__torch__.*`` class
-becomes an inert record of its pickled state, and any other global (``os.system``,
-``builtins.eval``, …) is refused. The class headers are read as text, never
-compiled or run. The flat state dict then follows from the module tree, with the
-names and order of ``torch.jit.load(path).state_dict()``.
+(``collections.OrderedDict``, ``_rebuild_tensor_v2``, the storage types, the list
+builders of ``torch.jit._pickle``), each ``__torch__.*`` class becoming an inert
+record of its state; any other global (``os.system``, ``builtins.exec``, …) is
+refused. The class headers are read as text, never compiled or run.
 """
 
 from __future__ import annotations
@@ -42,17 +37,11 @@ import torch
 __all__ = ["is_torchscript_archive", "read_torchscript_state_dict"]
 
 _STORAGE_DTYPES = {
-    "DoubleStorage": torch.float64,
-    "FloatStorage": torch.float32,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
+    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
-}
+}  # fmt: skip
 _QUALIFIED_NAME = re.compile(r"__torch__(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _STORAGE_KEY = re.compile(r"[A-Za-z0-9_]+")
 _CLASS_HEADER = re.compile(r"class ([A-Za-z_][A-Za-z0-9_]*)(?:\(([A-Za-z_][A-Za-z0-9_.]*)\))?:")
@@ -78,15 +67,14 @@ def is_torchscript_archive(path: str | os.PathLike[str]) -> bool:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _StorageType:
     """What the pickle's ``torch.FloatStorage`` (etc.) global stands for: a dtype."""
 
-    name: str
     dtype: torch.dtype
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Storage:
     """One storage of the archive as a flat tensor of its dtype."""
 
@@ -106,15 +94,10 @@ class _ScriptObject:
 
 
 def _rebuild_tensor(
-    storage: object,
-    offset: object,
-    size: object,
-    stride: object,
-    requires_grad: object = False,
-    backward_hooks: object = None,
-    metadata: object = None,
+    storage: object, offset: object, size: object, stride: object, *ignored: object
 ) -> torch.Tensor:
-    """``torch._utils._rebuild_tensor_v2`` with every argument checked (hooks are dropped)."""
+    """``torch._utils._rebuild_tensor_v2`` with its arguments checked; ``requires_grad``,
+    hooks and metadata are ignored (a state dict holds none of them)."""
     if not isinstance(storage, _Storage):
         raise _ArchiveError(f"a tensor is built over {type(storage).__name__}, not a storage")
     if not _is_int_tuple((offset,)) or not _is_int_tuple(size) or not _is_int_tuple(stride):
@@ -153,15 +136,30 @@ def _device(name: object) -> torch.device:
     return torch.device(name)
 
 
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch.jit._pickle", "build_intlist"): _list_of(int),
-    ("torch.jit._pickle", "build_doublelist"): _list_of(float),
-    ("torch.jit._pickle", "build_boollist"): _list_of(bool),
-    ("torch.jit._pickle", "build_tensorlist"): _list_of(torch.Tensor),
-    ("torch.jit._pickle", "restore_type_tag"): _restore_type_tag,
-    ("torch", "device"): _device,
+class _Builder:
+    """An allow-listed callable as data.pkl sees it: immutable (no BUILD can alter it)."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Any) -> None:
+        object.__setattr__(self, "_fn", fn)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise _ArchiveError("data.pkl tries to modify one of the functions it may call")
+
+    def __call__(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+
+_ALLOWED: dict[tuple[str, str], _Builder] = {
+    ("collections", "OrderedDict"): _Builder(collections.OrderedDict),
+    ("torch._utils", "_rebuild_tensor_v2"): _Builder(_rebuild_tensor),
+    ("torch.jit._pickle", "build_intlist"): _Builder(_list_of(int)),
+    ("torch.jit._pickle", "build_doublelist"): _Builder(_list_of(float)),
+    ("torch.jit._pickle", "build_boollist"): _Builder(_list_of(bool)),
+    ("torch.jit._pickle", "build_tensorlist"): _Builder(_list_of(torch.Tensor)),
+    ("torch.jit._pickle", "restore_type_tag"): _Builder(_restore_type_tag),
+    ("torch", "device"): _Builder(_device),
 }
 
 
@@ -183,7 +181,7 @@ class _Unpickler(pickle.Unpickler):
                 )
             return self._classes[qualified]
         if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name, _STORAGE_DTYPES[name])
+            return _StorageType(_STORAGE_DTYPES[name])
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         raise _ArchiveError(
@@ -226,14 +224,10 @@ class _Unpickler(pickle.Unpickler):
                 f"{numel} × {itemsize} = {nbytes}"
             )
         flat = torch.empty(numel, dtype=dtype)
-        view = memoryview(flat.view(torch.uint8).numpy()) if nbytes else memoryview(b"")
-        with self._archive.open(info) as stream:
-            done = 0
-            while done < nbytes:
-                got = stream.readinto(view[done:])
-                if not got:
-                    raise _ArchiveError(f"storage {member!r} ends early")
-                done += got
+        view = memoryview(flat.view(torch.uint8).numpy())
+        with self._archive.open(info) as stream:  # reads until full or the end
+            if nbytes and stream.readinto(view) != nbytes:
+                raise _ArchiveError(f"storage {member!r} ends early")
         return flat
 
 

@@ -202,6 +202,19 @@ def test_a_data_pkl_calling_anything_else_is_refused_before_it_runs(
     assert not marker.exists()
 
 
+def test_a_data_pkl_cannot_alter_the_functions_it_may_call(outer_archive, tmp_path):
+    """BUILD on an allow-listed global (here setting ``__defaults__`` of the tensor
+    builder, which would change it for every later load in the process) is refused."""
+    evil = (
+        b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n"  # the allowed global
+        b"N}X\x0c\x00\x00\x00__defaults__)s\x86b."  # BUILD (None, {"__defaults__": ()})
+    )
+    path = _rewrite(outer_archive, tmp_path / "evil.pt", {"data.pkl": evil})
+    with pytest.raises(ValueError, match="tries to modify one of the functions it may call"):
+        read_torchscript_state_dict(path)
+    assert read_torchscript_state_dict(outer_archive)  # still works
+
+
 def _set_numel(data_pkl: bytes, key: str, numel: int) -> tuple[bytes, int]:
     """data.pkl with the element count in the persistent id of storage ``key`` changed to
     ``numel`` (a BININT1), and the count it had."""
