@@ -23,7 +23,11 @@ from torch import Tensor, nn
 
 from resad_kit.ops._validation import check_tensor
 
-__all__ = ["dual_attention", "vv_attention"]
+__all__ = ["ATTENTION_KERNELS", "attend", "dual_attention", "self_attention", "vv_attention"]
+
+#: ``"sdpa"``: ``F.scaled_dot_product_attention`` (fused, the fast default); ``"math"``:
+#: the explicit ``softmax(q·kᵀ/sqrt(d))·v`` of the official Res²CLIP code.
+ATTENTION_KERNELS = ("sdpa", "math")
 
 
 def _check(fn: str, x: object, attn: object) -> Tensor:
@@ -58,7 +62,41 @@ def _in_proj(x: Tensor, attn: nn.MultiheadAttention, rows: slice) -> Tensor:
     return F.linear(x, attn.in_proj_weight[rows], bias)
 
 
-def vv_attention(x: Tensor, attn: nn.MultiheadAttention) -> Tensor:
+def attend(q: Tensor, k: Tensor, v: Tensor, kernel: str = "sdpa") -> Tensor:
+    """Scaled dot-product attention ``softmax(q kᵀ / sqrt(d)) v`` by the chosen kernel.
+
+    ``"sdpa"`` calls :func:`torch.nn.functional.scaled_dot_product_attention`; ``"math"``
+    computes the scores, the softmax and the product explicitly, as the official
+    Res²CLIP code does. The two agree to float32 rounding (docs/backbone.md gives the
+    measured difference); ``"math"`` materialises the ``(L, L)`` score matrix.
+
+    Args:
+        q, k, v: per-head queries, keys and values.
+        kernel: one of :data:`ATTENTION_KERNELS`.
+
+    Returns:
+        The attention output, like ``v``.
+
+    Shape:
+        - q, k, v: ``(B, H, L, d)``
+        - output: ``(B, H, L, d)``
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.clip.attention import attend
+        >>> q, k, v = torch.randn(3, 1, 2, 5, 8).unbind(0)
+        >>> torch.allclose(attend(q, k, v, "math"), attend(q, k, v), atol=1e-6)
+        True
+    """
+    if kernel == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v)
+    if kernel == "math":
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        return scores.softmax(dim=-1) @ v
+    raise ValueError(f"attend: `kernel` must be one of {ATTENTION_KERNELS}; got {kernel!r}")
+
+
+def vv_attention(x: Tensor, attn: nn.MultiheadAttention, kernel: str = "sdpa") -> Tensor:
     """V-V self-attention with the pretrained weights of ``attn`` (spec 1.4).
 
     ``out_proj(softmax(v vᵀ / sqrt(d)) v)`` per head, with ``v`` the value
@@ -69,6 +107,7 @@ def vv_attention(x: Tensor, attn: nn.MultiheadAttention) -> Tensor:
         x: token features, batch first (whatever ``attn.batch_first`` says).
         attn: a pretrained attention layer (packed ``in_proj_weight``, ``num_heads``
             heads, ``out_proj`` with its bias).
+        kernel: the attention kernel (see :func:`attend`).
 
     Returns:
         The V-V attention output, in the dtype autocast or ``x`` gives.
@@ -92,11 +131,27 @@ def vv_attention(x: Tensor, attn: nn.MultiheadAttention) -> Tensor:
     x = _check("vv_attention", x, attn)
     c = attn.embed_dim
     v = _heads(_in_proj(x, attn, slice(2 * c, 3 * c)), attn.num_heads)
-    out = F.scaled_dot_product_attention(v, v, v)
+    out = attend(v, v, v, kernel)
     return attn.out_proj(_merge(out))
 
 
-def dual_attention(x: Tensor, attn: nn.MultiheadAttention) -> tuple[Tensor, Tensor]:
+def self_attention(x: Tensor, attn: nn.MultiheadAttention, kernel: str = "sdpa") -> Tensor:
+    """Ordinary self-attention ``out_proj(softmax(q kᵀ/sqrt(d)) v)`` of a pretrained layer.
+
+    What ``attn(x, x, x, need_weights=False)[0]`` computes, by the chosen kernel.
+
+    Shape:
+        - x: ``(B, L, C)``
+        - output: ``(B, L, C)``
+    """
+    c, heads = attn.embed_dim, attn.num_heads
+    q, k, v = (_heads(t, heads) for t in _in_proj(x, attn, slice(0, 3 * c)).chunk(3, dim=-1))
+    return attn.out_proj(_merge(attend(q, k, v, kernel)))
+
+
+def dual_attention(
+    x: Tensor, attn: nn.MultiheadAttention, kernel: str = "sdpa"
+) -> tuple[Tensor, Tensor]:
     """Ordinary and V-V attention of one block from one shared input projection (spec 1.4).
 
     Returns ``(o_o, o_vv)`` with ``o_o = out_proj(softmax(q kᵀ/sqrt(d)) v)`` (what
@@ -108,6 +163,7 @@ def dual_attention(x: Tensor, attn: nn.MultiheadAttention) -> tuple[Tensor, Tens
     Args:
         x: the block's normalised input ``LN_1(x_o)``.
         attn: a pretrained attention layer (see :func:`vv_attention`).
+        kernel: the attention kernel (see :func:`attend`).
 
     Returns:
         ``(o_o, o_vv)``, the ordinary and the V-V attention outputs.
@@ -135,6 +191,6 @@ def dual_attention(x: Tensor, attn: nn.MultiheadAttention) -> tuple[Tensor, Tens
     c, heads = attn.embed_dim, attn.num_heads
     q, k = (_heads(t, heads) for t in _in_proj(x, attn, slice(0, 2 * c)).chunk(2, dim=-1))
     v = _heads(_in_proj(x, attn, slice(2 * c, 3 * c)), heads)  # as in vv_attention
-    o_o = attn.out_proj(_merge(F.scaled_dot_product_attention(q, k, v)))
-    o_vv = attn.out_proj(_merge(F.scaled_dot_product_attention(v, v, v)))
+    o_o = attn.out_proj(_merge(attend(q, k, v, kernel)))
+    o_vv = attn.out_proj(_merge(attend(v, v, v, kernel)))
     return o_o, o_vv

@@ -35,7 +35,7 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
 from resad_kit.clip import checkpoints
-from resad_kit.clip.attention import dual_attention
+from resad_kit.clip.attention import dual_attention, self_attention
 from resad_kit.clip.config import BackboneConfig
 from resad_kit.clip.positional import interpolate_pos_embed
 from resad_kit.clip.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess
@@ -57,6 +57,9 @@ class Features(NamedTuple):
             over the ``h×w`` grid. Not normalised.
         cls: ``(B, D)`` global image feature. Not normalised.
         grid: the patch grid ``(h, w)`` with ``h·w = N``.
+        tap_cls: with ``BackboneConfig(tap_cls=True)``, one ``(B, D)`` tensor per tapped
+            layer: that layer's CLS token through ``LN_post`` and ``proj`` (as the
+            patches); otherwise ``None``.
 
     Example:
         >>> import torch
@@ -70,6 +73,7 @@ class Features(NamedTuple):
     patches: list[Tensor]
     cls: Tensor
     grid: tuple[int, int]
+    tap_cls: list[Tensor] | None = None
 
 
 def _quarters(depth: int) -> tuple[int, ...]:
@@ -435,7 +439,15 @@ class ClipBackbone(nn.Module):
         # Tensors made under inference mode cannot enter autograd; clones can.
         return [t.clone() for t in tensors] if self.inference_mode else tensors
 
-    def _tower(self, images: Tensor) -> tuple[list[Tensor], Tensor, tuple[int, int]]:
+    def _standard_block(self, block: ResidualAttentionBlock, x: Tensor) -> Tensor:
+        if self.config.attention == "sdpa":
+            return block(x)  # open_clip's own forward (nn.MultiheadAttention's fused path)
+        x = x + block.ls_1(self_attention(block.ln_1(x), block.attn, "math"))
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+    def _tower(
+        self, images: Tensor
+    ) -> tuple[list[Tensor], Tensor, tuple[int, int], list[Tensor] | None]:
         visual = self.model.visual
         x = visual.conv1(images)  # (B, C, h, w)
         h, w = x.shape[-2:]
@@ -450,10 +462,10 @@ class ClipBackbone(nn.Module):
         x_o, x_v = x, None
         for index, block in enumerate(visual.transformer.resblocks, start=1):
             if index < first_vv:
-                x_o = block(x_o)
+                x_o = self._standard_block(block, x_o)
             else:
                 x_v = x_o if x_v is None else x_v
-                o_o, o_vv = dual_attention(block.ln_1(x_o), block.attn)
+                o_o, o_vv = dual_attention(block.ln_1(x_o), block.attn, self.config.attention)
                 x_v = x_v + block.ls_1(o_vv)  # V-V stream: attention residual only, no MLP
                 x_o = x_o + block.ls_1(o_o)
                 x_o = x_o + block.ls_2(block.mlp(block.ln_2(x_o)))
@@ -463,10 +475,15 @@ class ClipBackbone(nn.Module):
         patches = [
             (visual.ln_post(taps[layer][:, 1:]) @ visual.proj).float() for layer in self.layers
         ]
+        tap_cls = None
+        if self.config.tap_cls:
+            tap_cls = [
+                (visual.ln_post(taps[layer][:, 0]) @ visual.proj).float() for layer in self.layers
+            ]
         cls = x_o[:, 0]
         if self.config.global_ln_post:
             cls = visual.ln_post(cls)
-        return patches, (cls @ visual.proj).float(), (int(h), int(w))
+        return patches, (cls @ visual.proj).float(), (int(h), int(w)), tap_cls
 
     def forward(self, images: Tensor) -> Features:
         """Patch features of the tapped layers and the global feature of ``images``.
@@ -488,9 +505,11 @@ class ClipBackbone(nn.Module):
         """
         x = self._check_images(images)
         with self._run():
-            patches, cls, grid = self._tower(x)
+            patches, cls, grid, tap_cls = self._tower(x)
         *patches, cls = self._finish([*patches, cls])
-        return Features(patches, cls, grid)
+        if tap_cls is not None:
+            tap_cls = self._finish(tap_cls)
+        return Features(patches, cls, grid, tap_cls)
 
     # ------------------------------------------------------------------ text tower
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from resad_kit.clip.attention import ATTENTION_KERNELS
 from resad_kit.ops._validation import check_positive_int
 
 __all__ = ["BackboneConfig"]
@@ -30,6 +31,12 @@ class BackboneConfig:
             ordinary-stream CLS token (spec 1.5; the paper is silent).
         pos_interpolation: resize mode of the positional embedding (code: bilinear,
             ``align_corners=False``; spec 1.2); ``"bicubic"`` is open_clip's choice.
+        attention: the attention kernel of every block: ``"sdpa"`` (fused
+            ``scaled_dot_product_attention``, the fast default) or ``"math"`` (the explicit
+            ``softmax(q·kᵀ/sqrt(d))·v`` of the official code; the two differ by float32
+            rounding, measured in docs/backbone.md).
+        tap_cls: also return the CLS token of every tapped layer (``LN_post`` + ``proj``,
+            as the patches) in :attr:`Features.tap_cls`.
 
     Example:
         >>> from resad_kit.clip import BackboneConfig
@@ -44,6 +51,8 @@ class BackboneConfig:
     vv_blocks: int | None = 20
     global_ln_post: bool = False
     pos_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    attention: Literal["sdpa", "math"] = "sdpa"
+    tap_cls: bool = False
 
     def __post_init__(self) -> None:
         fn = "BackboneConfig"
@@ -73,6 +82,13 @@ class BackboneConfig:
                 f"{fn}: `pos_interpolation` must be one of {POS_MODES}; "
                 f"got {self.pos_interpolation!r}"
             )
+
+        if self.attention not in ATTENTION_KERNELS:
+            raise ValueError(
+                f"{fn}: `attention` must be one of {ATTENTION_KERNELS}; got {self.attention!r}"
+            )
+        if not isinstance(self.tap_cls, bool):
+            raise ValueError(f"{fn}: `tap_cls` must be a bool; got {self.tap_cls!r}")
 
     @classmethod
     def paper(cls) -> BackboneConfig:

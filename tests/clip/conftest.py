@@ -39,9 +39,11 @@ def reference_features(
     layers: tuple[int, ...],
     vv_blocks: int,
     global_ln_post: bool,
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+    return_tap_cls: bool = False,
+) -> tuple[list[torch.Tensor], torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor, list]:
     """Spec 1.4–1.5 written out directly: open_clip blocks for the ordinary stream, the V-V
-    stream added from LN_1 of the ordinary stream with no MLP, taps of the V-V stream."""
+    stream added from LN_1 of the ordinary stream with no MLP, taps of the V-V stream.
+    With ``return_tap_cls`` also the CLS row of every tap (through ``ln_post`` and ``proj``)."""
     vis = model.visual
     with torch.no_grad():
         x = vis.conv1(images)
@@ -64,6 +66,8 @@ def reference_features(
                 taps[i + 1] = x_o if x_v is None else x_v
         patches = [vis.ln_post(taps[layer]) @ vis.proj for layer in layers]
         cls = vis.ln_post(x_o[:, 0]) if global_ln_post else x_o[:, 0]
+        if return_tap_cls:
+            return [p[:, 1:] for p in patches], cls @ vis.proj, [p[:, 0] for p in patches]
         return [p[:, 1:] for p in patches], cls @ vis.proj
 
 
