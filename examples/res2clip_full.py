@@ -135,7 +135,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The command line of this script."""
     p = _Parser(
-        prog="res2clip_full.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="res2clip_full.py",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+        allow_abbrev=False,  # a typo such as --epoch is an error, not --epochs
     )
     p.add_argument("--data-root", type=Path, help="folder holding the data sets (mvtec/, visa/, …)")
     p.add_argument("--datasets", nargs="+", help="data set keys (default: all found)")
@@ -492,8 +495,11 @@ def run(args: argparse.Namespace, dist: DistContext) -> None:
     """The run after the flags were checked: data, backbone, trainings, evaluation, files."""
     is_main = dist.is_main
     profile = PROFILES[args.profile]
-    found = previous_run(args.out)  # every rank looks before the main rank changes anything
-    barrier(dist)
+    found = previous_run(args.out)
+    prepare_out(args, found, apply=False)  # a refusal comes before anything is written
+    all_specs = discover(args, args.out, dist)  # (generates the offline synthetic data)
+    targets, modes, auxes = plan(args, all_specs)
+    barrier(dist)  # every rank has looked at --out before the main rank changes it
     what = prepare_out(args, found, apply=is_main)
     setup_logging(args.out, is_main)
     if is_main:
@@ -504,8 +510,6 @@ def run(args: argparse.Namespace, dist: DistContext) -> None:
     seed_everything(111, dist)
     progress = not args.no_progress
     device = dist.device
-    all_specs = discover(args, args.out, dist)
-    targets, modes, auxes = plan(args, all_specs)
     try:
         backbone = build_backbone(args, device)
     except WeightsNotFoundError as error:  # the message says what was tried and how to fix it

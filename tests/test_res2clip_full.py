@@ -118,3 +118,99 @@ def test_missing_clip_weights_are_a_clear_error(tmp_path):
     assert "ViT-L-14-336px.pt" in done.stderr
     assert "--backbone tiny" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------- profiles (in-process)
+
+
+def _example():
+    import importlib.util
+
+    name = "res2clip_full"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, EXAMPLE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+class _Stop(BaseException):
+    """Ends the run once the settings under test were seen."""
+
+
+@pytest.mark.parametrize("profile", ["paper", "official"])
+def test_profile_settings_reach_data_method_and_metrics(profile, tmp_path, monkeypatch):
+    """Every setting of `--profile` comes from the library's presets and reaches the run:
+    the training data sets' mask resize (official: bilinear + threshold 0.5, as the
+    official code; the old example used nearest neighbour), the Res2CLIP config of both
+    modes and the metric config of the evaluation."""
+    from resad_kit.clip import BackboneConfig
+    from resad_kit.methods import Res2CLIPConfig
+    from resad_kit.metrics import MetricConfig
+
+    example = _example()
+    preset = {
+        "paper": (
+            BackboneConfig.paper(), Res2CLIPConfig.paper, MetricConfig.exact(), "nearest"
+        ),
+        "official": (
+            BackboneConfig.official_code(), Res2CLIPConfig.official_code,
+            MetricConfig.official_code(), "bilinear",
+        ),
+    }[profile]  # fmt: skip
+    assert example.PROFILES[profile] == example.Profile(*preset)
+    seen = {}
+
+    def fake_train(model, datasets, cache, config, **kwargs):
+        seen.setdefault("fine_tuned", []).append(model.config)
+        seen.setdefault("masks", set()).update(ds.mask_interpolation for ds in datasets)
+        return "trained"
+
+    def fake_evaluation(models, specs, cache, **kwargs):
+        seen["models"] = {key: m.config for key, m in models.items()}
+        seen["metric_config"] = kwargs["metric_config"]
+        raise _Stop
+
+    monkeypatch.setattr(example, "train", fake_train)
+    monkeypatch.setattr(example, "run_evaluation", fake_evaluation)
+    argv = ["--backbone", "tiny", "--image-size", "32", "--device", "cpu", "--no-progress"]
+    with pytest.raises(_Stop):
+        example.main([*argv, "--profile", profile, "--out", str(tmp_path / "run")])
+    method, metrics, masks = preset[1], preset[2], preset[3]
+    assert seen["masks"] == {masks}
+    assert seen["fine_tuned"] == [method("fine_tuned")] * 2
+    assert seen["metric_config"] == metrics
+    assert seen["models"] == {
+        (mode, target): method(mode)
+        for mode in ("training_free", "fine_tuned")
+        for target in ("sample", "synthetic")
+    }
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["training_masks"] == masks
+    assert config["metrics"]["pixel_bins"] == metrics.pixel_bins
+
+
+@pytest.mark.parametrize("profile", ["paper", "official"])
+def test_profile_backbone_config_reaches_the_pretrained_backbone(profile, tmp_path, monkeypatch):
+    """With the real backbone, `--profile` picks BackboneConfig.paper() or
+    .official_code() (19 V-V blocks), at the paper's 518 px."""
+    from resad_kit.clip import BackboneConfig, ClipBackbone
+
+    example = _example()
+    seen = {}
+
+    def fake_from_pretrained(name, pretrained, config, device=None):
+        seen.update(name=name, pretrained=pretrained, config=config)
+        raise _Stop
+
+    monkeypatch.setattr(ClipBackbone, "from_pretrained", fake_from_pretrained)
+    weights = tmp_path / "ViT-L-14-336px.pt"
+    weights.write_bytes(b"")
+    argv = ["--checkpoint", str(weights), "--device", "cpu", "--profile", profile]
+    with pytest.raises(_Stop):
+        example.main([*argv, "--out", str(tmp_path / "run")])
+    expected = BackboneConfig.official_code() if profile == "official" else BackboneConfig.paper()
+    assert seen["config"] == expected
+    assert seen["config"].image_size == 518
+    assert seen["pretrained"] == str(weights)
