@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from resad_kit.clip import ClipBackbone, convert_to_safetensors
+from resad_kit.clip import ClipBackbone, convert, convert_to_safetensors
 from resad_kit.clip.checkpoints import TINY_MODEL_NAME, read_state_dict
 from resad_kit.clip.convert import main
 
@@ -131,16 +131,13 @@ def test_refusals_leave_files_alone(tmp_path):
 
 
 def test_module_entry_point(tmp_path, monkeypatch, capsys):
-    """`python -m resad_kit.clip.convert SRC DST` works as documented (run in-process through
-    runpy, as `-m` does)."""
+    """`python -m resad_kit.clip.convert SRC DST` works as documented (the module's file run
+    as __main__, in-process: a subprocess would import torch again)."""
     src, dst = tmp_path / "w.pt", tmp_path / "w.safetensors"
     torch.save({"weight": torch.arange(3.0)}, src)
-    monkeypatch.delitem(sys.modules, "resad_kit.clip.convert")
     monkeypatch.setattr(sys, "argv", ["convert", str(src), str(dst)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        with pytest.raises(SystemExit) as info:
-            runpy.run_module("resad_kit.clip.convert", run_name="__main__")
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(convert.__file__, run_name="__main__")
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"wrote {dst}"
     assert torch.equal(load_file(dst)["weight"], torch.arange(3.0))
