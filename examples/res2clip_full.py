@@ -1,6 +1,6 @@
 """Reproduce Res²CLIP's few-shot evaluation (Tables 1, 6–10): training-free and fine-tuned.
 
-The paper's protocol (spec §4.6, §6): a frozen CLIP ViT-L/14-336 at 518 px; Res²CLIP* is
+The paper's protocol (Sec. 4.1, Tables 6–10): a frozen CLIP ViT-L/14-336 at 518 px; Res²CLIP* is
 training-free; Res²CLIP† trains its adapters on the auxiliary data set's test split (VisA for
 MVTec AD, MVTec AD for every other target); both are evaluated with K ∈ {1, 2, 4} normal
 references drawn with three seeds from each category's train split, per category, and
@@ -442,7 +442,7 @@ def plan(
                 )
             if aux not in auxes:
                 auxes.append(aux)
-    for aux in auxes:  # each training query's reference is another normal image (spec §4.6)
+    for aux in auxes:  # each training query's reference is another normal image
         spec = specs[aux]
         for category in spec.categories:
             normals = _normals(spec, category, "test")
