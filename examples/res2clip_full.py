@@ -1,11 +1,12 @@
 """Reproduce Res²CLIP's few-shot evaluation (Tables 1, 6–10): training-free and fine-tuned.
 
-The paper's protocol (Sec. 4.1, Tables 6–10): a frozen CLIP ViT-L/14-336 at 518 px; Res²CLIP* is
-training-free; Res²CLIP† trains its adapters on the auxiliary data set's test split (VisA for
-MVTec AD, MVTec AD for every other target); both are evaluated with K ∈ {1, 2, 4} normal
-references drawn with three seeds from each category's train split, per category, and
-averaged (mean ± std over seeds). Results go to ``--out``: metrics.csv, metrics.json,
-table.md (the paper's numbers beside ours), heat maps, config.json and log.txt.
+The paper's protocol (Sec. 4.1, Tables 6–10): a frozen CLIP ViT-L/14-336 at 518 px;
+Res²CLIP* is training-free; Res²CLIP† trains its adapters on the auxiliary data set's test
+split (VisA for MVTec AD, MVTec AD for every other target); both are evaluated with
+K ∈ {1, 2, 4} normal references drawn with three seeds from each category's train split,
+per category, and averaged (mean ± std over seeds). Results go to ``--out``: metrics.csv,
+metrics.json, table.md (the paper's numbers beside ours), heat maps, config.json and
+log.txt.
 
 Full reproduction on a GPU (weights and data sets downloaded beforehand; see
 docs/reproducing.md)::

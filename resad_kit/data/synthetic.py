@@ -21,8 +21,6 @@ foreign patches (no known copyright restrictions).
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -38,9 +36,22 @@ from skimage import draw
 from skimage.filters import gaussian
 from skimage.morphology import dilation, disk
 
+from resad_kit.data._synthetic_files import (
+    MANIFEST_NAME,
+    is_complete,
+    remove_stale_temp,
+    write_manifest,
+    write_png,
+)
 from resad_kit.ops._validation import check_positive_int
 
-__all__ = ["DEFECT_KINDS", "SYNTHETIC_CATEGORIES", "draw_defect", "synthesize_dataset"]
+__all__ = [
+    "DEFECT_KINDS",
+    "MANIFEST_NAME",
+    "SYNTHETIC_CATEGORIES",
+    "draw_defect",
+    "synthesize_dataset",
+]
 
 SYNTHETIC_CATEGORIES: tuple[str, ...] = ("brick", "coffee", "coins", "grass", "gravel")
 """Categories of :func:`synthesize_dataset` (scikit-image sample images)."""
@@ -227,20 +238,6 @@ def draw_defect(image: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray, np
     return out, mask
 
 
-MANIFEST_NAME = "synthetic.json"
-"""File in each category folder that records how it was generated and every file's digest."""
-_MANIFEST_FORMAT = "resad_kit.synthetic/1"
-
-
-def _write_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _write_category(
     cat_dir: Path,
     category: str,
@@ -254,11 +251,11 @@ def _write_category(
     """Every file of one category under ``cat_dir``, the manifest last."""
     for i in range(n_train):
         image = _render_normal(category, image_size, _seeded(seed, category, 0, i))
-        _write_png(image, cat_dir / "train" / "good" / f"{i:03d}.png")
+        write_png(image, cat_dir / "train" / "good" / f"{i:03d}.png")
     n_good = n_test // 2
     for i in range(n_good):
         image = _render_normal(category, image_size, _seeded(seed, category, 1, i))
-        _write_png(image, cat_dir / "test" / "good" / f"{i:03d}.png")
+        write_png(image, cat_dir / "test" / "good" / f"{i:03d}.png")
     counts = dict.fromkeys(defects, 0)
     for j in range(n_test - n_good):
         kind = defects[j % len(defects)]
@@ -267,36 +264,9 @@ def _write_category(
         image, mask = draw_defect(clean, kind, int(rng.integers(0, 2**31)))
         name = f"{counts[kind]:03d}"
         counts[kind] += 1
-        _write_png(image, cat_dir / "test" / kind / f"{name}.png")
-        _write_png(
-            mask.astype(np.uint8) * 255, cat_dir / "ground_truth" / kind / f"{name}_mask.png"
-        )
-    files = {p.relative_to(cat_dir).as_posix(): _digest(p) for p in sorted(cat_dir.rglob("*.png"))}
-    manifest = {"format": _MANIFEST_FORMAT, "settings": settings, "files": files}
-    (cat_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", "utf-8")
-
-
-def _is_complete(cat_dir: Path, settings: dict[str, Any]) -> bool:
-    """Whether ``cat_dir`` holds exactly what its manifest lists, generated with ``settings``."""
-    try:
-        manifest = json.loads((cat_dir / MANIFEST_NAME).read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    if not isinstance(manifest, dict) or manifest.get("format") != _MANIFEST_FORMAT:
-        return False
-    if manifest.get("settings") != settings or not isinstance(manifest.get("files"), dict):
-        return False
-    present = {p.relative_to(cat_dir).as_posix() for p in cat_dir.rglob("*.png")}
-    if present != set(manifest["files"]):
-        return False
-    return all(_digest(cat_dir / name) == digest for name, digest in manifest["files"].items())
-
-
-def _remove_stale_temp(root: Path, category: str) -> None:
-    """Delete the temporary folders of this category left by an interrupted call."""
-    for stale in root.glob(f".{category}.tmp*"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
+        write_png(image, cat_dir / "test" / kind / f"{name}.png")
+        write_png(mask.astype(np.uint8) * 255, cat_dir / "ground_truth" / kind / f"{name}_mask.png")
+    write_manifest(cat_dir, settings)
 
 
 def synthesize_dataset(
@@ -409,7 +379,7 @@ def synthesize_dataset(
         }
         cat_dir = root / category
         if cat_dir.exists() and any(cat_dir.iterdir()):
-            if reuse and _is_complete(cat_dir, settings):
+            if reuse and is_complete(cat_dir, settings):
                 continue
             if not (overwrite or reuse):
                 raise ValueError(
@@ -419,7 +389,7 @@ def synthesize_dataset(
         todo.append((category, settings))
     root.mkdir(parents=True, exist_ok=True)
     for category, settings in todo:
-        _remove_stale_temp(root, category)
+        remove_stale_temp(root, category)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{category}.tmp"))
         try:
             _write_category(tmp, category, settings, n_train, n_test, seed, image_size, defects)

@@ -158,7 +158,7 @@ def _interrupt_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     """Make the n-th PNG write of synthesize_dataset raise, as a killed job would stop."""
     import resad_kit.data.synthetic as synthetic
 
-    real, calls = synthetic._write_png, []
+    real, calls = synthetic.write_png, []
 
     def write(array: np.ndarray, path: Path) -> None:
         calls.append(path)
@@ -166,7 +166,7 @@ def _interrupt_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
             raise KeyboardInterrupt
         real(array, path)
 
-    monkeypatch.setattr(synthetic, "_write_png", write)
+    monkeypatch.setattr(synthetic, "write_png", write)
 
 
 def test_interrupted_generation_leaves_no_partial_category(tmp_path: Path, monkeypatch):
