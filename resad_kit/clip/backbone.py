@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import open_clip
@@ -35,6 +35,7 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
 from resad_kit.clip import checkpoints
+from resad_kit.clip.architecture import build_custom_model, resolve_architecture
 from resad_kit.clip.attention import dual_attention, self_attention
 from resad_kit.clip.config import BackboneConfig
 from resad_kit.clip.positional import interpolate_pos_embed
@@ -231,7 +232,9 @@ class ClipBackbone(nn.Module):
         pretrained: str | os.PathLike[str] | None = "openai",
         config: BackboneConfig | None = None,
         *,
+        architecture: Mapping[str, Any] | str | os.PathLike[str] | None = None,
         quick_gelu: bool | None = None,
+        trust_checkpoint: bool = False,
         cache_dir: str | None = None,
         device: str | torch.device | None = None,
         **overrides: Any,
@@ -246,8 +249,19 @@ class ClipBackbone(nn.Module):
                 (open_clip state dict as ``.pt``/``.pth``/``.bin``/``.safetensors``, or
                 OpenAI's ``.pt`` archive), or ``None`` for random weights (explicit only).
             config: :class:`BackboneConfig`; ``None`` is :meth:`BackboneConfig.paper`.
+            architecture: for weights of an architecture open_clip has not registered
+                (a fine-tuned or distilled CLIP of another width or depth): an open_clip
+                model config (``{"embed_dim", "vision_cfg", "text_cfg"}``, or a Hugging
+                Face ``open_clip_config.json`` dictionary), a path to its JSON file, or
+                ``"infer"`` to read it from the checkpoint's shapes (heads of width 64
+                assumed). ``model_name`` is then only the label.
             quick_gelu: QuickGELU MLPs (the OpenAI weights need them); ``None``
-                decides from the tag, the name (``-quickgelu``) or the architecture's tags.
+                decides from the tag, the name (``-quickgelu``) or the architecture's tags;
+                with ``architecture``, from its ``"quick_gelu"`` entry, True for an OpenAI
+                TorchScript archive, and otherwise it must be given.
+            trust_checkpoint: read an OpenAI TorchScript archive with ``torch.jit.load``,
+                which runs code stored in the file (only for files you trust; the default
+                reads the tensors without running anything).
             cache_dir: open_clip's download cache (default: the Hugging Face cache).
             device: where to put the model (default CPU).
             **overrides: fields of :class:`BackboneConfig` that replace those of
@@ -282,6 +296,10 @@ class ClipBackbone(nn.Module):
                 f"ClipBackbone.from_pretrained: unknown option(s) {sorted(overrides)}; "
                 f"BackboneConfig fields are {names}"
             ) from None
+        if architecture is not None:
+            return cls._from_architecture(
+                model_name, pretrained, config, architecture, quick_gelu, trust_checkpoint, device
+            )
         gelu = checkpoints.resolve_quick_gelu(model_name, pretrained, quick_gelu)
         mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
         if pretrained is None:
@@ -293,7 +311,7 @@ class ClipBackbone(nn.Module):
             weights = f"{pretrained}" if tag_cfg else f"file {path}"
         model = checkpoints.build_model(model_name, gelu)
         if path is not None:
-            checkpoints.load_weights(model, path, model_name)
+            checkpoints.load_weights(model, path, model_name, trust_code=trust_checkpoint)
         tiny = model_name == checkpoints.TINY_MODEL_NAME
         tokenizer = None if tiny else open_clip.get_tokenizer(model_name)
         backbone = cls(
@@ -305,6 +323,48 @@ class ClipBackbone(nn.Module):
             mean=mean,
             std=std,
             tokenizer=tokenizer,
+        )
+        return backbone.to(device) if device is not None else backbone
+
+    @classmethod
+    def _from_architecture(
+        cls,
+        model_name: str,
+        pretrained: str | os.PathLike[str] | None,
+        config: BackboneConfig,
+        architecture: Mapping[str, Any] | str | os.PathLike[str],
+        quick_gelu: bool | None,
+        trust_checkpoint: bool,
+        device: str | torch.device | None,
+    ) -> ClipBackbone:
+        fn = "ClipBackbone.from_pretrained"
+        path = None
+        state = None
+        if pretrained is not None:
+            path = checkpoints.check_local_file(pretrained, model_name)
+            state = checkpoints.read_state_dict(path, trust_code=trust_checkpoint)
+        cfg = resolve_architecture(architecture, state)
+        if quick_gelu is None:
+            if "quick_gelu" in cfg:
+                quick_gelu = bool(cfg["quick_gelu"])
+            elif path is not None and checkpoints.is_torchscript_archive(path):
+                quick_gelu = True  # every OpenAI CLIP archive was trained with QuickGELU
+            else:
+                raise ValueError(
+                    f"{fn}: with `architecture`, say whether the MLPs use QuickGELU: pass "
+                    "quick_gelu=True (OpenAI-trained weights) or False (most LAION weights)"
+                )
+        model = build_custom_model(cfg, bool(quick_gelu))
+        if path is not None:
+            checkpoints.load_weights(model, path, model_name, trust_code=trust_checkpoint)
+        else:
+            logger.warning("ClipBackbone %s: random weights (pretrained=None)", model_name)
+        backbone = cls(
+            model,
+            config,
+            model_name=model_name,
+            weights=f"file {path}" if path is not None else "untrained: random init",
+            trained=path is not None,
         )
         return backbone.to(device) if device is not None else backbone
 

@@ -105,6 +105,7 @@ def backbone_fingerprint(backbone: ClipBackbone) -> str:
         "vv_blocks": backbone.vv_blocks,
         "global_ln_post": cfg.global_ln_post,
         "pos_interpolation": cfg.pos_interpolation,
+        "attention": cfg.attention,
         "image_size": backbone.image_size,
         "patch_size": backbone.patch_size,
         "depth": backbone.depth,
