@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from resad_kit.ops._validation import check_positive_int
+from resad_kit.ops._validation import check_positive_int, is_real
 
 __all__ = ["Mode", "Res2CLIPConfig"]
 
@@ -45,7 +45,7 @@ def _check_weights(name: str, value: object) -> tuple[float, float, float]:
     if (
         not isinstance(value, (tuple, list))
         or len(value) != 3
-        or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+        or not all(is_real(v) and math.isfinite(v) for v in value)  # type: ignore[arg-type]
     ):
         raise ValueError(
             f"Res2CLIPConfig: `{name}` must be three finite weights (text, visual, residual); "
@@ -55,7 +55,7 @@ def _check_weights(name: str, value: object) -> tuple[float, float, float]:
 
 
 def _check_number(name: str, value: object, *, low: float, closed: bool = True) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_real(value) and math.isfinite(value)  # type: ignore[arg-type]
     if not ok or (value < low if closed else value <= low):  # type: ignore[operator]
         bound = f">= {low}" if closed else f"> {low}"
         raise ValueError(f"Res2CLIPConfig: `{name}` must be a finite number {bound}; got {value!r}")
@@ -74,6 +74,9 @@ class Res2CLIPConfig:
     The backbone's own flags (V-V block count 20 vs 19, ``global_ln_post``) live in
     :class:`~resad_kit.clip.BackboneConfig`; the metric binning in
     :class:`~resad_kit.metrics.MetricConfig`.
+
+    Numeric fields take Python numbers or numpy scalars (``np.float32``, ``np.int64``) and
+    are stored as Python floats, so :meth:`to_dict` stays JSON-serialisable.
 
     Layers are given as **tap positions**, indices into ``backbone.layers`` (negative
     counts from the end), so one config fits ViT-L (taps 6, 12, 18, 24: ``-1`` is layer

@@ -238,23 +238,38 @@ class Res2CLIP(nn.Module):
             return self.backbone(images)
 
     def _features(self, inputs: Tensor | Features, name: str) -> Features:
-        if isinstance(inputs, Features):
-            n = len(self.backbone.layers)
-            if len(inputs.patches) != n:
+        """Checked features on the backbone's device, in float32 (the compute dtype).
+
+        Features stored in float16/bfloat16 (e.g. a half-precision cache) or float64 are
+        cast to float32 here, so every branch computes in float32 whatever their dtype.
+        """
+        if not isinstance(inputs, Features):
+            inputs = self.extract(inputs)
+        n = len(self.backbone.layers)
+        if len(inputs.patches) != n:
+            raise ValueError(
+                f"Res2CLIP: `{name}` has {len(inputs.patches)} layers of patches but the "
+                f"backbone taps {n} layers {self.backbone.layers}"
+            )
+        cls = check_tensor("Res2CLIP", f"{name}.cls", inputs.cls, ndim=2, shape_doc="(B, D)")
+        b, d = cls.shape
+        h, w = inputs.grid
+        for i, p in enumerate(inputs.patches):
+            check_tensor("Res2CLIP", f"{name}.patches[{i}]", p, shape_doc="(B, N, D)")
+            if tuple(p.shape) != (b, h * w, d):
                 raise ValueError(
-                    f"Res2CLIP: `{name}` has {len(inputs.patches)} layers of patches but the "
-                    f"backbone taps {n} layers {self.backbone.layers}"
+                    f"Res2CLIP: `{name}` patches must be (B, N, D) = {(b, h * w, d)} "
+                    f"for cls {(b, d)} and grid {inputs.grid}; got {tuple(p.shape)}"
                 )
-            b, d = inputs.cls.shape
-            h, w = inputs.grid
-            for p in inputs.patches:
-                if tuple(p.shape) != (b, h * w, d):
-                    raise ValueError(
-                        f"Res2CLIP: `{name}` patches must be (B, N, D) = {(b, h * w, d)} "
-                        f"for cls {(b, d)} and grid {inputs.grid}; got {tuple(p.shape)}"
-                    )
-            return inputs
-        return self.extract(inputs)
+        device = self.backbone.device
+
+        def f32(x: Tensor) -> Tensor:
+            return x.to(device, torch.float32)
+
+        tap_cls = None if inputs.tap_cls is None else [f32(t) for t in inputs.tap_cls]
+        return inputs._replace(
+            patches=[f32(p) for p in inputs.patches], cls=f32(cls), tap_cls=tap_cls
+        )
 
     # ------------------------------------------------------------------ references
 
@@ -352,13 +367,25 @@ class Res2CLIP(nn.Module):
     ) -> Prediction:
         """Anomaly maps and scores of ``B`` query images against the fitted references.
 
+        Features of any float dtype are cast to float32 first (every branch computes in
+        float32). Each image's result does not depend on the other images of the batch,
+        but is equal to the one-image result only up to float32 rounding (about 1e-7):
+        the blur's convolution, the adapters and the backbone may pick other kernels for
+        another batch size.
+
         Args:
-            inputs: ``(B, 3, S, S)`` images or their :class:`~resad_kit.clip.Features`.
+            inputs: ``(B, 3, S, S)`` images or their :class:`~resad_kit.clip.Features`
+                (float16, bfloat16, float32 or float64).
             output_size: map size ``(H, W)``; default the input image size, or
                 ``grid · patch_size`` for features.
 
         Returns:
-            :class:`Prediction` with the fused score and map and every branch's.
+            :class:`Prediction` (float32) with the fused score and map and every branch's.
+
+        Raises:
+            RuntimeError: before :meth:`fit_references`.
+            ValueError: for features with the wrong number of layers, inconsistent
+                shapes, a non-float dtype, or a grid other than the references'.
         """
         if self._bank is None:
             raise RuntimeError(

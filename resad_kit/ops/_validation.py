@@ -8,6 +8,7 @@ was expected and what was received.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,15 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     if any(t.dtype == torch.float64 for t in tensors):
         return torch.float64
     return torch.float32
+
+
+def is_real(value: object) -> bool:
+    """True for a real scalar: ``int``, ``float`` or a numpy scalar (``np.float32``, ``np.int64``).
+
+    Every ``numbers.Real`` counts, so float parameters accept numpy scalars; ``bool`` (and
+    ``np.bool_``) is not a number here, and neither is a tensor.
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_tensor(

@@ -50,6 +50,7 @@ from resad_kit.ops._validation import (
     check_same_shape,
     check_tensor,
     compute_dtype,
+    is_real,
 )
 from resad_kit.ops.segmentation_losses import binary_focal_loss, dice_loss, l1_loss
 
@@ -142,9 +143,9 @@ def _check_reduction(fn: str, reduction: object) -> str:
 
 
 def _check_finite_float(fn: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise TypeError(f"{fn}: `{name}` must be a float; got {type(value).__name__}")
-    if not math.isfinite(value):
+    if not math.isfinite(value):  # type: ignore[arg-type]
         raise ValueError(f"{fn}: `{name}` must be finite; got {value}")
     return float(value)
 

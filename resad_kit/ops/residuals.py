@@ -21,7 +21,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from resad_kit.ops._validation import check_broadcast_channels, check_tensor, compute_dtype
+from resad_kit.ops._validation import (
+    check_broadcast_channels,
+    check_tensor,
+    compute_dtype,
+    is_real,
+)
 
 __all__ = [
     "global_residual",
@@ -36,12 +41,13 @@ _EPS = 1e-12
 _DEGENERATE_ULPS = 64
 
 
-def _check_eps(fn: str, eps: float) -> None:
-    """Raise ``ValueError`` unless ``eps`` is a positive finite real number."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+def _check_eps(fn: str, eps: object) -> float:
+    """``eps`` as a float (numpy scalars accepted); ``ValueError`` unless positive and finite."""
+    if not is_real(eps):
         raise TypeError(f"{fn}: `eps` must be a float; got {type(eps).__name__}")
-    if not 0.0 < eps < float("inf"):
+    if not 0.0 < eps < float("inf"):  # type: ignore[operator]
         raise ValueError(f"{fn}: `eps` must be positive and finite; got {eps}")
+    return float(eps)  # type: ignore[arg-type]
 
 
 def _unit(x: torch.Tensor, cdtype: torch.dtype, eps: float) -> torch.Tensor:
@@ -83,7 +89,7 @@ def prompt_ensemble_mean(
         tensor([0.3000, 0.9000])
     """
     fn = "prompt_ensemble_mean"
-    _check_eps(fn, eps)
+    eps = _check_eps(fn, eps)
     x = check_tensor(fn, "embeddings", embeddings, min_ndim=2, shape_doc="(..., P, D)", finite=True)
     cdtype = compute_dtype(x)
     x32 = _unit(x, cdtype, eps) if normalize_each else x.to(cdtype)
@@ -133,7 +139,7 @@ def text_residual(
         tensor([-0.7071,  0.7071])
     """
     fn = "text_residual"
-    _check_eps(fn, eps)
+    eps = _check_eps(fn, eps)
     a = check_tensor(fn, "anomalous", anomalous, min_ndim=1, shape_doc="(..., D)", finite=True)
     n = check_tensor(fn, "normal", normal, min_ndim=1, shape_doc="(..., D)", finite=True)
     check_broadcast_channels(fn, ("anomalous", "normal"), a, n)
@@ -187,7 +193,7 @@ def visual_residual(
         tensor([-1.,  1.])
     """
     fn = "visual_residual"
-    _check_eps(fn, eps)
+    eps = _check_eps(fn, eps)
     q = check_tensor(fn, "query", query, min_ndim=1, shape_doc="(..., D)", finite=True)
     r = check_tensor(fn, "reference", reference, min_ndim=1, shape_doc="(..., D)", finite=True)
     check_broadcast_channels(fn, ("query", "reference"), q, r)
@@ -241,7 +247,7 @@ def global_residual(
         torch.Size([4, 768])
     """
     fn = "global_residual"
-    _check_eps(fn, eps)
+    eps = _check_eps(fn, eps)
     q = check_tensor(fn, "query", query, min_ndim=1, shape_doc="(..., D)", finite=True)
     refs = check_tensor(
         fn, "references", references, min_ndim=2, shape_doc="(..., K, D)", finite=True

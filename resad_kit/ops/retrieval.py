@@ -34,6 +34,7 @@ from resad_kit.ops._validation import (
     check_positive_int,
     check_tensor,
     compute_dtype,
+    is_real,
 )
 from resad_kit.ops.simplex import SparsemaxK, check_k, sorted_support
 
@@ -169,14 +170,16 @@ def radial_penalty(
     fn = "radial_penalty"
     check_tensor(fn, "r_query", r_query, min_ndim=1, shape_doc="(..., N)", finite=True)
     check_tensor(fn, "r_bank", r_bank, min_ndim=1, shape_doc="(..., M)", finite=True)
-    _check_gamma(fn, gamma)
+    gamma = _check_gamma(fn, gamma)
     dtype = compute_dtype(r_query, r_bank)
     return gamma * (r_query.to(dtype)[..., :, None] - r_bank.to(dtype)[..., None, :]).abs()
 
 
-def _check_gamma(fn: str, gamma: float) -> None:
-    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
+def _check_gamma(fn: str, gamma: object) -> float:
+    """``gamma`` as a float (numpy scalars accepted); ``ValueError`` unless finite and ≥ 0."""
+    if not (is_real(gamma) and math.isfinite(gamma) and gamma >= 0):  # type: ignore[arg-type]
         raise ValueError(f"{fn}: `gamma` must be a finite number ≥ 0; got {gamma!r}")
+    return float(gamma)  # type: ignore[arg-type]
 
 
 def retrieve(
@@ -265,7 +268,7 @@ def retrieve(
     check_tensor(fn, "bank", bank, min_ndim=2, shape_doc="(M, D) or (..., M, D)")
     _check_finite_fast(fn, "query", query)
     _check_finite_fast(fn, "bank", bank)
-    _check_gamma(fn, gamma)
+    gamma = _check_gamma(fn, gamma)
     n, d = query.shape[-2:]
     lead = query.shape[:-2]
     if bank.shape[-1] != d:

@@ -17,7 +17,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from resad_kit.ops._validation import check_finite, check_same_shape, check_tensor, compute_dtype
+from resad_kit.ops._validation import (
+    check_finite,
+    check_same_shape,
+    check_tensor,
+    compute_dtype,
+    is_real,
+)
 
 __all__ = ["binary_focal_loss", "dice_loss", "l1_loss"]
 
@@ -76,12 +82,14 @@ def binary_focal_loss(
         tensor(0.4149)
     """
     fn = "binary_focal_loss"
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
+    if not is_real(gamma) or not gamma >= 0:  # type: ignore[operator]
         raise ValueError(f"{fn}: `gamma` must be a number ≥ 0; got {gamma!r}")
     if not math.isfinite(gamma):
         raise ValueError(f"{fn}: `gamma` must be finite; got {gamma!r}")
-    if alpha is not None and not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
+    if alpha is not None and not (is_real(alpha) and 0 <= alpha <= 1):  # type: ignore[operator]
         raise ValueError(f"{fn}: `alpha` must be None or in [0, 1]; got {alpha!r}")
+    gamma = float(gamma)
+    alpha = None if alpha is None else float(alpha)
     p, y = _probabilities(fn, probs, targets)
     bce = F.binary_cross_entropy(p, y, reduction="none")
     p_t = p * y + (1 - p) * (1 - y)
@@ -142,8 +150,9 @@ def dice_loss(probs: torch.Tensor, targets: torch.Tensor, *, smooth: float = 1.0
         tensor(0.8000)
     """
     fn = "dice_loss"
-    if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not smooth > 0:
+    if not is_real(smooth) or not smooth > 0:  # type: ignore[operator]
         raise ValueError(f"{fn}: `smooth` must be a number > 0; got {smooth!r}")
+    smooth = float(smooth)
     p, y = _probabilities(fn, probs, targets, min_ndim=2)
     p, y = p.flatten(1), y.flatten(1)
     dice = (2 * (p * y).sum(1) + smooth) / (p.sum(1) + y.sum(1) + smooth)
