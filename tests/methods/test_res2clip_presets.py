@@ -1,0 +1,62 @@
+"""The presets' fusion weights and layer taps, against the values the paper and code give.
+
+Sources: fusion weights of eq. 5 from App. F.2 (pixel text : visual : residual = 0.1 : 1 : 1
+training-free, 0.1 : 1 : 0.1 fine-tuned; image 1 : 1 : 1 and 1 : 1 : 0.1), the same in the
+official code (``hito2448/Res2CLIP``); residual-branch layers from App. F.2 and the code
+(layer 24 only training-free, layers 6, 12, 18, 24 fine-tuned); text branch layer 24 and
+visual branch all four layers in both modes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from resad_kit.clip import ClipBackbone
+from resad_kit.methods import Res2CLIP, Res2CLIPConfig
+
+# mode → (pixel weights, image weights, residual taps, taps resolved on 4 tapped layers)
+EXPECTED = {
+    "training_free": ((0.1, 1.0, 1.0), (1.0, 1.0, 1.0), (-1,), (3,)),
+    "fine_tuned": ((0.1, 1.0, 0.1), (1.0, 1.0, 0.1), "all", (0, 1, 2, 3)),
+}
+PRESETS = {"paper": Res2CLIPConfig.paper, "official_code": Res2CLIPConfig.official_code}
+
+
+@pytest.fixture(scope="module")
+def backbone() -> ClipBackbone:
+    return ClipBackbone.tiny(seed=0)  # 4 taps, like layers 6, 12, 18, 24 of ViT-L/14
+
+
+@pytest.mark.parametrize("mode", sorted(EXPECTED))
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_fusion_weights_and_taps(backbone, preset, mode):
+    """Each preset in each mode has the paper's fusion weights and branch layers."""
+    pixel, image, residual_taps, resolved = EXPECTED[mode]
+    config = PRESETS[preset](mode)
+    assert config.mode == mode
+    assert config.pixel_weights == pixel
+    assert config.image_weights == image
+    assert config.residual_taps == residual_taps
+    assert config.text_taps == (-1,)
+    assert config.visual_taps == "all"
+    model = Res2CLIP(backbone, config)
+    assert model.taps == {"text": (3,), "visual": (0, 1, 2, 3), "residual": resolved}
+    assert model.used_taps == (0, 1, 2, 3)
+    assert (model.adapters is None) == (mode == "training_free")
+
+
+@pytest.mark.parametrize("mode", sorted(EXPECTED))
+def test_paper_and_official_presets_share_weights_and_taps(mode):
+    """Fusion and layers are not among the code's departures from the paper."""
+    paper, code = Res2CLIPConfig.paper(mode), Res2CLIPConfig.official_code(mode)
+    for field in ("pixel_weights", "image_weights", "text_taps", "visual_taps", "residual_taps"):
+        assert getattr(paper, field) == getattr(code, field), field
+
+
+def test_mode_defaults_can_be_overridden_and_survive_replace():
+    """Explicit weights and taps win over the mode's; ``replace`` keeps resolved values."""
+    config = Res2CLIPConfig.paper("fine_tuned", residual_taps=(-1,), pixel_weights=(0.1, 1.0, 1.0))
+    assert config.residual_taps == (-1,)
+    assert config.pixel_weights == (0.1, 1.0, 1.0)
+    assert config.image_weights == (1.0, 1.0, 0.1)
+    assert config.replace(gamma=0.02).pixel_weights == (0.1, 1.0, 1.0)
