@@ -1,0 +1,294 @@
+"""Per-category result records and their aggregation over seeds (spec §6.3).
+
+Part of :mod:`resad_kit.engine.results`, which re-exports every public name; see its
+docstring for the conventions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from resad_kit.data import standard_categories
+from resad_kit.engine.paper_results import MODES, PAPER_DATASETS, PAPER_RESULTS, PaperValue
+from resad_kit.metrics import METRIC_NAMES
+
+__all__ = ["STD_DDOF", "CategoryResult", "DatasetAggregate", "aggregate"]
+
+STD_DDOF = 0
+"""Delta degrees of freedom of the std over seeds: 0, the population std (``numpy.std``)."""
+
+
+@dataclass(frozen=True)
+class CategoryResult:
+    """The seven metrics of one category for one ``(shots, seed, mode)``.
+
+    Attributes:
+        dataset: data set key (``"mvtec"``, ``"visa"``, ``"btad"``, ``"mpdd"``, ``"dtd"``
+            for the paper's; any other name, e.g. ``"synthetic"``, is allowed).
+        category: category (folder) name.
+        shots: number of normal references ``K``.
+        seed: the seed that drew the references.
+        mode: ``"training_free"`` (Res²CLIP\\*) or ``"fine_tuned"`` (Res²CLIP†).
+        metrics: the keys of :data:`resad_kit.metrics.METRIC_NAMES`, fractions in
+            ``[0, 1]`` (stored in that key order).
+        references: the ``K`` reference image paths (relative to the data root).
+        n_images: number of test images evaluated.
+
+    Raises:
+        ValueError: an unknown mode, missing/extra metric keys, a metric outside
+            ``[0, 1]`` or NaN, ``shots`` or ``n_images`` < 1, or ``len(references) != shots``.
+
+    Example:
+        >>> from resad_kit.engine.results import CategoryResult
+        >>> r = CategoryResult(
+        ...     "mvtec",
+        ...     "bottle",
+        ...     shots=1,
+        ...     seed=0,
+        ...     mode="training_free",
+        ...     metrics=dict.fromkeys(("I-AUROC", "I-AP", "I-F1max"), 0.9)
+        ...     | dict.fromkeys(("P-AUROC", "P-AP", "P-F1max", "PRO"), 0.5),
+        ...     references=("bottle/train/good/000.png",),
+        ...     n_images=83,
+        ... )
+        >>> r.metrics["I-AUROC"], CategoryResult.from_dict(r.to_dict()) == r
+        (0.9, True)
+    """
+
+    dataset: str
+    category: str
+    shots: int
+    seed: int
+    mode: str
+    metrics: Mapping[str, float]
+    references: tuple[str, ...]
+    n_images: int
+
+    def __post_init__(self) -> None:
+        fn = "CategoryResult"
+        for name in ("dataset", "category"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{fn}: `{name}` must be a non-empty str; got {value!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"{fn}: `mode` must be one of {MODES}; got {self.mode!r}")
+        for name in ("shots", "seed", "n_images"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"{fn}: `{name}` must be an int; got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.shots < 1 or self.n_images < 1:
+            raise ValueError(
+                f"{fn}: `shots` and `n_images` must be ≥ 1; got {self.shots}, {self.n_images}"
+            )
+        if not isinstance(self.metrics, Mapping) or set(self.metrics) != set(METRIC_NAMES):
+            got = sorted(self.metrics) if isinstance(self.metrics, Mapping) else self.metrics
+            raise ValueError(f"{fn}: `metrics` must have the keys {METRIC_NAMES}; got {got!r}")
+        metrics = {k: float(self.metrics[k]) for k in METRIC_NAMES}
+        bad = {k: v for k, v in metrics.items() if not 0.0 <= v <= 1.0}  # NaN fails too
+        if bad:
+            raise ValueError(f"{fn}: metrics must be fractions in [0, 1]; got {bad}")
+        object.__setattr__(self, "metrics", metrics)
+        refs = (self.references,) if isinstance(self.references, str) else self.references
+        refs = tuple(str(p) for p in refs)
+        if len(refs) != self.shots:
+            raise ValueError(
+                f"{fn}: `references` must hold `shots`={self.shots} paths; got {len(refs)}"
+            )
+        object.__setattr__(self, "references", refs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (metrics as fractions, references as a list)."""
+        return {
+            "dataset": self.dataset,
+            "category": self.category,
+            "shots": self.shots,
+            "seed": self.seed,
+            "mode": self.mode,
+            "metrics": dict(self.metrics),
+            "references": list(self.references),
+            "n_images": self.n_images,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CategoryResult:
+        """Inverse of :meth:`to_dict`."""
+        fields = ("dataset", "category", "shots", "seed", "mode", "metrics", "references")
+        missing = [k for k in (*fields, "n_images") if k not in d]
+        if missing:
+            raise ValueError(f"CategoryResult.from_dict: missing keys {missing}; got {sorted(d)}")
+        return cls(**{k: d[k] for k in fields}, n_images=d["n_images"])
+
+
+@dataclass(frozen=True)
+class DatasetAggregate:
+    """One ``(dataset, shots, mode)``: class means per seed, their mean and std over seeds.
+
+        Attributes:
+            dataset, shots, mode: the group's key.
+            mean: metric → mean over seeds of the per-seed unweighted class mean (fractions).
+            std: metric → standard deviation of the same over seeds (``ddof`` = :data:`STD_DDOF`).
+            seeds: the seeds, sorted; ``n_seeds = len(seeds)``.
+            categories: the categories, sorted (every seed has all of them).
+            per_seed: seed → metric → unweighted class mean.
+
+        Example:
+            >>> from resad_kit.data import standard_categories
+            >>> from resad_kit.engine.results import CategoryResult, aggregate
+            >>> from resad_kit.metrics import METRIC_NAMES
+            >>> recs = [
+            ...     CategoryResult(
+            ...         "btad",
+            ...         c,
+            ...         1,
+            ...         0,
+            ...         "training_free",
+            ...         dict.fromkeys(METRIC_NAMES, 0.9),
+            ...         ("ref.bmp",),
+            ...         10,
+            ...     )
+            ...     for c in standard_categories("btad")
+            ... ]
+            >>> g = aggregate(recs)[("btad", 1, "training_free")]
+            >>> g.categories, g.n_seeds, g.paper["I-AUROC"]  # all 3 BTAD categories: comparable
+            (('01', '02', '03'), 1, PaperValue(mean=95.5, std=0.7))
+            >>> aggregate(recs[:2])[("btad", 1, "training_free")].paper is None  # a subset: not
+            True
+    """
+
+    dataset: str
+    shots: int
+    mode: str
+    mean: Mapping[str, float]
+    std: Mapping[str, float]
+    seeds: tuple[int, ...]
+    categories: tuple[str, ...]
+    per_seed: Mapping[int, Mapping[str, float]]
+
+    @property
+    def n_seeds(self) -> int:
+        """Number of seeds."""
+        return len(self.seeds)
+
+    @property
+    def paper(self) -> Mapping[str, PaperValue] | None:
+        """The paper's Tables 6–10 row for this group, or ``None`` when not comparable.
+
+        Comparable means: one of the paper's five data sets, its complete standard
+        category list, and 1, 2 or 4 shots.
+        """
+        row = PAPER_RESULTS.get((self.dataset, self.shots, self.mode))
+        if row is None or set(self.categories) != set(standard_categories(self.dataset)):
+            return None
+        return row
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        return {
+            "dataset": self.dataset,
+            "shots": self.shots,
+            "mode": self.mode,
+            "mean": dict(self.mean),
+            "std": dict(self.std),
+            "std_ddof": STD_DDOF,
+            "n_seeds": self.n_seeds,
+            "seeds": list(self.seeds),
+            "categories": list(self.categories),
+            "per_seed": {str(s): dict(m) for s, m in self.per_seed.items()},
+            "comparable_to_paper": self.paper is not None,
+        }
+
+
+def _dataset_order(dataset: str) -> tuple[int, str]:
+    return (PAPER_DATASETS.index(dataset) if dataset in PAPER_DATASETS else 99, dataset)
+
+
+def _check_results(fn: str, results: object) -> list[CategoryResult]:
+    if isinstance(results, CategoryResult) or not isinstance(results, Iterable):
+        raise ValueError(f"{fn}: `results` must be a sequence of CategoryResult")
+    out = list(results)
+    if not out:
+        raise ValueError(f"{fn}: `results` must not be empty")
+    for i, r in enumerate(out):
+        if not isinstance(r, CategoryResult):
+            raise ValueError(f"{fn}: `results[{i}]` must be a CategoryResult; got {type(r)}")
+    return out
+
+
+def aggregate(results: Iterable[CategoryResult]) -> dict[tuple[str, int, str], DatasetAggregate]:
+    """Aggregate per-category records into per-data-set numbers (spec §6.3).
+
+    For each ``(dataset, shots, mode)`` and seed: the unweighted mean over categories;
+    then mean and population std (``ddof=0``) over the seeds.
+
+    Args:
+        results: the run's records.
+
+    Returns:
+        ``(dataset, shots, mode)`` → :class:`DatasetAggregate`, ordered by data set (the
+        paper's order first), shots, mode.
+
+    Raises:
+        ValueError: empty input, a duplicate ``(dataset, category, shots, seed, mode)``, or
+            seeds of one group that cover different categories.
+
+    Example:
+        >>> from resad_kit.engine.results import CategoryResult, aggregate
+        >>> from resad_kit.metrics import METRIC_NAMES
+        >>> def rec(cat, seed, v):
+        ...     m = dict.fromkeys(METRIC_NAMES, v)
+        ...     return CategoryResult("toy", cat, 1, seed, "training_free", m, ("r.png",), 10)
+        >>> agg = aggregate(
+        ...     [rec("a", 0, 0.8), rec("b", 0, 0.6), rec("a", 1, 0.9), rec("b", 1, 0.9)]
+        ... )
+        >>> g = agg[("toy", 1, "training_free")]
+        >>> g.per_seed[0]["PRO"], g.per_seed[1]["PRO"]  # class means per seed
+        (0.7, 0.9)
+        >>> round(g.mean["PRO"], 6), round(g.std["PRO"], 6), g.n_seeds  # population std
+        (0.8, 0.1, 2)
+    """
+    fn = "aggregate"
+    records = _check_results(fn, results)
+    groups: dict[tuple[str, int, str], dict[int, dict[str, CategoryResult]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for r in records:
+        by_cat = groups[(r.dataset, r.shots, r.mode)][r.seed]
+        if r.category in by_cat:
+            raise ValueError(
+                f"{fn}: duplicate record for dataset={r.dataset!r}, category={r.category!r}, "
+                f"shots={r.shots}, seed={r.seed}, mode={r.mode!r}"
+            )
+        by_cat[r.category] = r
+    out: dict[tuple[str, int, str], DatasetAggregate] = {}
+    for key in sorted(groups, key=lambda k: (_dataset_order(k[0]), k[1], MODES.index(k[2]))):
+        seeds = sorted(groups[key])
+        categories = sorted(groups[key][seeds[0]])
+        per_seed: dict[int, dict[str, float]] = {}
+        for seed in seeds:
+            by_cat = groups[key][seed]
+            if sorted(by_cat) != categories:
+                raise ValueError(
+                    f"{fn}: seeds of {key} cover different categories: seed {seeds[0]} has "
+                    f"{categories}, seed {seed} has {sorted(by_cat)}"
+                )
+            per_seed[seed] = {
+                m: float(np.mean([by_cat[c].metrics[m] for c in categories])) for m in METRIC_NAMES
+            }
+        table = np.array([[per_seed[s][m] for m in METRIC_NAMES] for s in seeds])
+        out[key] = DatasetAggregate(
+            dataset=key[0],
+            shots=key[1],
+            mode=key[2],
+            mean=dict(zip(METRIC_NAMES, table.mean(axis=0).tolist(), strict=True)),
+            std=dict(zip(METRIC_NAMES, table.std(axis=0, ddof=STD_DDOF).tolist(), strict=True)),
+            seeds=tuple(seeds),
+            categories=tuple(categories),
+            per_seed=per_seed,
+        )
+    return out

@@ -1,0 +1,213 @@
+"""The Markdown and plain-text tables of a run's results (percent, with the paper's numbers).
+
+Part of :mod:`resad_kit.engine.results` (``table.md`` and :func:`summary_table`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from resad_kit.data import standard_categories
+from resad_kit.engine.paper_results import (
+    MODES,
+    PAPER_DATASET_NAMES,
+    PAPER_DATASETS,
+    PAPER_DISCREPANCIES,
+    PAPER_TABLE1,
+    PAPER_TABLES,
+    TABLE1_METRICS,
+)
+from resad_kit.engine.results_records import STD_DDOF, DatasetAggregate, _dataset_order
+from resad_kit.metrics import METRIC_NAMES
+
+__all__ = ["UNTRAINED_WARNING", "render_summary", "render_table_md"]
+
+UNTRAINED_WARNING = "backbone untrained (random weights) — numbers are NOT comparable to the paper"
+"""The sentence every output carries when the backbone has random weights."""
+
+
+_MARK = {"training_free": "Res²CLIP*", "fine_tuned": "Res²CLIP†"}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _mean_std(agg: DatasetAggregate, metric: str) -> str:
+    if agg.n_seeds == 1:
+        return _pct(agg.mean[metric])
+    return f"{_pct(agg.mean[metric])}±{_pct(agg.std[metric])}"
+
+
+def _delta(ours: float, paper: float | None) -> str:
+    if paper is None:
+        return "–"
+    return f"{round(100 * ours - paper, 1) + 0.0:+.1f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def _dataset_name(dataset: str) -> str:
+    return PAPER_DATASET_NAMES.get(dataset, dataset)
+
+
+def _md_row(cells: Iterable[object]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _md_mark(mode: str) -> str:
+    return _MARK[mode].replace("*", "\\*")
+
+
+def _average(
+    aggs: Sequence[DatasetAggregate], shots: int, mode: str
+) -> tuple[dict[str, float] | None, Mapping[str, float] | None]:
+    """Ours and the paper's Table 1 Average row for (shots, mode), over the data sets present."""
+    group = [a for a in aggs if a.shots == shots and a.mode == mode]
+    if not group:
+        return None, None
+    ours = {m: float(np.mean([a.mean[m] for a in group])) for m in TABLE1_METRICS}
+    complete = sorted(a.dataset for a in group if a.paper is not None) == sorted(PAPER_DATASETS)
+    paper = PAPER_TABLE1.get(("average", shots, mode)) if complete and len(group) == 5 else None
+    return ours, paper
+
+
+def _table1_section(aggs: Sequence[DatasetAggregate]) -> list[str]:
+    modes = [m for m in MODES if any(a.mode == m for a in aggs)]
+    header = ["Shots", "Dataset"]
+    for mode in modes:
+        for metric in TABLE1_METRICS:
+            header += [f"{_md_mark(mode)} {metric}", "paper", "Δ"]
+    lines = [
+        "## Table 1 layout: I-AUROC / P-AP / PRO (percent, mean over seeds)",
+        "",
+        _md_row(header),
+        _md_row(["---"] * len(header)),
+    ]
+    by_key = {(a.dataset, a.shots, a.mode): a for a in aggs}
+    datasets = sorted({a.dataset for a in aggs}, key=_dataset_order)
+    for shots in sorted({a.shots for a in aggs}):
+        for dataset in datasets:
+            if not any((dataset, shots, m) in by_key for m in modes):
+                continue
+            row: list[object] = [shots, _dataset_name(dataset)]
+            for mode in modes:
+                agg = by_key.get((dataset, shots, mode))
+                paper = agg.paper if agg is not None else None
+                for metric in TABLE1_METRICS:
+                    if agg is None:
+                        row += ["–", "–", "–"]
+                        continue
+                    p = paper[metric].mean if paper is not None else None
+                    row += [_pct(agg.mean[metric]), "–" if p is None else f"{p:.1f}"]
+                    row.append(_delta(agg.mean[metric], p))
+            lines.append(_md_row(row))
+        row = [shots, "Average"]
+        for mode in modes:
+            ours, paper_avg = _average(aggs, shots, mode)
+            for metric in TABLE1_METRICS:
+                if ours is None:
+                    row += ["–", "–", "–"]
+                    continue
+                p = None if paper_avg is None else paper_avg[metric]
+                row += [_pct(ours[metric]), "–" if p is None else f"{p:.1f}"]
+                row.append(_delta(ours[metric], p))
+        lines.append(_md_row(row))
+    return lines
+
+
+def _dataset_section(dataset: str, aggs: Sequence[DatasetAggregate]) -> list[str]:
+    table = PAPER_TABLES.get(dataset)
+    title = _dataset_name(dataset) + (f" (paper Table {table})" if table else " (not in the paper)")
+    cats = sorted({c for a in aggs for c in a.categories})
+    lines = [
+        f"## {title}",
+        "",
+        f"Categories ({len(cats)}): {', '.join(cats)}.",
+        "",
+        _md_row(["Shots", "Model", "", *METRIC_NAMES]),
+        _md_row(["---"] * (3 + len(METRIC_NAMES))),
+    ]
+    for agg in aggs:
+        paper = agg.paper
+        seeds = f"ours ({agg.n_seeds} seed{'s' if agg.n_seeds > 1 else ''})"
+        lines.append(
+            _md_row(
+                [agg.shots, _md_mark(agg.mode), seeds, *(_mean_std(agg, m) for m in METRIC_NAMES)]
+            )
+        )
+        cells = [f"{paper[m].mean:.1f}±{paper[m].std:.1f}" if paper else "–" for m in METRIC_NAMES]
+        lines.append(_md_row([agg.shots, _md_mark(agg.mode), "paper", *cells]))
+        deltas = [_delta(agg.mean[m], paper[m].mean if paper else None) for m in METRIC_NAMES]
+        lines.append(_md_row([agg.shots, _md_mark(agg.mode), "Δ", *deltas]))
+    return lines
+
+
+def _notes(aggs: Sequence[DatasetAggregate]) -> list[str]:
+    notes = [
+        "Percent. Ours: for each seed the unweighted mean over the categories, then mean ± "
+        f"standard deviation over the seeds (population std, numpy ddof={STD_DDOF}; the paper "
+        "does not say which std it reports). One seed: mean only.",
+        "Δ = ours − paper in percentage points. Paper numbers: data-set rows from Tables 6–10 "
+        "(mean ± std over the paper's three runs), Table 1's Average row as printed. The "
+        "Average row of ours is the unweighted mean over the data sets listed; the paper's "
+        "Average is shown only when all five data sets are present with all their categories.",
+    ]
+    if any((a.dataset, a.shots, a.mode) == ("dtd", 4, "fine_tuned") for a in aggs):
+        notes += list(PAPER_DISCREPANCIES)
+    for dataset in sorted({a.dataset for a in aggs}, key=_dataset_order):
+        group = [a for a in aggs if a.dataset == dataset]
+        if all(a.paper is not None for a in group):
+            continue
+        if dataset not in PAPER_DATASETS:
+            why = "not a data set of the paper"
+        else:
+            cats = set().union(*(a.categories for a in group))
+            full = standard_categories(dataset)
+            why = (
+                f"{len(cats & set(full))} of its {len(full)} standard categories (a category "
+                "subset is not comparable to the paper's data-set mean)"
+                if cats != set(full)
+                else "shot counts the paper does not report"
+            )
+        notes.append(f"– for {_dataset_name(dataset)}: {why}.")
+    return ["## Notes", "", *(f"- {n}" for n in notes)]
+
+
+def render_table_md(
+    aggs: Sequence[DatasetAggregate], *, trained: bool, backbone_label: str, created: str
+) -> str:
+    lines = [] if trained else [f"**WARNING: {UNTRAINED_WARNING}.**", ""]
+    weights = "trained weights" if trained else "random weights"
+    lines += [
+        "# Res²CLIP results",
+        "",
+        f"Backbone: {backbone_label} ({weights}). Created {created}.",
+        "",
+        *_table1_section(aggs),
+        "",
+    ]
+    for dataset in sorted({a.dataset for a in aggs}, key=_dataset_order):
+        lines += [*_dataset_section(dataset, [a for a in aggs if a.dataset == dataset]), ""]
+    lines += _notes(aggs)
+    return "\n".join(lines) + "\n"
+
+
+def render_summary(aggs: Sequence[DatasetAggregate], *, trained: bool) -> str:
+    rows = [["dataset", "shots", "mode", "seeds", "cats", *METRIC_NAMES]]
+    for agg in aggs:
+        rows.append(
+            [agg.dataset, str(agg.shots), agg.mode, str(agg.n_seeds), str(len(agg.categories))]
+            + [_mean_std(agg, m) for m in METRIC_NAMES]
+        )
+        paper = agg.paper
+        if paper is not None:
+            label = f"paper (T{PAPER_TABLES[agg.dataset]})"
+            rows.append(["", "", label, "", ""] + [f"{paper[m].mean:.1f}" for m in METRIC_NAMES])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [] if trained else [f"WARNING: {UNTRAINED_WARNING}"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append(
+        f"percent; mean±std over seeds (population std, ddof={STD_DDOF}); paper = Tables 6–10"
+    )
+    return "\n".join(lines)
