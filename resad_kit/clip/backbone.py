@@ -22,11 +22,10 @@ patches, row-major), ``C`` transformer width, ``D`` joint embedding dim.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import open_clip
 import torch
@@ -35,50 +34,23 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
 from resad_kit.clip import checkpoints
-from resad_kit.clip.architecture import build_custom_model, resolve_architecture
-from resad_kit.clip.attention import dual_attention, self_attention
 from resad_kit.clip.config import BackboneConfig
+from resad_kit.clip.features import Features
+from resad_kit.clip.loading import (
+    load_clip,
+    merged_config,
+    resolve_image_size,
+    resolve_layers,
+    resolve_vv_blocks,
+)
 from resad_kit.clip.positional import interpolate_pos_embed
 from resad_kit.clip.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess
+from resad_kit.clip.tower import project_taps, run_blocks
 from resad_kit.ops._validation import check_finite, check_positive_int, check_tensor
 
 __all__ = ["ClipBackbone", "Features"]
 
 logger = logging.getLogger(__name__)
-
-_PAPER_DEPTH = 24  # ViT-L/14: layers {6, 12, 18, 24} and 20 V-V blocks are fractions of 24
-
-
-class Features(NamedTuple):
-    """What :class:`ClipBackbone` returns for a batch of images (all float32).
-
-    Attributes:
-        patches: one ``(B, N, D)`` tensor per tapped layer, in the order of
-            ``backbone.layers``: projected patch tokens, CLS row dropped, row-major
-            over the ``h×w`` grid. Not normalised.
-        cls: ``(B, D)`` global image feature. Not normalised.
-        grid: the patch grid ``(h, w)`` with ``h·w = N``.
-        tap_cls: with ``BackboneConfig(tap_cls=True)``, one ``(B, D)`` tensor per tapped
-            layer: that layer's CLS token through ``LN_post`` and ``proj`` (as the
-            patches); otherwise ``None``.
-
-    Example:
-        >>> import torch
-        >>> from resad_kit.clip import ClipBackbone
-        >>> backbone = ClipBackbone.tiny()
-        >>> features = backbone(torch.zeros(2, 3, 64, 64))
-        >>> [tuple(p.shape) for p in features.patches], tuple(features.cls.shape), features.grid
-        ([(2, 64, 32), (2, 64, 32), (2, 64, 32), (2, 64, 32)], (2, 32), (8, 8))
-    """
-
-    patches: list[Tensor]
-    cls: Tensor
-    grid: tuple[int, int]
-    tap_cls: list[Tensor] | None = None
-
-
-def _quarters(depth: int) -> tuple[int, ...]:
-    return tuple(sorted({max(1, (depth * q + 2) // 4) for q in range(1, 5)}))
 
 
 class ClipBackbone(nn.Module):
@@ -179,9 +151,9 @@ class ClipBackbone(nn.Module):
         self.embed_dim = visual.output_dim
         self.patch_size = visual.patch_size[0]
         self.native_grid: tuple[int, int] = tuple(visual.grid_size)  # type: ignore[assignment]
-        self.layers = self._resolve_layers(config.layers)
-        self.vv_blocks = self._resolve_vv_blocks(config.vv_blocks)
-        self.image_size = self._resolve_image_size(config.image_size, visual)
+        self.layers = resolve_layers(config.layers, self.depth)
+        self.vv_blocks = resolve_vv_blocks(config.vv_blocks, self.depth)
+        self.image_size = resolve_image_size(config.image_size, visual, self.patch_size)
         self.grid = (self.image_size // self.patch_size,) * 2
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -190,40 +162,6 @@ class ClipBackbone(nn.Module):
         self._pos_cache: dict[tuple[Any, ...], Tensor] = {}
 
     # ------------------------------------------------------------------ construction
-
-    def _resolve_layers(self, layers: tuple[int, ...] | None) -> tuple[int, ...]:
-        if layers is None:
-            return _quarters(self.depth)
-        bad = [layer for layer in layers if layer > self.depth]
-        if bad:
-            raise ValueError(
-                f"ClipBackbone: `layers` {layers} exceed the depth {self.depth} of this model "
-                f"(blocks are 1-based); pass layers=None for the quarters {_quarters(self.depth)}"
-            )
-        return layers
-
-    def _resolve_vv_blocks(self, vv_blocks: int | None) -> int:
-        if vv_blocks is None:
-            return (20 * self.depth + _PAPER_DEPTH // 2) // _PAPER_DEPTH
-        if vv_blocks > self.depth:
-            raise ValueError(
-                f"ClipBackbone: `vv_blocks`={vv_blocks} exceeds the depth {self.depth} of this "
-                "model; pass vv_blocks=None to scale the paper's 20 of 24 blocks"
-            )
-        return vv_blocks
-
-    def _resolve_image_size(self, image_size: int | None, visual: VisionTransformer) -> int:
-        if image_size is None:
-            h, w = visual.image_size
-            if h != w:
-                raise ValueError(f"ClipBackbone: native input {visual.image_size} is not square")
-            return int(h)
-        if image_size % self.patch_size:
-            raise ValueError(
-                f"ClipBackbone: `image_size`={image_size} must be a multiple of the patch size "
-                f"{self.patch_size}"
-            )
-        return image_size
 
     @classmethod
     def from_pretrained(
@@ -287,84 +225,24 @@ class ClipBackbone(nn.Module):
             >>> torch.equal(loaded(images).cls, source(images).cls)
             True
         """
-        base = BackboneConfig.paper() if config is None else config
-        try:
-            config = dataclasses.replace(base, **overrides)
-        except TypeError:
-            names = [f.name for f in dataclasses.fields(BackboneConfig)]
-            raise TypeError(
-                f"ClipBackbone.from_pretrained: unknown option(s) {sorted(overrides)}; "
-                f"BackboneConfig fields are {names}"
-            ) from None
-        if architecture is not None:
-            return cls._from_architecture(
-                model_name, pretrained, config, architecture, quick_gelu, trust_checkpoint, device
-            )
-        gelu = checkpoints.resolve_quick_gelu(model_name, pretrained, quick_gelu)
-        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-        if pretrained is None:
-            path, weights = None, "untrained: random init"
-            logger.warning("ClipBackbone %s: random weights (pretrained=None)", model_name)
-        else:
-            path, tag_cfg = checkpoints.resolve_weights(model_name, pretrained, cache_dir)
-            mean, std = tag_cfg.get("mean", mean), tag_cfg.get("std", std)
-            weights = f"{pretrained}" if tag_cfg else f"file {path}"
-        model = checkpoints.build_model(model_name, gelu)
-        if path is not None:
-            checkpoints.load_weights(model, path, model_name, trust_code=trust_checkpoint)
-        tiny = model_name == checkpoints.TINY_MODEL_NAME
-        tokenizer = None if tiny else open_clip.get_tokenizer(model_name)
-        backbone = cls(
-            model,
-            config,
-            model_name=model_name,
-            weights=weights,
-            trained=path is not None,
-            mean=mean,
-            std=std,
-            tokenizer=tokenizer,
+        config = merged_config(config, overrides)
+        loaded = load_clip(
+            model_name,
+            pretrained,
+            architecture=architecture,
+            quick_gelu=quick_gelu,
+            trust_checkpoint=trust_checkpoint,
+            cache_dir=cache_dir,
         )
-        return backbone.to(device) if device is not None else backbone
-
-    @classmethod
-    def _from_architecture(
-        cls,
-        model_name: str,
-        pretrained: str | os.PathLike[str] | None,
-        config: BackboneConfig,
-        architecture: Mapping[str, Any] | str | os.PathLike[str],
-        quick_gelu: bool | None,
-        trust_checkpoint: bool,
-        device: str | torch.device | None,
-    ) -> ClipBackbone:
-        fn = "ClipBackbone.from_pretrained"
-        path = None
-        state = None
-        if pretrained is not None:
-            path = checkpoints.check_local_file(pretrained, model_name)
-            state = checkpoints.read_state_dict(path, trust_code=trust_checkpoint)
-        cfg = resolve_architecture(architecture, state)
-        if quick_gelu is None:
-            if "quick_gelu" in cfg:
-                quick_gelu = bool(cfg["quick_gelu"])
-            elif path is not None and checkpoints.is_torchscript_archive(path):
-                quick_gelu = True  # every OpenAI CLIP archive was trained with QuickGELU
-            else:
-                raise ValueError(
-                    f"{fn}: with `architecture`, say whether the MLPs use QuickGELU: pass "
-                    "quick_gelu=True (OpenAI-trained weights) or False (most LAION weights)"
-                )
-        model = build_custom_model(cfg, bool(quick_gelu))
-        if path is not None:
-            checkpoints.load_weights(model, path, model_name, trust_code=trust_checkpoint)
-        else:
-            logger.warning("ClipBackbone %s: random weights (pretrained=None)", model_name)
         backbone = cls(
-            model,
+            loaded.model,
             config,
             model_name=model_name,
-            weights=f"file {path}" if path is not None else "untrained: random init",
-            trained=path is not None,
+            weights=loaded.weights,
+            trained=loaded.trained,
+            mean=loaded.mean,
+            std=loaded.std,
+            tokenizer=loaded.tokenizer,
         )
         return backbone.to(device) if device is not None else backbone
 
@@ -499,12 +377,6 @@ class ClipBackbone(nn.Module):
         # Tensors made under inference mode cannot enter autograd; clones can.
         return [t.clone() for t in tensors] if self.inference_mode else tensors
 
-    def _standard_block(self, block: ResidualAttentionBlock, x: Tensor) -> Tensor:
-        if self.config.attention == "sdpa":
-            return block(x)  # open_clip's own forward (nn.MultiheadAttention's fused path)
-        x = x + block.ls_1(self_attention(block.ln_1(x), block.attn, "math"))
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
-
     def _tower(
         self, images: Tensor
     ) -> tuple[list[Tensor], Tensor, tuple[int, int], list[Tensor] | None]:
@@ -515,33 +387,13 @@ class ClipBackbone(nn.Module):
         cls_token = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls_token, x], dim=1) + self.pos_embed((h, w)).to(x.dtype)
         x = visual.ln_pre(visual.patch_dropout(x))
-
-        first_vv = self.depth - self.vv_blocks + 1
-        wanted = set(self.layers)
-        taps: dict[int, Tensor] = {}
-        x_o, x_v = x, None
-        for index, block in enumerate(visual.transformer.resblocks, start=1):
-            if index < first_vv:
-                x_o = self._standard_block(block, x_o)
-            else:
-                x_v = x_o if x_v is None else x_v
-                o_o, o_vv = dual_attention(block.ln_1(x_o), block.attn, self.config.attention)
-                x_v = x_v + block.ls_1(o_vv)  # V-V stream: attention residual only, no MLP
-                x_o = x_o + block.ls_1(o_o)
-                x_o = x_o + block.ls_2(block.mlp(block.ln_2(x_o)))
-            if index in wanted:
-                taps[index] = x_o if x_v is None else x_v
-
-        patches = [
-            (visual.ln_post(taps[layer][:, 1:]) @ visual.proj).float() for layer in self.layers
-        ]
-        tap_cls = None
-        if self.config.tap_cls:
-            tap_cls = [
-                (visual.ln_post(taps[layer][:, 0]) @ visual.proj).float() for layer in self.layers
-            ]
+        c = self.config
+        taps, x_o = run_blocks(
+            x, visual.transformer.resblocks, self.layers, self.vv_blocks, c.attention
+        )
+        patches, tap_cls = project_taps(visual, [taps[layer] for layer in self.layers], c.tap_cls)
         cls = x_o[:, 0]
-        if self.config.global_ln_post:
+        if c.global_ln_post:
             cls = visual.ln_post(cls)
         return patches, (cls @ visual.proj).float(), (int(h), int(w)), tap_cls
 

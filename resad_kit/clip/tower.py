@@ -1,0 +1,88 @@
+"""The block loop of :class:`~resad_kit.clip.ClipBackbone`: dual-path V-V blocks and taps.
+
+Functions of tensors and open_clip modules, so that other methods can run the same loop
+(e.g. with other taps) without the wrapper. Shape legend: ``B`` images, ``T = 1 + N``
+tokens (CLS first), ``C`` width, ``D`` joint embedding dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from open_clip.transformer import ResidualAttentionBlock
+from torch import Tensor, nn
+
+from resad_kit.clip.attention import dual_attention, self_attention
+
+__all__ = ["project_taps", "run_blocks", "standard_block"]
+
+
+def standard_block(block: ResidualAttentionBlock, x: Tensor, kernel: str = "sdpa") -> Tensor:
+    """One ordinary pre-LN transformer block; ``"sdpa"`` calls open_clip's own forward.
+
+    Shape: ``x`` and the output ``(B, T, C)``.
+    """
+    if kernel == "sdpa":
+        return block(x)  # open_clip's own forward (nn.MultiheadAttention's fused path)
+    x = x + block.ls_1(self_attention(block.ln_1(x), block.attn, kernel))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def run_blocks(
+    x: Tensor,
+    blocks: Iterable[ResidualAttentionBlock],
+    layers: Sequence[int],
+    vv_blocks: int,
+    kernel: str = "sdpa",
+) -> tuple[dict[int, Tensor], Tensor]:
+    """Run ``blocks`` on ``x``, the last ``vv_blocks`` dual-path; keep the tapped streams.
+
+    Blocks before the first dual-path block are standard. In a dual-path block the
+    ordinary stream ``x_o`` runs the standard block and the V-V stream ``x_v`` (seeded
+    with ``x_o``) adds the block's V-V attention of ``LN_1(x_o)``, with no MLP. A tap of
+    block ``l`` (1-based) is ``x_v`` once it exists, else ``x_o``.
+
+    Args:
+        x: tokens after ``ln_pre``.
+        blocks: the transformer's blocks, in order.
+        layers: the blocks to tap (1-based).
+        vv_blocks: number of last blocks with V-V attention.
+        kernel: the attention kernel (:func:`~resad_kit.clip.attention.attend`).
+
+    Returns:
+        ``({layer: tapped stream}, x_o after the last block)``.
+
+    Shape:
+        - x: ``(B, T, C)``; every tap and ``x_o``: ``(B, T, C)``
+    """
+    blocks = list(blocks)
+    first_vv = len(blocks) - vv_blocks + 1
+    wanted = set(layers)
+    taps: dict[int, Tensor] = {}
+    x_o, x_v = x, None
+    for index, block in enumerate(blocks, start=1):
+        if index < first_vv:
+            x_o = standard_block(block, x_o, kernel)
+        else:
+            x_v = x_o if x_v is None else x_v
+            o_o, o_vv = dual_attention(block.ln_1(x_o), block.attn, kernel)
+            x_v = x_v + block.ls_1(o_vv)  # V-V stream: attention residual only, no MLP
+            x_o = x_o + block.ls_1(o_o)
+            x_o = x_o + block.ls_2(block.mlp(block.ln_2(x_o)))
+        if index in wanted:
+            taps[index] = x_o if x_v is None else x_v
+    return taps, x_o
+
+
+def project_taps(
+    visual: nn.Module, taps: Sequence[Tensor], with_cls: bool
+) -> tuple[list[Tensor], list[Tensor] | None]:
+    """``LN_post(tap) @ proj`` of every tap: the patches (CLS row dropped) and the CLS rows.
+
+    Returns float32 ``(B, N, D)`` patches per tap, and with ``with_cls`` the ``(B, D)``
+    CLS tokens per tap (else ``None``).
+    """
+    patches = [(visual.ln_post(t[:, 1:]) @ visual.proj).float() for t in taps]
+    if not with_cls:
+        return patches, None
+    return patches, [(visual.ln_post(t[:, 0]) @ visual.proj).float() for t in taps]
