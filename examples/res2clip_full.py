@@ -422,8 +422,9 @@ def plan(
 
     Raises:
         UsageError: an unknown or missing data set, a missing auxiliary data set, a
-            category with fewer normal training images than the largest ``--shots``, or
-            (paper profile) an auxiliary category with a single normal test image.
+            category with fewer normal training images than the largest ``--shots``, an
+            auxiliary category with fewer than two normal test images, or a data set that
+            cannot be read (the reader's message).
     """
     targets = args.datasets or list(specs)  # default: every data set found
     unknown = [t for t in targets if t not in specs]
@@ -456,6 +457,7 @@ def plan(
     for target in targets:
         spec = specs[target]
         for category in spec.categories:
+            _normals(spec, category, "test")  # reads its file list: a missing mask stops here
             normals = _normals(spec, category, "train")
             if normals < k:
                 raise UsageError(
@@ -498,8 +500,11 @@ def run(args: argparse.Namespace, dist: DistContext) -> None:
     profile = PROFILES[args.profile]
     found = previous_run(args.out)
     prepare_out(args, found, apply=False)  # a refusal comes before anything is written
-    all_specs = discover(args, args.out, dist)  # (generates the offline synthetic data)
-    targets, modes, auxes = plan(args, all_specs)
+    try:
+        all_specs = discover(args, args.out, dist)  # (generates the offline synthetic data)
+        targets, modes, auxes = plan(args, all_specs)
+    except ValueError as error:  # a data set the readers reject: their message says why
+        raise UsageError(str(error)) from None
     barrier(dist)  # every rank has looked at --out before the main rank changes it
     what = prepare_out(args, found, apply=is_main)
     setup_logging(args.out, is_main)

@@ -48,9 +48,9 @@ def example() -> ModuleType:
     return load_example()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
-    """One intra-op thread for the whole session's runs (the reference run included)."""
+    """One intra-op thread for a module's runs (its reference run included), then back."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -127,3 +127,24 @@ def test_usage_error_in_a_real_process(tmp_path):
         "res2clip_full.py: error: --shots must be distinct; [1] given more than once\n"
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_data_set_is_one_line(example, no_work, tmp_path, capsys):
+    """A data set the readers reject (an anomalous image without its mask) stops the run
+    with the reader's message in one line, before any work."""
+    import shutil
+
+    from resad_kit.data import synthesize_dataset
+
+    root = tmp_path / "data"
+    synthesize_dataset(root / "mpdd", ["coins"], n_train=2, n_test=4, image_size=16)
+    shutil.move(root / "mpdd" / "coins", root / "mpdd" / "tubes")
+    next((root / "mpdd" / "tubes" / "ground_truth").rglob("*.png")).unlink()
+    argv = [*TINY, "--data-root", str(root), "--allow-subset", "--mode", "training-free"]
+    with pytest.raises(SystemExit) as exit_info:
+        example.main([*argv, "--shots", "1", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 1, err
+    assert "mask" in err
+    assert "Traceback" not in err
