@@ -48,7 +48,10 @@ METRICS = {
     "aupro", "binned_pixel_auroc", "binned_pixel_ap", "binned_aupro", "evaluate",
     "MetricAccumulator", "MetricConfig", "METRIC_NAMES",
 }  # fmt: skip
-METHODS = {"Res2CLIP", "Res2CLIPConfig", "Mode", "Prediction", "BranchOutput", "TrainingBatch"}
+METHODS = {
+    "Res2CLIP", "Res2CLIPConfig", "Mode", "Prediction", "BranchOutput", "TrainingBatch",
+    "Method", "OptimizerGroup",
+}
 ENGINE = {
     "FeatureCache", "train", "TrainConfig", "TrainResult", "AUXILIARY_DATASET",
     "save_checkpoint", "load_checkpoint", "Checkpoint", "run_evaluation", "evaluate_category",
@@ -125,7 +128,9 @@ def _imports(package: str):
 
 
 # What each package may import besides the standard library, and which resad_kit packages.
-STDLIB = {"__future__", "collections", "dataclasses", "functools", "math", "numbers", "typing"}
+STDLIB = {
+    "__future__", "abc", "collections", "dataclasses", "functools", "math", "numbers", "typing"
+}
 LAYERS = {
     "ops": ({"torch", "einops"}, {"ops"}),
     "nn": ({"torch", "einops"}, {"nn", "ops"}),

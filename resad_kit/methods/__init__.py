@@ -8,7 +8,23 @@
 Composers hold no training loop, no IO and no printing (those live in ``resad_kit.engine``).
 """
 
+from resad_kit.methods.base import (
+    BranchOutput,
+    Method,
+    OptimizerGroup,
+    Prediction,
+    TrainingBatch,
+)
 from resad_kit.methods.config import Mode, Res2CLIPConfig
-from resad_kit.methods.res2clip import BranchOutput, Prediction, Res2CLIP, TrainingBatch
+from resad_kit.methods.res2clip import Res2CLIP
 
-__all__ = ["BranchOutput", "Mode", "Prediction", "Res2CLIP", "Res2CLIPConfig", "TrainingBatch"]
+__all__ = [
+    "BranchOutput",
+    "Method",
+    "Mode",
+    "OptimizerGroup",
+    "Prediction",
+    "Res2CLIP",
+    "Res2CLIPConfig",
+    "TrainingBatch",
+]

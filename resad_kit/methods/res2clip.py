@@ -30,6 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resad_kit.clip import ClipBackbone, Features, encode_prompt_ensemble
+from resad_kit.methods.base import (
+    BranchOutput,
+    Method,
+    OptimizerGroup,
+    Prediction,
+    TrainingBatch,
+)
 from resad_kit.methods.config import Res2CLIPConfig
 from resad_kit.nn import Res2CLIPAdapters
 from resad_kit.ops import (
@@ -49,76 +56,6 @@ __all__ = ["BranchOutput", "Prediction", "Res2CLIP", "TrainingBatch"]
 Phase = Literal["visual", "text"]
 
 
-class BranchOutput(NamedTuple):
-    """One branch's anomaly map and image score.
-
-    Attributes:
-        map: ``(B, H, W)`` upsampled (and, with ``smooth_branch_maps``, smoothed) map.
-        score: ``(B,)`` image score of the branch (eqs. 7, 9, 12).
-
-    Example:
-        >>> import torch
-        >>> from resad_kit.methods import BranchOutput
-        >>> out = BranchOutput(map=torch.zeros(2, 8, 8), score=torch.zeros(2))
-        >>> out.map.shape, out.score.shape
-        (torch.Size([2, 8, 8]), torch.Size([2]))
-    """
-
-    map: Tensor
-    score: Tensor
-
-
-class Prediction(NamedTuple):
-    """What :meth:`Res2CLIP.forward` returns (float32).
-
-    Attributes:
-        image_score: ``(B,)`` fused image score (eq. 5 with the image weights).
-        anomaly_map: ``(B, H, W)`` fused pixel map (eq. 5 with the pixel weights).
-        branches: ``{"text", "visual", "residual"}`` → :class:`BranchOutput`.
-
-    Example:
-        >>> import torch
-        >>> from resad_kit.clip import ClipBackbone
-        >>> from resad_kit.methods import Res2CLIP
-        >>> model = Res2CLIP(ClipBackbone.tiny()).fit_references(torch.randn(1, 3, 64, 64))
-        >>> prediction = model(torch.randn(2, 3, 64, 64))
-        >>> prediction.anomaly_map.shape, prediction.branches["visual"].score.shape
-        (torch.Size([2, 64, 64]), torch.Size([2]))
-    """
-
-    image_score: Tensor
-    anomaly_map: Tensor
-    branches: dict[str, BranchOutput]
-
-
-class TrainingBatch(NamedTuple):
-    """One training batch of Res²CLIP† (spec §4.6): queries, 1-shot references, masks.
-
-    Attributes:
-        query: :class:`~resad_kit.clip.Features` of ``B`` query images.
-        reference: :class:`~resad_kit.clip.Features` of ``B`` normal images; reference
-            ``b`` is the 1-shot reference of query ``b``.
-        masks: ``(B, H, W)`` binary ground truth (1 = anomalous); the image label is
-            the mask's maximum.
-
-    Example:
-        >>> import torch
-        >>> from resad_kit.clip import ClipBackbone
-        >>> from resad_kit.methods import TrainingBatch
-        >>> backbone = ClipBackbone.tiny()
-        >>> images = torch.randn(4, 3, 64, 64)
-        >>> batch = TrainingBatch(
-        ...     backbone(images[:2]), backbone(images[2:]), torch.zeros(2, 64, 64)
-        ... )
-        >>> batch.query.cls.shape, batch.masks.shape
-        (torch.Size([2, 32]), torch.Size([2, 64, 64]))
-    """
-
-    query: Features
-    reference: Features
-    masks: Tensor
-
-
 class _Bank(NamedTuple):
     patches: Tensor  # (L_used, 1, K·N, D), normalised, shot-major
     radius: Tensor  # (K·N,)
@@ -134,7 +71,7 @@ class _Residuals(NamedTuple):
     cls: Tensor  # (B, D) raw global residual R_{v,cls}
 
 
-class Res2CLIP(nn.Module):
+class Res2CLIP(Method):
     """Res²CLIP composed from its parts: a frozen backbone, a config and (optional) adapters.
 
     Args:
@@ -161,6 +98,8 @@ class Res2CLIP(nn.Module):
         >>> pred.image_score.shape, pred.anomaly_map.shape, sorted(pred.branches)
         (torch.Size([3]), torch.Size([3, 64, 64]), ['residual', 'text', 'visual'])
     """
+
+    name = "res2clip"
 
     def __init__(
         self,
@@ -202,6 +141,44 @@ class Res2CLIP(nn.Module):
             adapters = adapters.to(backbone.device)
         self.adapters = adapters
         self._bank: _Bank | None = None
+
+    # ------------------------------------------------------------------ Method interface
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """``("visual", "text")`` fine-tuned (even 0-based epochs first), ``()`` training-free."""
+        return () if self.adapters is None else ("visual", "text")
+
+    @property
+    def mode(self) -> str:
+        """``config.mode``: ``"training_free"`` or ``"fine_tuned"``."""
+        return self.config.mode
+
+    def optimizer_groups(self) -> list[OptimizerGroup]:
+        """The official code's four Adam optimisers over the adapters (paper App. F.2).
+
+        ``visual`` (``A_{v,l}``, both phases), ``residual_visual`` (``A^res_{v,l}`` at
+        ``lr_local`` and ``A^res_{v,cls}`` at ``lr_global_visual``, visual phase),
+        ``residual_text`` (``A_t^res``, text phase) and ``text`` (``A_t``, both phases).
+        """
+        a, c = self.adapters, self.config
+        if a is None:
+            return []
+        both = ("visual", "text")
+        return [
+            OptimizerGroup("visual", ((a.visual, c.lr_local),), both),
+            OptimizerGroup(
+                "residual_visual",
+                ((a.residual_local, c.lr_local), (a.residual_global, c.lr_global_visual)),
+                ("visual",),
+            ),
+            OptimizerGroup("residual_text", ((a.residual_text, c.lr_text),), ("text",)),
+            OptimizerGroup("text", ((a.text, c.lr_text),), both),
+        ]
+
+    def trainable_module(self) -> nn.Module | None:
+        """The adapters (``None`` training-free): what a checkpoint stores."""
+        return self.adapters
 
     @staticmethod
     def _resolve(name: str, taps: tuple[int, ...] | str, n: int) -> tuple[int, ...]:
