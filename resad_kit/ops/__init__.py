@@ -5,6 +5,7 @@ their names do not crowd this namespace).
 """
 
 from resad_kit.ops import losses
+from resad_kit.ops.knn import Neighbors, knn_distance
 from resad_kit.ops.maps import gaussian_blur, upsample_patches
 from resad_kit.ops.residuals import (
     global_residual,
@@ -29,12 +30,14 @@ from resad_kit.ops.scores import (
 from resad_kit.ops.simplex import sparsemax, sparsemax_threshold
 
 __all__ = [
+    "Neighbors",
     "Retrieval",
     "SparseWeights",
     "cosine_score",
     "fuse",
     "gaussian_blur",
     "global_residual",
+    "knn_distance",
     "losses",
     "magnitude_score",
     "projection_score",
