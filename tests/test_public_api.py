@@ -22,7 +22,10 @@ ARCHITECTURE_OPS = {
     "text_residual", "visual_residual", "projection_score", "cosine_score", "magnitude_score",
     "top_fraction_mean", "gaussian_blur", "upsample_patches", "fuse",
 }  # fmt: skip
-EXTRA_OPS = {"Retrieval", "SparseWeights", "global_residual", "prompt_ensemble_mean", "losses"}
+EXTRA_OPS = {
+    "Retrieval", "SparseWeights", "global_residual", "prompt_ensemble_mean", "losses",
+    "knn_distance", "Neighbors",
+}  # fmt: skip
 ARCHITECTURE_NN = {"ResidualAdapter", "GlobalAdapter", "LocalConvAdapter"}
 EXTRA_NN = {"Res2CLIPAdapters"}
 LOSSES = {
@@ -50,8 +53,8 @@ METRICS = {
 }  # fmt: skip
 METHODS = {
     "Res2CLIP", "Res2CLIPConfig", "Mode", "Prediction", "BranchOutput", "TrainingBatch",
-    "Method", "OptimizerGroup",
-}
+    "Method", "OptimizerGroup", "NearestNeighbor", "NearestNeighborConfig",
+}  # fmt: skip
 ENGINE = {
     "FeatureCache", "train", "TrainConfig", "TrainResult", "AUXILIARY_DATASET",
     "save_checkpoint", "load_checkpoint", "Checkpoint", "run_evaluation", "evaluate_category",

@@ -1,9 +1,12 @@
-"""Composers that assemble the primitives into methods: Res²CLIP.
+"""Composers that assemble the primitives into methods: Res²CLIP and a nearest-neighbour bank.
 
 - :class:`Res2CLIP`: the paper's three-branch method (text, visual, residual-to-residual),
   training-free (Res²CLIP*) or fine-tuned (Res²CLIP†), with :meth:`Res2CLIP.fit_references`,
   ``forward`` → :class:`Prediction` and :meth:`Res2CLIP.losses`;
-- :class:`Res2CLIPConfig`: its settings, with the presets ``paper()`` and ``official_code()``.
+- :class:`Res2CLIPConfig`: its settings, with the presets ``paper()`` and ``official_code()``;
+- :class:`NearestNeighbor`, :class:`NearestNeighborConfig`: a PatchCore-style memory bank
+  over the same taps (training-free, or with a learnt projection), a second, small method;
+- :class:`Method`: the interface the engine runs (``resad_kit.methods.base``).
 
 Composers hold no training loop, no IO and no printing (those live in ``resad_kit.engine``).
 """
@@ -16,12 +19,15 @@ from resad_kit.methods.base import (
     TrainingBatch,
 )
 from resad_kit.methods.config import Mode, Res2CLIPConfig
+from resad_kit.methods.nearest_neighbor import NearestNeighbor, NearestNeighborConfig
 from resad_kit.methods.res2clip import Res2CLIP
 
 __all__ = [
     "BranchOutput",
     "Method",
     "Mode",
+    "NearestNeighbor",
+    "NearestNeighborConfig",
     "OptimizerGroup",
     "Prediction",
     "Res2CLIP",
