@@ -129,36 +129,36 @@ class CategoryResult:
 class DatasetAggregate:
     """One ``(dataset, shots, mode)``: class means per seed, their mean and std over seeds.
 
-        Attributes:
-            dataset, shots, mode: the group's key.
-            mean: metric → mean over seeds of the per-seed unweighted class mean (fractions).
-            std: metric → standard deviation of the same over seeds (``ddof`` = :data:`STD_DDOF`).
-            seeds: the seeds, sorted; ``n_seeds = len(seeds)``.
-            categories: the categories, sorted (every seed has all of them).
-            per_seed: seed → metric → unweighted class mean.
+    Attributes:
+        dataset, shots, mode: the group's key.
+        mean: metric → mean over seeds of the per-seed unweighted class mean (fractions).
+        std: metric → standard deviation of the same over seeds (``ddof`` = :data:`STD_DDOF`).
+        seeds: the seeds, sorted; ``n_seeds = len(seeds)``.
+        categories: the categories, sorted (every seed has all of them).
+        per_seed: seed → metric → unweighted class mean.
 
-        Example:
-            >>> from resad_kit.data import standard_categories
-            >>> from resad_kit.engine.results import CategoryResult, aggregate
-            >>> from resad_kit.metrics import METRIC_NAMES
-            >>> recs = [
-            ...     CategoryResult(
-            ...         "btad",
-            ...         c,
-            ...         1,
-            ...         0,
-            ...         "training_free",
-            ...         dict.fromkeys(METRIC_NAMES, 0.9),
-            ...         ("ref.bmp",),
-            ...         10,
-            ...     )
-            ...     for c in standard_categories("btad")
-            ... ]
-            >>> g = aggregate(recs)[("btad", 1, "training_free")]
-            >>> g.categories, g.n_seeds, g.paper["I-AUROC"]  # all 3 BTAD categories: comparable
-            (('01', '02', '03'), 1, PaperValue(mean=95.5, std=0.7))
-            >>> aggregate(recs[:2])[("btad", 1, "training_free")].paper is None  # a subset: not
-            True
+    Example:
+        >>> from resad_kit.data import standard_categories
+        >>> from resad_kit.engine.results import CategoryResult, aggregate
+        >>> from resad_kit.metrics import METRIC_NAMES
+        >>> recs = [
+        ...     CategoryResult(
+        ...         "btad",
+        ...         c,
+        ...         1,
+        ...         0,
+        ...         "training_free",
+        ...         dict.fromkeys(METRIC_NAMES, 0.9),
+        ...         ("ref.bmp",),
+        ...         10,
+        ...     )
+        ...     for c in standard_categories("btad")
+        ... ]
+        >>> g = aggregate(recs)[("btad", 1, "training_free")]
+        >>> g.categories, g.n_seeds, g.paper["I-AUROC"]  # all 3 BTAD categories: comparable
+        (('01', '02', '03'), 1, PaperValue(mean=95.5, std=0.7))
+        >>> aggregate(recs[:2])[("btad", 1, "training_free")].paper is None  # a subset: not
+        True
     """
 
     dataset: str
