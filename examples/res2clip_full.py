@@ -89,6 +89,7 @@ UNTRAINED = (
 # any of these holds a started or finished run.
 RUN_OUTPUTS = ("config.json", "metrics.json", "metrics.csv", "table.md", "checkpoints", "heatmaps")
 MAX_SIDE = 4096  # --image-size and --eval-size above this are typos, not experiments
+MIN_EVAL_SIDE = 16  # below this, resized masks lose small defects (no anomalous pixel left)
 PATCH = {"paper": 14, "tiny": 8}  # ViT-L/14 and the tiny test backbone
 
 
@@ -167,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--image-size", type=int, help="input side, a multiple of the patch (paper 518; tiny 64)"
     )
-    p.add_argument("--eval-size", type=int, help="mask/map side of the metrics (default input)")
+    p.add_argument(
+        "--eval-size", type=int, help="mask/map side of the metrics, ≥ 16 (default: input side)"
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16, help="training batch size")
     p.add_argument("--eval-batch-size", type=int, default=8)
@@ -267,8 +270,11 @@ def check_args(args: argparse.Namespace) -> None:
             f"--image-size must be a multiple of the {args.backbone} backbone's patch size "
             f"{patch} between {patch} and {MAX_SIDE}; got {args.image_size}"
         )
-    if args.eval_size is not None and not 1 <= args.eval_size <= MAX_SIDE:
-        raise UsageError(f"--eval-size must be between 1 and {MAX_SIDE}; got {args.eval_size}")
+    if args.eval_size is not None and not MIN_EVAL_SIDE <= args.eval_size <= MAX_SIDE:
+        raise UsageError(
+            f"--eval-size must be between {MIN_EVAL_SIDE} and {MAX_SIDE} (smaller masks lose "
+            f"small defects entirely); got {args.eval_size}"
+        )
     if args.checkpoint is not None:
         if args.backbone == "tiny":
             raise UsageError(
