@@ -8,6 +8,9 @@
 - :mod:`resad_kit.clip`: the frozen CLIP backbone and prompt ensembles (import it
   explicitly, ``from resad_kit.clip import ClipBackbone``; it loads open_clip).
 
+:func:`checks` switches the input checks of the primitives off for hot paths
+(``with resad_kit.checks(False): ...``; environment variable ``RESAD_KIT_CHECKS=0``).
+
 ``ops`` and ``nn`` load with the package; ``data`` and ``metrics`` load on first use
 (they pull in PIL, scikit-image and SciPy), so ``import resad_kit`` stays as cheap as torch.
 """
@@ -16,8 +19,9 @@ import importlib
 from types import ModuleType
 
 from resad_kit import nn, ops
+from resad_kit.ops._validation import checks
 
-__all__ = ["__version__", "data", "metrics", "nn", "ops"]
+__all__ = ["__version__", "checks", "data", "metrics", "nn", "ops"]
 _LAZY = frozenset({"data", "metrics"})
 
 

@@ -12,6 +12,7 @@ import pytest
 
 import resad_kit
 from resad_kit import clip, data, engine, methods, metrics, nn, ops
+from resad_kit.methods import res2clip_losses
 from resad_kit.ops import losses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +32,9 @@ EXTRA_NN = {"Res2CLIPAdapters"}
 LOSSES = {
     "Reduction", "global_hinge_loss", "local_hinge_loss", "magnitude_loss",
     "direction_regularizer", "magnitude_regularizer", "stop_gradient_projection",
-    "text_branch_loss", "visual_branch_loss", "residual_branch_loss",
     "binary_focal_loss", "dice_loss", "l1_loss",
 }  # fmt: skip
+RES2CLIP_LOSSES = {"text_branch_loss", "visual_branch_loss", "residual_branch_loss"}
 CLIP = {
     "ClipBackbone", "Features", "BackboneConfig", "WeightsNotFoundError", "ImagePreprocess",
     "TextAnchors", "build_prompts", "encode_prompt_ensemble", "vv_attention", "dual_attention",
@@ -68,6 +69,7 @@ PUBLIC = {
     ops: (ARCHITECTURE_OPS | EXTRA_OPS, "primitives.md"),
     nn: (ARCHITECTURE_NN | EXTRA_NN, "primitives.md"),
     losses: (LOSSES, "primitives.md"),
+    res2clip_losses: (RES2CLIP_LOSSES, "primitives.md"),
     clip: (CLIP, "backbone.md"),
     data: (DATA, "data.md"),
     metrics: (METRICS, "metrics.md"),
@@ -80,7 +82,7 @@ def test_all_lists_exactly_the_public_names():
     for module, (names, _) in PUBLIC.items():
         assert set(module.__all__) == names, module.__name__
     # clip stays out of the top level: importing open_clip costs seconds.
-    assert set(resad_kit.__all__) == {"__version__", "data", "metrics", "nn", "ops"}
+    assert set(resad_kit.__all__) == {"__version__", "checks", "data", "metrics", "nn", "ops"}
     for module in PUBLIC:
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name} is listed but missing"
@@ -132,8 +134,9 @@ def _imports(package: str):
 
 # What each package may import besides the standard library, and which resad_kit packages.
 STDLIB = {
-    "__future__", "abc", "collections", "dataclasses", "functools", "math", "numbers", "typing"
-}
+    "__future__", "abc", "collections", "dataclasses", "functools", "math", "numbers", "typing",
+    "os", "threading", "types",  # the checks switch (ops/_validation.py)
+}  # fmt: skip
 LAYERS = {
     "ops": ({"torch", "einops"}, {"ops"}),
     "nn": ({"torch", "einops"}, {"nn", "ops"}),

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resad_kit.clip import ClipBackbone, Features, encode_prompt_ensemble
+from resad_kit.methods import res2clip_losses as RL
 from resad_kit.methods.base import (
     BranchOutput,
     Method,
@@ -489,7 +490,7 @@ class Res2CLIP(Method):
         # Text branch (eq. 13).
         t_text = a.text(r_t)
         t_unit = F.normalize(t_text, dim=-1)
-        loss_text = L.text_branch_loss(
+        loss_text = RL.text_branch_loss(
             res.cls_query @ t_unit,
             [up(res.query[t] @ t_unit) for t in self.taps["text"]],
             t_text,
@@ -501,7 +502,7 @@ class Res2CLIP(Method):
         # Visual branch (eq. 14).
         adapted = [a.visual[t](res.visual[t], grid).norm(dim=-1) for t in self.taps["visual"]]
         raw = [res.visual[t].norm(dim=-1) for t in self.taps["visual"]]
-        loss_vis = L.visual_branch_loss(
+        loss_vis = RL.visual_branch_loss(
             [up(x) for x in adapted], [up(x) for x in raw], masks, reduction=c.loss_reduction
         )
         # Residual branch (eq. 15), one phase.
@@ -518,7 +519,7 @@ class Res2CLIP(Method):
                 )
         else:
             reg = L.direction_regularizer(t_res, r_t)
-        loss_res = L.residual_branch_loss(
+        loss_res = RL.residual_branch_loss(
             L.stop_gradient_projection(res_cls, t_res, update=phase),
             res.cls.norm(dim=-1),
             [

@@ -1,19 +1,118 @@
-"""Input checks shared by the primitives (private).
+"""Input checks shared by the primitives, and the switch that turns them off (private).
 
 Every public primitive validates its inputs with these helpers so that error
 messages look the same everywhere: they name the function, the argument, what
-was expected and what was received.
+was expected and what was received. Each public primitive is a checked façade over an
+unchecked core: ``if checks_enabled(): <validate>`` and then the core does the maths.
+
+The switch (exported as :func:`resad_kit.checks`): checks are on unless the environment
+variable ``RESAD_KIT_CHECKS`` is ``0``, ``false``, ``off`` or ``no`` when resad_kit is
+imported; ``checks(False)`` turns them off for the calling thread (a context manager that
+restores the previous state on exit, also on an exception). Checks that read tensor values
+(finite, binary, ≥ 0: a device-to-host sync) are also skipped while ``torch.compile``
+traces (:func:`torch.compiler.is_compiling`).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
+import threading
 from collections.abc import Sequence
+from types import TracebackType
 
 import torch
 
 __all__: list[str] = []
+
+ENV_VAR = "RESAD_KIT_CHECKS"
+"""Environment variable read once at import: ``0``/``false``/``off``/``no`` turn checks off."""
+
+_OFF_VALUES = frozenset({"0", "false", "off", "no"})
+
+
+def _env_default() -> bool:
+    return os.environ.get(ENV_VAR, "1").strip().lower() not in _OFF_VALUES
+
+
+_DEFAULT = _env_default()
+_STATE = threading.local()
+
+
+def checks_enabled() -> bool:
+    """Whether the public primitives validate their inputs (in the calling thread)."""
+    return getattr(_STATE, "enabled", _DEFAULT)
+
+
+def value_checks_enabled() -> bool:
+    """Whether checks that read tensor values (a device sync) may run: checks on, not compiling."""
+    return checks_enabled() and not torch.compiler.is_compiling()
+
+
+class checks:
+    """Turn the input checks of resad_kit's primitives on or off; query the current state.
+
+    ``checks(False)`` switches the checks off at once for the calling thread; used as a
+    context manager it restores the previous state on exit, also when an exception leaves
+    the block. ``checks()`` changes nothing. ``bool(checks())`` is the current state. The
+    state is per thread (like :func:`torch.set_grad_enabled`); a new thread starts from the
+    process default, set by the ``RESAD_KIT_CHECKS`` environment variable at import.
+
+    With checks off the public primitives call their unchecked cores directly: no shape,
+    dtype or value check runs, in particular none that synchronises a device (finite,
+    binary, ≥ 0). With checks on, the value checks are still skipped while ``torch.compile``
+    traces. Invalid input then gives undefined results instead of an error: turn checks off
+    only on hot paths whose inputs are known to be valid.
+
+    Args:
+        enabled: ``True`` or ``False`` to set the state, ``None`` to leave it as it is.
+
+    Raises:
+        TypeError: if ``enabled`` is not a bool or ``None``.
+
+    Example:
+        >>> import torch, resad_kit
+        >>> from resad_kit.ops import sparsemax
+        >>> bool(resad_kit.checks())
+        True
+        >>> with resad_kit.checks(False):
+        ...     bool(resad_kit.checks())
+        ...     sparsemax(torch.tensor([0.0, float("nan")]))  # not validated
+        False
+        tensor([nan, nan])
+        >>> bool(resad_kit.checks())
+        True
+    """
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        if enabled is not None and not isinstance(enabled, bool):
+            raise TypeError(
+                f"resad_kit.checks: `enabled` must be True, False or None; "
+                f"got {type(enabled).__name__}"
+            )
+        self.previous = checks_enabled()
+        if enabled is not None:
+            _STATE.enabled = enabled
+        self.enabled = checks_enabled()
+
+    def __enter__(self) -> checks:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        _STATE.enabled = self.previous
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+    def __repr__(self) -> str:
+        return f"resad_kit.checks({self.enabled})"
+
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -78,6 +177,37 @@ def check_finite(fn: str, name: str, x: torch.Tensor) -> None:
         raise ValueError(
             f"{fn}: `{name}` must be finite; got {n_nan} NaN and {n_inf} infinite entries"
         )
+
+
+def check_number(
+    fn: str,
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    strict: bool = False,
+    what: str = "a real number",
+    non_number: type[Exception] = TypeError,
+) -> float:
+    """The one check of a Python number argument: real, finite and (optionally) ``≥ minimum``.
+
+    Real means ``int``, ``float`` or a numpy scalar, not ``bool`` (see :func:`is_real`).
+    A non-number raises ``non_number`` (``TypeError`` by default), a NaN, ±inf or a value
+    below ``minimum`` (``≤ minimum`` when ``strict``) a ``ValueError`` that names ``fn`` and
+    ``name``. Never touches a tensor, so it never synchronises a device.
+
+    Returns:
+        ``value`` as a Python ``float``.
+    """
+    if not is_real(value):
+        raise non_number(f"{fn}: `{name}` must be {what}; got {type(value).__name__} {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise ValueError(f"{fn}: `{name}` must be finite; got {value!r}")
+    if minimum is not None and (number < minimum or (strict and number == minimum)):
+        bound = f"> {minimum}" if strict else f"≥ {minimum}"
+        raise ValueError(f"{fn}: `{name}` must be {bound}; got {value!r}")
+    return number
 
 
 def check_same_shape(fn: str, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:

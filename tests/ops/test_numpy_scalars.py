@@ -12,14 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from resad_kit.methods.res2clip_losses import residual_branch_loss, text_branch_loss
 from resad_kit.ops import global_residual, radial_distance, radial_penalty, retrieve
-from resad_kit.ops.losses import (
-    binary_focal_loss,
-    dice_loss,
-    global_hinge_loss,
-    residual_branch_loss,
-    text_branch_loss,
-)
+from resad_kit.ops.losses import binary_focal_loss, dice_loss, global_hinge_loss
 
 SCALARS = [np.float32, np.float64, np.float16]
 
