@@ -1,17 +1,20 @@
-"""Training checkpoints of Res²CLIP† in one safetensors file (spec §4.5).
+"""Training checkpoints of any trainable method in one safetensors file.
 
-The paper saves a checkpoint after epoch 10; here one is written after every epoch.
+The Res²CLIP paper saves a checkpoint after epoch 10; here one is written after every epoch.
 
 One ``.safetensors`` file holds everything needed to evaluate or to resume:
 
-- the adapter weights (``model.adapters.state_dict()``, keys ``adapters.<name>``);
+- the trained weights: ``model.trainable_module().state_dict()`` (Res²CLIP's adapters,
+  a trainable :class:`~resad_kit.methods.NearestNeighbor`'s projection), keys
+  ``module.<name>``;
 - every optimiser's and scheduler's ``state_dict``, its tensors stored as tensors
   (``optimizers.<name>.…``) and the rest in the JSON metadata;
-- JSON metadata: the model configuration (``Res2CLIPConfig.to_dict()``), the backbone it
-  was trained on (name, weights label, ``D``, taps), the training configuration, the number
-  of completed epochs, the global step, the random-number-generator states, a record of
-  the training data (:func:`~resad_kit.engine.fingerprint.data_fingerprint`) and any extra
-  JSON-able data (the loss history);
+- JSON metadata: the method's name (``Method.name``) and configuration
+  (``Method.config_dict()``), the backbone it was trained on (name, weights label, ``D``,
+  taps), the training configuration, the number of completed epochs, the global step, the
+  random-number-generator states, a record of the training data
+  (:func:`~resad_kit.engine.fingerprint.data_fingerprint`) and any extra JSON-able data
+  (the loss history);
 - a SHA-256 checksum (metadata key ``sha256``) of the JSON metadata and of every tensor's
   name, dtype, shape and bytes, verified by :func:`load_checkpoint`: a file whose bytes
   were altered after it was written (a flipped bit on disk, a bad copy) is refused with a
@@ -19,9 +22,11 @@ One ``.safetensors`` file holds everything needed to evaluate or to resume:
 
 Writes are atomic: the file is written next to its destination and moved into place with
 ``os.replace``, so an interrupted save never leaves a truncated checkpoint. Loading into a
-model checks that the model's configuration and backbone match the checkpoint's, and,
-when asked, that the training configuration and data match, and raises a ``ValueError``
-naming every field that differs.
+model checks that it is the same method (``"checkpoint of method 'x', model is 'y'"``
+otherwise) with the same configuration and backbone, and, when asked, that the training
+configuration and data match, and raises a ``ValueError`` naming every field that differs.
+Files of the first format (Res²CLIP only: ``adapters.<name>`` keys, no method name) are
+still read, as Res²CLIP checkpoints.
 
 Only tensors, ``str``, ``int``, ``float``, ``bool``, ``None`` and lists, tuples and dicts
 of them can be stored; tuples and dicts with non-string keys (an optimiser's ``state``)
@@ -36,32 +41,31 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from resad_kit.engine._checkpoint_codec import (
-    as_dict,
-    checksum,
-    decode,
-    differences,
-    encode,
-    json_normal,
+from resad_kit.engine._checkpoint_checks import (
+    backbone_info,
+    check_data,
+    check_model,
+    trainable_module,
 )
-from resad_kit.engine.fingerprint import data_differences
-
-if TYPE_CHECKING:
-    from resad_kit.methods import Res2CLIP
+from resad_kit.engine._checkpoint_codec import as_dict, checksum, decode, differences, encode
+from resad_kit.methods import Method
 
 __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "resad_kit.res2clip.checkpoint"
-VERSION = 1
+FORMAT = "resad_kit.checkpoint"
+VERSION = 2
+# The first format: Res2CLIP only, weights under "adapters.", no method name.
+_LEGACY = ("resad_kit.res2clip.checkpoint", "1", "res2clip", "adapters.")
+_PREFIX = "module."
 _META_KEY = "resad_kit"
 _CHECKSUM_KEY = "sha256"
 
@@ -72,11 +76,13 @@ class Checkpoint:
 
     Attributes:
         path: the file.
-        adapters: the adapter ``state_dict`` (CPU tensors or ``map_location``).
-        model_config: ``Res2CLIPConfig.to_dict()`` of the saved model; rebuild it with
-            ``Res2CLIPConfig.from_dict``.
+        method: ``Method.name`` of the saved model (e.g. ``"res2clip"``).
+        state: the ``state_dict`` of the model's trainable module (CPU tensors or
+            ``map_location``); also available as :attr:`adapters`.
+        model_config: ``config.to_dict()`` of the saved model; rebuild it with the
+            config's ``from_dict`` (e.g. ``Res2CLIPConfig.from_dict``).
         backbone: ``model_name``, ``weights``, ``embed_dim``, ``layers``, ``image_size``
-            and ``patch_size`` of the backbone the adapters were trained on.
+            and ``patch_size`` of the backbone the weights were trained on.
         train_config: the training configuration as a dict (``None`` if not saved).
         epoch: completed epochs.
         global_step: completed training steps.
@@ -101,14 +107,15 @@ class Checkpoint:
         ...         Path(tmp) / "c.safetensors", model, optimizers={"all": adam}, epoch=1
         ...     )
         ...     ckpt = load_checkpoint(path)
-        >>> ckpt.model_config["mode"], list(ckpt.optimizers), ckpt.epoch
-        ('fine_tuned', ['all'], 1)
+        >>> ckpt.method, ckpt.model_config["mode"], list(ckpt.optimizers), ckpt.epoch
+        ('res2clip', 'fine_tuned', ['all'], 1)
         >>> ckpt.optimizers["all"]["param_groups"][0]["betas"]
         (0.5, 0.999)
     """
 
     path: Path
-    adapters: dict[str, Tensor]
+    method: str
+    state: dict[str, Tensor]
     model_config: dict[str, Any]
     backbone: dict[str, Any]
     train_config: dict[str, Any] | None
@@ -120,27 +127,10 @@ class Checkpoint:
     extra: dict[str, Any]
     data: dict[str, Any] | None = None
 
-
-def _backbone_info(model: Res2CLIP) -> dict[str, Any]:
-    b = model.backbone
-    return {
-        "model_name": str(b.model_name),
-        "weights": str(b.weights),
-        "embed_dim": int(b.embed_dim),
-        "layers": [int(x) for x in b.layers],
-        "image_size": int(b.image_size),
-        "patch_size": int(b.patch_size),
-    }
-
-
-def _adapters(fn: str, model: Res2CLIP) -> torch.nn.Module:
-    adapters = getattr(model, "adapters", None)
-    if adapters is None:
-        raise ValueError(
-            f"{fn}: the model has no adapters (training-free mode); checkpoints hold the "
-            "adapters of a fine-tuned Res2CLIP (Res2CLIPConfig.paper(mode='fine_tuned'))"
-        )
-    return adapters
+    @property
+    def adapters(self) -> dict[str, Tensor]:
+        """:attr:`state` under its Res²CLIP name (the adapters' ``state_dict``)."""
+        return self.state
 
 
 # ---------------------------------------------------------------------------- save
@@ -148,7 +138,7 @@ def _adapters(fn: str, model: Res2CLIP) -> torch.nn.Module:
 
 def save_checkpoint(
     path: str | Path,
-    model: Res2CLIP,
+    model: Method,
     *,
     optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
     schedulers: Mapping[str, Any] | None = None,
@@ -159,12 +149,14 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
     data: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the adapters, optimiser/scheduler states and metadata to one safetensors file.
+    """Write the trained weights, optimiser/scheduler states and metadata to one file.
 
     Args:
         path: destination (``.safetensors``); parent folders are created. Written
             atomically (temporary file + ``os.replace``).
-        model: a fine-tuned ``Res2CLIP`` (with ``adapters``).
+        model: a trainable :class:`~resad_kit.methods.Method` (its ``trainable_module()``
+            is stored, with its ``name`` and ``config_dict()``), e.g. a fine-tuned
+            ``Res2CLIP``.
         optimizers: ``{name: optimizer}``; their ``state_dict()`` is stored.
         schedulers: ``{name: LR scheduler}``; their ``state_dict()`` is stored.
         train_config: the training configuration (a dataclass or a mapping).
@@ -181,8 +173,9 @@ def save_checkpoint(
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ValueError: the model has no adapters.
-        TypeError: something that cannot be stored (see the module docstring).
+        ValueError: a training-free model (``trainable_module()`` is ``None``).
+        TypeError: a model that is not a ``Method``, or something that cannot be stored
+            (see the module docstring).
 
     Example:
         >>> import tempfile
@@ -198,14 +191,15 @@ def save_checkpoint(
         (3, 32, True)
     """
     fn = "save_checkpoint"
-    adapters = _adapters(fn, model)
+    module = trainable_module(fn, model)
     path = Path(path)
     tensors: dict[str, Tensor] = {}
-    for key, value in adapters.state_dict().items():
-        tensors[f"adapters.{key}"] = value.detach().to("cpu", copy=True).contiguous()
+    for key, value in module.state_dict().items():
+        tensors[f"{_PREFIX}{key}"] = value.detach().to("cpu", copy=True).contiguous()
     payload = {
-        "model_config": model.config.to_dict(),
-        "backbone": _backbone_info(model),
+        "method": model.name,
+        "model_config": model.config_dict(),
+        "backbone": backbone_info(model),
         "train_config": as_dict(train_config, "train_config"),
         "epoch": int(epoch),
         "global_step": int(global_step),
@@ -247,12 +241,13 @@ def _read(path: Path, device: str | torch.device) -> Checkpoint:
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except Exception as err:  # safetensors raises its own error types
         raise ValueError(f"{fn}: {str(path)!r} is not a readable safetensors file: {err}") from err
-    if metadata.get("format") != FORMAT or _META_KEY not in metadata:
+    legacy = metadata.get("format") == _LEGACY[0]
+    if not (legacy or metadata.get("format") == FORMAT) or _META_KEY not in metadata:
         raise ValueError(
-            f"{fn}: {str(path)!r} is not a resad_kit Res2CLIP checkpoint "
+            f"{fn}: {str(path)!r} is not a resad_kit checkpoint "
             f"(metadata format {metadata.get('format')!r}, expected {FORMAT!r})"
         )
-    if metadata.get("version") != str(VERSION):
+    if metadata.get("version") != (_LEGACY[1] if legacy else str(VERSION)):
         raise ValueError(
             f"{fn}: {str(path)!r} has checkpoint version {metadata.get('version')!r}; "
             f"this resad_kit reads version {VERSION}"
@@ -261,10 +256,11 @@ def _read(path: Path, device: str | torch.device) -> Checkpoint:
     if torch.device(device) != torch.device("cpu"):
         tensors = {key: t.to(device) for key, t in tensors.items()}
     payload = decode(json.loads(metadata[_META_KEY]), tensors)
-    prefix = "adapters."
+    prefix = _LEGACY[3] if legacy else _PREFIX
     return Checkpoint(
         path=path,
-        adapters={k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
+        method=_LEGACY[2] if legacy else payload["method"],
+        state={k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
         model_config=payload["model_config"],
         backbone=payload["backbone"],
         train_config=payload["train_config"],
@@ -297,48 +293,6 @@ def _verify(path: Path, metadata: Mapping[str, str], tensors: Mapping[str, Tenso
         )
 
 
-def _check_model(ckpt: Checkpoint, model: Res2CLIP) -> None:
-    fn = "load_checkpoint"
-    diffs = differences(ckpt.model_config, model.config.to_dict())
-    if diffs:
-        raise ValueError(
-            f"{fn}: the model's Res2CLIPConfig differs from the checkpoint's "
-            f"({str(ckpt.path)!r}): " + "; ".join(diffs)
-        )
-    now = _backbone_info(model)
-    keys = ("model_name", "embed_dim", "layers", "patch_size")
-    diffs = differences({k: ckpt.backbone.get(k) for k in keys}, {k: now[k] for k in keys})
-    if diffs:
-        raise ValueError(
-            f"{fn}: the model's backbone differs from the one the checkpoint was trained on "
-            f"({str(ckpt.path)!r}): " + "; ".join(diffs)
-        )
-    if ckpt.backbone.get("weights") != now["weights"]:
-        logger.warning(
-            "load_checkpoint: the adapters in %s were trained on backbone weights %r; "
-            "the model's backbone has %r",
-            ckpt.path,
-            ckpt.backbone.get("weights"),
-            now["weights"],
-        )
-
-
-def _check_data(ckpt: Checkpoint, data: Mapping[str, Any]) -> None:
-    if ckpt.data is None:
-        logger.warning(
-            "load_checkpoint: %s holds no record of its training data (written by an older "
-            "resad_kit), so the data cannot be compared",
-            ckpt.path,
-        )
-        return
-    diffs = data_differences(ckpt.data, json_normal(dict(data)))
-    if diffs:
-        raise ValueError(
-            f"load_checkpoint: the training data differs from the checkpoint's "
-            f"({str(ckpt.path)!r}): " + "; ".join(diffs)
-        )
-
-
 def _load_states(fn: str, what: str, saved: Mapping[str, Any], targets: Mapping[str, Any]) -> None:
     if set(saved) != set(targets):
         raise ValueError(
@@ -351,7 +305,7 @@ def _load_states(fn: str, what: str, saved: Mapping[str, Any], targets: Mapping[
 
 def load_checkpoint(
     path: str | Path,
-    model: Res2CLIP | None = None,
+    model: Method | None = None,
     *,
     optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
     schedulers: Mapping[str, Any] | None = None,
@@ -366,9 +320,10 @@ def load_checkpoint(
 
     Args:
         path: the ``.safetensors`` file.
-        model: if given, its config (``to_dict()``) and backbone (name, ``D``, taps, patch
-            size) must match the checkpoint's (a different weights label only logs a
-            warning); then its adapters are loaded (strict).
+        model: if given, it must be the checkpoint's method (``model.name``), and its
+            config (``config_dict()``) and backbone (name, ``D``, taps, patch size) must
+            match the checkpoint's (a different weights label only logs a warning); then
+            its trainable module's state is loaded (strict).
         optimizers: if given, the same names as stored; each gets its state.
         schedulers: if given, the same names as stored; each gets its state.
         train_config: if given (dataclass or mapping), it must equal the stored training
@@ -383,7 +338,8 @@ def load_checkpoint(
 
     Raises:
         ValueError: missing or unreadable file, not a resad_kit checkpoint, a corrupt
-            file (its checksum does not match), a model without adapters, or a
+            file (its checksum does not match), a training-free model, a checkpoint of
+            another method (``"checkpoint of method 'x', model is 'y'"``), or a
             config/backbone/data/name mismatch (the message lists every difference).
 
     Example:
@@ -409,8 +365,8 @@ def load_checkpoint(
     fn = "load_checkpoint"
     ckpt = _read(Path(path), map_location)
     if model is not None:
-        adapters = _adapters(fn, model)
-        _check_model(ckpt, model)
+        module = trainable_module(fn, model)
+        check_model(ckpt.path, ckpt.method, ckpt.model_config, ckpt.backbone, model)
     if train_config is not None:
         diffs = differences(ckpt.train_config or {}, as_dict(train_config, "train_config"))
         if diffs:
@@ -419,13 +375,13 @@ def load_checkpoint(
                 f"({str(ckpt.path)!r}): " + "; ".join(diffs)
             )
     if data is not None:
-        _check_data(ckpt, data)
+        check_data(ckpt.path, ckpt.data, data)
     if optimizers is not None and set(optimizers) != set(ckpt.optimizers):
         _load_states(fn, "optimizers", ckpt.optimizers, optimizers)  # raises
     if schedulers is not None and set(schedulers) != set(ckpt.schedulers):
         _load_states(fn, "schedulers", ckpt.schedulers, schedulers)  # raises
     if model is not None:
-        adapters.load_state_dict(ckpt.adapters, strict=True)
+        module.load_state_dict(ckpt.state, strict=True)
     if optimizers is not None:
         _load_states(fn, "optimizers", ckpt.optimizers, optimizers)
     if schedulers is not None:

@@ -1,16 +1,18 @@
-"""The training schedule of Res²CLIP† (spec §4.4–4.5): alternating phases, warm-up + cosine.
+"""The training schedule (paper Sec. 3.7, App. F.2): phases of epochs, warm-up + cosine.
 
-- :func:`phase_of_epoch`: the alternating schedule. 0-based even epochs update the visual
-  side of the residual branch, odd epochs its text side (spec §4.4, §10.2 #12).
+- :func:`phase_of_epoch`: the phase a 0-based epoch trains: ``schedule[epoch % len(schedule)]``
+  for a method's :attr:`~resad_kit.methods.Method.phases`. Res²CLIP alternates
+  ``("visual", "text")``: even epochs update the visual side of the residual branch, odd
+  epochs its text side.
 - :func:`active_epochs`: in how many of ``epochs`` epochs an optimiser steps, given the
   phases in which it is active.
 - :func:`warmup_cosine`, :class:`WarmupCosine`, :func:`warmup_cosine_scheduler`: the
   learning-rate factor of one optimiser, linear warm-up from 0 then a half cosine to 0.
 
 Each optimiser counts **its own** steps: its ``LambdaLR`` is stepped only when the
-optimiser is, so the residual optimisers, active every other epoch, warm up during their
-first active epoch and decay over their active steps only (official code; the paper only
-says "one warm-up epoch", spec §10.2 #13).
+optimiser is, so Res²CLIP's residual optimisers, active every other epoch, warm up during
+their first active epoch and decay over their active steps only (official code; the paper
+only says "one warm-up epoch").
 
 The factor at step 0 is 0, so the very first optimiser step of every optimiser runs at
 learning rate 0 (a ``LambdaLR`` artefact of the official code, kept for fidelity: the
@@ -20,11 +22,12 @@ first step leaves the weights unchanged but does update Adam's moments).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
-from typing import Literal
+from collections.abc import Collection, Sequence
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from resad_kit.ops._phases import PHASES
 
 __all__ = [
     "WarmupCosine",
@@ -34,9 +37,6 @@ __all__ = [
     "warmup_cosine_scheduler",
 ]
 
-Phase = Literal["visual", "text"]
-_PHASES: tuple[str, ...] = ("visual", "text")
-
 
 def _check_count(fn: str, name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -44,57 +44,75 @@ def _check_count(fn: str, name: str, value: object) -> int:
     return value
 
 
-def phase_of_epoch(epoch: int) -> Phase:
-    """The residual-branch side trained in a 0-based epoch (spec §4.4).
+def _check_schedule(fn: str, schedule: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(schedule, str) or not schedule or not all(isinstance(p, str) for p in schedule):
+        raise ValueError(
+            f"{fn}: `schedule` must be a non-empty sequence of phase names; got {schedule!r}"
+        )
+    return tuple(schedule)
+
+
+def phase_of_epoch(epoch: int, schedule: Sequence[str] = PHASES) -> str:
+    """The phase trained in a 0-based epoch: ``schedule[epoch % len(schedule)]``.
 
     Args:
         epoch: 0-based epoch index.
+        schedule: the phases in the order epochs cycle through them (a method's
+            ``phases``); default Res²CLIP's ``("visual", "text")``.
 
     Returns:
-        ``"visual"`` for even epochs (the first one included): ``A^res_{v,l}`` and
-        ``A^res_{v,cls}`` are trained with ``A_t^res`` frozen; ``"text"`` for odd epochs:
-        ``A_t^res`` is trained with the residual visual adapters frozen. ``A_t`` and
-        ``A_{v,l}`` are trained in both.
+        The phase. For Res²CLIP, ``"visual"`` for even epochs (the first one included):
+        ``A^res_{v,l}`` and ``A^res_{v,cls}`` are trained with ``A_t^res`` frozen;
+        ``"text"`` for odd epochs: ``A_t^res`` is trained with the residual visual adapters
+        frozen. ``A_t`` and ``A_{v,l}`` are trained in both.
 
     Example:
         >>> from resad_kit.engine.schedule import phase_of_epoch
         >>> [phase_of_epoch(e) for e in range(4)]
         ['visual', 'text', 'visual', 'text']
+        >>> phase_of_epoch(3, ("train",))  # a one-phase method trains every epoch
+        'train'
     """
-    return "visual" if _check_count("phase_of_epoch", "epoch", epoch) % 2 == 0 else "text"
+    fn = "phase_of_epoch"
+    epoch = _check_count(fn, "epoch", epoch)
+    schedule = _check_schedule(fn, schedule)
+    return schedule[epoch % len(schedule)]
 
 
-def active_epochs(epochs: int, phases: Collection[str]) -> int:
-    """How many of ``epochs`` epochs have a phase in ``phases`` (spec §4.5).
+def active_epochs(epochs: int, phases: Collection[str], schedule: Sequence[str] = PHASES) -> int:
+    """How many of ``epochs`` epochs have a phase in ``phases``.
 
     Args:
         epochs: total number of epochs.
-        phases: the phases in which an optimiser steps, a subset of ``{"visual", "text"}``.
+        phases: the phases in which an optimiser steps, a non-empty subset of ``schedule``.
+        schedule: the cycle of phases (see :func:`phase_of_epoch`).
 
     Returns:
-        ``epochs`` for both phases (``A_t``, ``A_{v,l}``), ``ceil(epochs / 2)`` for
-        ``{"visual"}`` (residual visual adapters), ``floor(epochs / 2)`` for ``{"text"}``
+        For Res²CLIP: ``epochs`` for both phases (``A_t``, ``A_{v,l}``), ``ceil(epochs / 2)``
+        for ``{"visual"}`` (residual visual adapters), ``floor(epochs / 2)`` for ``{"text"}``
         (``A_t^res``).
 
     Example:
         >>> from resad_kit.engine.schedule import active_epochs
         >>> active_epochs(10, {"visual", "text"}), active_epochs(9, {"visual"})
         (10, 5)
-        >>> active_epochs(9, {"text"})
-        4
+        >>> active_epochs(9, {"text"}), active_epochs(9, {"train"}, ("train",))
+        (4, 9)
     """
     fn = "active_epochs"
     _check_count(fn, "epochs", epochs)
-    unknown = set(phases) - set(_PHASES)
+    schedule = _check_schedule(fn, schedule)
+    unknown = set(phases) - set(schedule)
     if unknown or not phases:
         raise ValueError(
-            f"{fn}: `phases` must be a non-empty subset of {list(_PHASES)}; got {sorted(phases)}"
+            f"{fn}: `phases` must be a non-empty subset of {list(dict.fromkeys(schedule))}; "
+            f"got {sorted(phases)}"
         )
-    return sum(1 for e in range(epochs) if phase_of_epoch(e) in phases)
+    return sum(1 for e in range(epochs) if phase_of_epoch(e, schedule) in phases)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    r"""Learning-rate factor: linear warm-up from 0, then a half cosine to 0 (spec §4.5).
+    r"""Learning-rate factor: linear warm-up from 0, then a half cosine to 0 (paper App. F.2).
 
     .. math::
 

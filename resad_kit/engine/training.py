@@ -1,41 +1,42 @@
-"""Training of Res²CLIP† on an auxiliary data set (spec §4.4–4.6, paper Sec. 4.1 and App. F.2).
+"""Training of any trainable :class:`~resad_kit.methods.Method` on auxiliary data sets.
 
-:func:`train` fits the adapters of a fine-tuned :class:`~resad_kit.methods.Res2CLIP` with
-the official protocol:
+:func:`train` fits the trainable part of a method (Res²CLIP†'s adapters, the projection of
+a trainable :class:`~resad_kit.methods.NearestNeighbor`, …) with the official Res²CLIP
+protocol (paper Sec. 4.1 and App. F.2):
 
-- **Data** (spec §4.6). The queries are every image, normal and anomalous, of the given
-  data sets: the *test* split of the auxiliary data set (:data:`AUXILIARY_DATASET`:
-  VisA for a model tested on MVTec AD, MVTec AD for every other target), one
+- **Data.** The queries are every image, normal and anomalous, of the given data sets: for
+  Res²CLIP the *test* split of the auxiliary data set (:data:`AUXILIARY_DATASET`: VisA
+  for a model tested on MVTec AD, MVTec AD for every other target), one
   :class:`~resad_kit.data.AnomalyDataset` per category. Training is always 1-shot: each
   query gets one normal image of its own category and split, drawn uniformly at random
   with the query itself excluded, fresh for every query in every epoch. Each epoch shuffles
   the queries (batch 16, last batch kept).
 - **Features** come from a :class:`~resad_kit.engine.FeatureCache`: the backbone is frozen,
   so each image is encoded once and reused in every epoch.
-- **Alternating schedule** (spec §4.4). 0-based even epochs train ``A_{v,l}``, ``A_t``
-  and the residual visual adapters; odd epochs ``A_{v,l}``, ``A_t`` and ``A_t^res``.
-- **Optimisers** (spec §4.5). Four Adam (β = (0.5, 0.999), no weight decay), as in the
-  official code: ``"visual"`` (``A_{v,l}``), ``"residual_visual"`` (``A^res_{v,l}`` and
-  ``A^res_{v,cls}``, the latter in its own parameter group so that it keeps the paper's
-  lr), ``"residual_text"`` (``A_t^res``) and ``"text"`` (``A_t``). Only the optimisers of
-  the epoch's phase step, each after clipping its gradients to norm 1.0. Each has a
-  linear warm-up over one epoch of its own steps and a half cosine to 0 over all its
-  steps (:mod:`resad_kit.engine.schedule`); the first step of each runs at lr 0.
+- **Phases.** Epoch ``e`` trains phase ``model.phases[e % len(model.phases)]``
+  (:mod:`resad_kit.engine.schedule`); Res²CLIP alternates ``("visual", "text")``: 0-based
+  even epochs train ``A_{v,l}``, ``A_t`` and the residual visual adapters, odd epochs
+  ``A_{v,l}``, ``A_t`` and ``A_t^res``. The loss of a batch is ``model.losses(batch,
+  phase)["total"]``; every term it returns is logged.
+- **Optimisers** (:mod:`resad_kit.engine.optimization`): one Adam (β = (0.5, 0.999), no
+  weight decay by default) per group of ``model.optimizer_groups()``, with the method's
+  learning rates. Only the optimisers of the epoch's phase step, each after clipping its
+  gradients to norm 1.0. Each has a linear warm-up over one epoch of its own steps and a
+  half cosine to 0 over all its steps; the first step of each runs at lr 0.
 - **Checkpoints** after every epoch (``out_dir/checkpoint.safetensors``, see
-  :mod:`resad_kit.engine.checkpoint`), with a checksum and a record of the training data
-  (:func:`~resad_kit.engine.fingerprint.data_fingerprint`); ``resume=True`` continues
-  from it and reaches the same state as an uninterrupted run, and refuses other model or
-  training settings or other data; ``resume="auto"`` does the same if the checkpoint
-  exists and starts afresh otherwise.
+  :mod:`resad_kit.engine.checkpoint`), with the method's name and config, a checksum and a
+  record of the training data (:func:`~resad_kit.engine.fingerprint.data_fingerprint`);
+  ``resume=True`` continues from it and reaches the same state as an uninterrupted run,
+  and refuses another method, other model or training settings or other data;
+  ``resume="auto"`` does the same if the checkpoint exists and starts afresh otherwise.
 - **Several processes** (``torchrun``): every rank builds the same batches and reference
   draws and takes its slice of each batch; gradients are averaged by
-  ``DistributedDataParallel``. This equals one process only for
+  ``DistributedDataParallel``. For Res²CLIP this equals one process only for
   ``loss_reduction="per_sample"`` with equal slices (see :func:`train`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -46,7 +47,6 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from resad_kit.data import STANDARD_CATEGORIES, AnomalyDataset
@@ -62,8 +62,10 @@ from resad_kit.engine.distributed import (
 )
 from resad_kit.engine.features import FeatureCache, backbone_fingerprint
 from resad_kit.engine.fingerprint import data_fingerprint
-from resad_kit.engine.schedule import active_epochs, phase_of_epoch, warmup_cosine_scheduler
-from resad_kit.methods import Res2CLIP, TrainingBatch
+from resad_kit.engine.optimization import LossModule, build_optimization, step_optimizers
+from resad_kit.engine.schedule import phase_of_epoch
+from resad_kit.engine.train_config import TrainConfig, TrainResult
+from resad_kit.methods import Method, TrainingBatch
 
 __all__ = ["AUXILIARY_DATASET", "CHECKPOINT_NAME", "TrainConfig", "TrainResult", "train"]
 
@@ -72,168 +74,15 @@ logger = logging.getLogger(__name__)
 AUXILIARY_DATASET = MappingProxyType(
     {target: ("visa" if target == "mvtec" else "mvtec") for target in STANDARD_CATEGORIES}
 )
-"""Target data set → the data set whose test split trains its adapters (paper Sec. 4.1,
-spec §4.6): ``mvtec`` → ``visa``, every other target (``visa``, ``btad``, ``mpdd``,
-``dtd``) → ``mvtec``. Two checkpoints cover all five benchmarks."""
+"""Target data set → the data set whose test split trains its adapters (paper Sec. 4.1):
+``mvtec`` → ``visa``, every other target (``visa``, ``btad``, ``mpdd``, ``dtd``) →
+``mvtec``. Two checkpoints cover all five benchmarks."""
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 """File name of the latest checkpoint in ``out_dir``."""
 
-LOSS_KEYS = ("text", "visual", "residual", "total")
 
-# Optimiser name → the adapter families (``Res2CLIPAdapters.parameter_groups`` names) it
-# updates, in the official code's grouping (spec §4.4).
-_OPTIMIZERS = MappingProxyType(
-    {
-        "visual": ("visual",),
-        "residual_visual": ("residual_local", "residual_global"),
-        "residual_text": ("residual_text",),
-        "text": ("text",),
-    }
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Settings of :func:`train`, each with its source (spec §4.5, §8).
-
-    The learning rates per adapter group are the model's (``Res2CLIPConfig.lr_local``,
-    ``lr_text``, ``lr_global_visual``); ``lr_scale`` multiplies all of them.
-
-    Attributes:
-        epochs: training epochs (paper F.2 + code: 10).
-        batch_size: queries per step (paper F.2 + code: 16; last batch kept).
-        warmup_epochs: linear warm-up, in epochs of each optimiser's own steps (paper
-            F.2: one epoch; code: ``steps_per_epoch`` steps); 0 disables it.
-        betas: Adam β (paper F.2 + code: (0.5, 0.999)).
-        weight_decay: Adam weight decay (code: 0).
-        grad_clip: max-norm of the gradients of each optimiser (paper F.2 + code: 1.0);
-            ``None`` disables clipping.
-        lr_scale: factor on every learning rate (1 = the model config's, paper values).
-        seed: seeds the shuffles, the reference draws and torch/NumPy/``random``
-            (code: 111).
-        keep_epoch_checkpoints: also keep ``checkpoint_epoch{NNN}.safetensors`` for
-            every epoch (the latest is always ``checkpoint.safetensors``).
-
-    Example:
-        >>> from resad_kit.engine.training import TrainConfig
-        >>> TrainConfig.paper()
-        TrainConfig(epochs=10, batch_size=16, warmup_epochs=1, betas=(0.5, 0.999),
-                    weight_decay=0.0, grad_clip=1.0, lr_scale=1.0, seed=111,
-                    keep_epoch_checkpoints=False)
-        >>> TrainConfig.paper(epochs=2, warmup_epochs=0).epochs
-        2
-    """
-
-    epochs: int = 10
-    batch_size: int = 16
-    warmup_epochs: int = 1
-    betas: tuple[float, float] = (0.5, 0.999)
-    weight_decay: float = 0.0
-    grad_clip: float | None = 1.0
-    lr_scale: float = 1.0
-    seed: int = 111
-    keep_epoch_checkpoints: bool = False
-
-    def __post_init__(self) -> None:
-        fn = "TrainConfig"
-        for name, low in (("epochs", 1), ("batch_size", 1), ("warmup_epochs", 0), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{fn}: `{name}` must be an int >= {low}; got {value!r}")
-        betas = tuple(self.betas)
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise ValueError(f"{fn}: `betas` must be two numbers in [0, 1); got {self.betas!r}")
-        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
-        for name, optional in (("weight_decay", False), ("grad_clip", True), ("lr_scale", False)):
-            value = getattr(self, name)
-            if value is None and optional:
-                continue
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not (ok and math.isfinite(value) and value >= 0) or (
-                name == "grad_clip" and value == 0
-            ):
-                raise ValueError(f"{fn}: `{name}` must be a finite number >= 0; got {value!r}")
-            object.__setattr__(self, name, float(value))
-
-    @classmethod
-    def paper(cls, **overrides: Any) -> TrainConfig:
-        """The paper's (and official code's) settings; ``overrides`` replace fields."""
-        return cls(**overrides)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainResult:
-    """What :func:`train` returns.
-
-    Attributes:
-        checkpoint: the latest checkpoint file.
-        history: one dict per step: ``epoch``, ``step`` (global, 0-based), ``phase``, the
-            losses ``text``, ``visual``, ``residual``, ``total`` (mean over all ranks) and
-            ``lr`` (``{optimiser: lr of its first parameter group in this step}`` for the
-            optimisers that stepped; ``residual_visual``'s first group is ``A^res_{v,l}``).
-        epoch_losses: one dict per epoch: ``epoch``, ``phase``, ``steps`` and the mean of
-            each loss over the epoch's steps.
-        epochs: completed epochs.
-        global_step: completed steps.
-
-    Example:
-        >>> from pathlib import Path
-        >>> from resad_kit.engine.training import TrainResult
-        >>> result = TrainResult(Path("run/checkpoint.safetensors"), (), (), 0, 0)
-        >>> [e["total"] for e in result.epoch_losses]  # the loss curve, one value per epoch
-        []
-
-        See :func:`train` for a real run.
-    """
-
-    checkpoint: Path
-    history: tuple[dict[str, Any], ...]
-    epoch_losses: tuple[dict[str, Any], ...]
-    epochs: int
-    global_step: int
-
-
-# ---------------------------------------------------------------------------- optimisation
-
-
-class _Losses(nn.Module):
-    """``model.losses`` as a module forward, so that DDP can wrap it."""
-
-    def __init__(self, model: Res2CLIP) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: TrainingBatch, phase: str) -> dict[str, Tensor]:
-        return self.model.losses(batch, phase)
-
-
-def _optimizers(
-    model: Res2CLIP, config: TrainConfig, steps_per_epoch: int
-) -> tuple[dict[str, torch.optim.Optimizer], dict[str, Any], dict[str, set[str]]]:
-    """The four Adam optimisers, their schedulers and the phases in which each steps."""
-    c = model.config
-    groups = {
-        g["name"]: g
-        for g in model.adapters.parameter_groups(
-            lr_local=c.lr_local * config.lr_scale,
-            lr_text=c.lr_text * config.lr_scale,
-            lr_global_visual=c.lr_global_visual * config.lr_scale,
-        )
-    }
-    optimizers, schedulers, phases = {}, {}, {}
-    for name, families in _OPTIMIZERS.items():
-        optimizers[name] = torch.optim.Adam(
-            [groups[f] for f in families], betas=config.betas, weight_decay=config.weight_decay
-        )
-        phases[name] = {
-            p for p in ("visual", "text") if set(families) <= set(model.adapters.phase_modules(p))
-        }
-        total = active_epochs(config.epochs, phases[name]) * steps_per_epoch
-        schedulers[name] = warmup_cosine_scheduler(
-            optimizers[name], config.warmup_epochs * steps_per_epoch, max(total, steps_per_epoch)
-        )
-    return optimizers, schedulers, phases
+# ---------------------------------------------------------------------------- state
 
 
 def _rng_state(reference: random.Random) -> dict[str, Any]:
@@ -263,7 +112,7 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def _check_dist(dist: DistContext | None, model: Res2CLIP, n: int, batch_size: int) -> None:
+def _check_dist(dist: DistContext | None, model: Method, n: int, batch_size: int) -> None:
     if dist is None or not dist.enabled:
         return
     w = dist.world_size
@@ -274,7 +123,7 @@ def _check_dist(dist: DistContext | None, model: Res2CLIP, n: int, batch_size: i
             f"and batch_size={batch_size} the smallest batch has {min(batch_size, last)} "
             f"but world_size={w}"
         )
-    if model.config.loss_reduction == "batch":
+    if getattr(model.config, "loss_reduction", None) == "batch":  # Res2CLIP's batch norm
         logger.warning(
             "train: loss_reduction='batch' normalises by the pixel and image counts of each "
             "process's slice of the batch, so training on %d processes differs slightly from "
@@ -292,17 +141,31 @@ def _check_dist(dist: DistContext | None, model: Res2CLIP, n: int, batch_size: i
         )
 
 
+def _loss_keys(losses: object, keys: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The loss terms of a step; the same in every step of a run, ``"total"`` among them."""
+    fn = "train"
+    if not isinstance(losses, dict) or "total" not in losses:
+        raise ValueError(f"{fn}: model.losses must return a dict with a 'total' entry")
+    now = tuple(losses)
+    if keys is not None and now != keys:
+        raise ValueError(f"{fn}: model.losses returned the terms {list(now)}, before {list(keys)}")
+    return now
+
+
 # ---------------------------------------------------------------------------- train
 
 
-def _check_model(model: object, cache: object) -> Res2CLIP:
+def _check_model(model: object, cache: object) -> Method:
     fn = "train"
-    if not isinstance(model, Res2CLIP):
-        raise TypeError(f"{fn}: `model` must be a Res2CLIP; got {type(model).__name__}")
-    if model.adapters is None:
+    if not isinstance(model, Method):
+        raise TypeError(
+            f"{fn}: `model` must be a resad_kit.methods.Method; got {type(model).__name__}"
+        )
+    if not model.trainable or model.trainable_module() is None:
         raise ValueError(
-            f"{fn}: the model is training-free (config.mode={model.config.mode!r}) and has no "
-            "adapters to train; build it with Res2CLIPConfig.paper(mode='fine_tuned')"
+            f"{fn}: the {type(model).__name__} model ({model.name!r}, mode {model.mode!r}) is "
+            "training-free: it declares no training phases or nothing to train; build a "
+            "trainable one (e.g. Res2CLIPConfig.paper(mode='fine_tuned'))"
         )
     if not isinstance(cache, FeatureCache):
         raise TypeError(f"{fn}: `cache` must be a FeatureCache; got {type(cache).__name__}")
@@ -317,7 +180,7 @@ def _check_model(model: object, cache: object) -> Res2CLIP:
 
 
 def train(
-    model: Res2CLIP,
+    model: Method,
     datasets: Sequence[AnomalyDataset],
     cache: FeatureCache,
     config: TrainConfig | None = None,
@@ -327,12 +190,12 @@ def train(
     progress: bool = True,
     dist: DistContext | None = None,
 ) -> TrainResult:
-    """Train the adapters of a fine-tuned Res²CLIP (spec §4.4–4.6); see the module docstring.
+    """Train a trainable :class:`~resad_kit.methods.Method` in place; see the module docstring.
 
     Args:
-        model: a fine-tuned :class:`~resad_kit.methods.Res2CLIP` (with adapters); trained
-            in place. Its config's learning rates (times ``config.lr_scale``) and
-            ``loss_reduction`` are used.
+        model: a trainable method (non-empty ``phases``), e.g. a fine-tuned
+            :class:`~resad_kit.methods.Res2CLIP`; trained in place. Its optimiser groups'
+            learning rates (times ``config.lr_scale``) and its losses are used.
         datasets: the training queries, one :class:`~resad_kit.data.AnomalyDataset` per
             category (paper: the test split of :data:`AUXILIARY_DATASET` ``[target]``), all
             with the same ``image_size`` and ``mask_size`` (the loss resolution; paper 518).
@@ -361,11 +224,12 @@ def train(
         :class:`TrainResult`.
 
     Raises:
-        ValueError: a training-free model, empty data sets, a category with fewer than two
-            normal images, mismatched sizes, a cache of another backbone, ``resume=True``
-            without a checkpoint, resuming with other settings or data, a corrupt
-            checkpoint, a batch smaller than the number of processes, a ``resume`` other
-            than ``True``, ``False`` or ``"auto"``.
+        TypeError: a model that is not a :class:`~resad_kit.methods.Method`.
+        ValueError: a training-free model, invalid optimiser groups, empty data sets, a
+            category with fewer than two normal images, mismatched sizes, a cache of
+            another backbone, ``resume=True`` without a checkpoint, resuming another method
+            or with other settings or data, a corrupt checkpoint, a batch smaller than the
+            number of processes, a ``resume`` other than ``True``, ``False`` or ``"auto"``.
         FloatingPointError: a non-finite loss.
 
     Side effects:
@@ -410,7 +274,8 @@ def train(
     _check_dist(dist, model, n, config.batch_size)
     is_main = dist is None or dist.is_main
     steps_per_epoch = math.ceil(n / config.batch_size)
-    optimizers, schedulers, phases = _optimizers(model, config, steps_per_epoch)
+    optimization = build_optimization(model, config, steps_per_epoch)
+    optimizers, schedulers = optimization.optimizers, optimization.schedulers
     out_dir = Path(out_dir)
     path = out_dir / CHECKPOINT_NAME
 
@@ -443,16 +308,18 @@ def train(
         if path.exists() and is_main:
             logger.warning("train: overwriting the existing checkpoint %s", path)
 
-    loss_module = wrap_ddp(_Losses(model), dist, find_unused_parameters=True)
+    loss_module = wrap_ddp(LossModule(model), dist, find_unused_parameters=True)
     device = model.backbone.device
-    was_training = model.adapters.training
-    model.adapters.train()
+    trainable = model.trainable_module()
+    was_training = trainable.training
+    trainable.train()
+    loss_keys: tuple[str, ...] | None = None
     try:
         for epoch in range(start_epoch, config.epochs):
-            phase = phase_of_epoch(epoch)
-            active = [name for name in optimizers if phase in phases[name]]
+            phase = phase_of_epoch(epoch, model.phases)
+            active = optimization.active(phase)
             order = _epoch_order(n, config.seed, epoch)
-            sums = dict.fromkeys(LOSS_KEYS, 0.0)
+            sums: dict[str, float] = {}
             bar = tqdm(
                 range(0, n, config.batch_size),
                 desc=f"epoch {epoch + 1}/{config.epochs} ({phase})",
@@ -471,32 +338,25 @@ def train(
                 for optimizer in optimizers.values():
                     optimizer.zero_grad(set_to_none=True)
                 losses = loss_module(inputs, phase)
+                loss_keys = _loss_keys(losses, loss_keys)
                 # Mean over the ranks first, so that every rank sees a NaN and stops.
-                values = torch.stack([losses[k].detach().float() for k in LOSS_KEYS])
+                values = torch.stack([losses[k].detach().float() for k in loss_keys])
                 all_reduce_mean_(values, dist)
                 if not bool(torch.isfinite(values).all()):
                     raise FloatingPointError(
                         f"{fn}: non-finite loss at epoch {epoch} step {global_step}: "
                         + ", ".join(
-                            f"{k}={v:.4g}" for k, v in zip(LOSS_KEYS, values.tolist(), strict=True)
+                            f"{k}={v:.4g}" for k, v in zip(loss_keys, values.tolist(), strict=True)
                         )
                     )
                 losses["total"].backward()
-                lrs = {}
-                for name in active:
-                    optimizer = optimizers[name]
-                    lrs[name] = optimizer.param_groups[0]["lr"]
-                    if config.grad_clip is not None:
-                        params = [p for g in optimizer.param_groups for p in g["params"]]
-                        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                    optimizer.step()
-                    schedulers[name].step()
-                record = dict(zip(LOSS_KEYS, values.tolist(), strict=True))
+                lrs = dict(step_optimizers(optimization, active, config.grad_clip))
+                record = dict(zip(loss_keys, values.tolist(), strict=True))
                 history.append(
                     {"epoch": epoch, "step": global_step, "phase": phase, **record, "lr": lrs}
                 )
-                for k in LOSS_KEYS:
-                    sums[k] += record[k]
+                for k in loss_keys:
+                    sums[k] = sums.get(k, 0.0) + record[k]
                 global_step += 1
                 bar.set_postfix(loss=f"{record['total']:.4f}")
             steps = len(bar)
@@ -527,7 +387,7 @@ def train(
                     shutil.copyfile(path, out_dir / f"checkpoint_epoch{epoch + 1:03d}.safetensors")
             barrier(dist)
     finally:
-        model.adapters.train(was_training)
+        trainable.train(was_training)
     return TrainResult(
         checkpoint=path,
         history=tuple(history),

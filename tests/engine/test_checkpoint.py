@@ -14,10 +14,11 @@ from safetensors.torch import save_file
 
 import resad_kit.engine.checkpoint as checkpoint_module
 from resad_kit.clip import ClipBackbone
+from resad_kit.engine._checkpoint_codec import checksum
 from resad_kit.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from resad_kit.engine.schedule import warmup_cosine_scheduler
 from resad_kit.engine.training import TrainConfig
-from resad_kit.methods import Res2CLIP, Res2CLIPConfig
+from resad_kit.methods import NearestNeighbor, NearestNeighborConfig, Res2CLIP, Res2CLIPConfig
 from resad_kit.nn import LocalConvAdapter, ResidualAdapter
 
 FINE_TUNED = Res2CLIPConfig.paper(mode="fine_tuned")
@@ -140,9 +141,10 @@ def test_file_is_plain_safetensors_with_json_metadata(backbone, tmp_path):
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
         meta = f.metadata()
-    assert keys == {f"adapters.{k}" for k in model.adapters.state_dict()}
-    assert meta["format"] == "resad_kit.res2clip.checkpoint"
+    assert keys == {f"module.{k}" for k in model.adapters.state_dict()}
+    assert (meta["format"], meta["version"]) == ("resad_kit.checkpoint", "2")
     assert json.loads(meta["resad_kit"])["model_config"]["mode"] == "fine_tuned"
+    assert json.loads(meta["resad_kit"])["method"] == "res2clip"
 
 
 def test_config_mismatch_is_a_clear_error_and_loads_nothing(backbone, tmp_path):
@@ -211,14 +213,16 @@ def test_clear_errors(backbone, tmp_path):
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         load_checkpoint(tmp_path / "garbage.safetensors")
     save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
-    with pytest.raises(ValueError, match="not a resad_kit Res2CLIP checkpoint"):
+    with pytest.raises(ValueError, match="not a resad_kit checkpoint"):
         load_checkpoint(tmp_path / "foreign.safetensors")
     training_free = Res2CLIP(backbone)
-    with pytest.raises(ValueError, match="no adapters"):
+    with pytest.raises(ValueError, match="training-free"):
         save_checkpoint(tmp_path / "tf.safetensors", training_free)
     path = save_checkpoint(tmp_path / "c.safetensors", _perturbed(backbone))
-    with pytest.raises(ValueError, match="no adapters"):
+    with pytest.raises(ValueError, match="nothing to store"):
         load_checkpoint(path, training_free)
+    with pytest.raises(TypeError, match=r"must be a resad_kit\.methods\.Method"):
+        save_checkpoint(tmp_path / "m.safetensors", torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="cannot store a set"):
         save_checkpoint(tmp_path / "d.safetensors", _perturbed(backbone), extra={"s": {1}})
     assert not (tmp_path / "d.safetensors").exists()
@@ -317,3 +321,77 @@ def test_training_data_record_is_stored_and_compared(backbone, tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="resad_kit.engine.checkpoint"):
         load_checkpoint(old, data=record)
     assert "no record of its training data" in caplog.text
+
+
+# ---------------------------------------------------------------------------- methods
+
+
+def _trainable_nn(backbone: ClipBackbone, seed: int = 0) -> NearestNeighbor:
+    model = NearestNeighbor(backbone, NearestNeighborConfig.patchcore(trainable=True))
+    with torch.no_grad():
+        model.projection.weight.add_(
+            0.1 * torch.randn(32, 32, generator=torch.Generator().manual_seed(seed))
+        )
+    return model
+
+
+def test_a_checkpoint_of_one_method_is_refused_by_the_other(backbone, tmp_path):
+    """Res2CLIP ↔ NearestNeighbor: loading is refused naming both methods, nothing loaded."""
+    res2clip = save_checkpoint(tmp_path / "r.safetensors", _perturbed(backbone))
+    knn = save_checkpoint(tmp_path / "n.safetensors", _trainable_nn(backbone))
+    assert (load_checkpoint(res2clip).method, load_checkpoint(knn).method) == (
+        "res2clip",
+        "nearest_neighbor",
+    )
+    target = _trainable_nn(backbone, seed=1)
+    before = target.projection.weight.clone()
+    with pytest.raises(
+        ValueError, match="checkpoint of method 'res2clip', model is 'nearest_neighbor'"
+    ):
+        load_checkpoint(res2clip, target)
+    assert torch.equal(target.projection.weight, before)
+    with pytest.raises(
+        ValueError, match="checkpoint of method 'nearest_neighbor', model is 'res2clip'"
+    ):
+        load_checkpoint(knn, Res2CLIP(backbone, FINE_TUNED))
+
+
+def test_another_method_round_trips_and_checks_its_config(backbone, tmp_path):
+    """A NearestNeighbor checkpoint stores its projection and config and restores them."""
+    trained = _trainable_nn(backbone)
+    path = save_checkpoint(tmp_path / "n.safetensors", trained, epoch=1)
+    ckpt = load_checkpoint(path)
+    assert NearestNeighborConfig.from_dict(ckpt.model_config) == trained.config
+    assert list(ckpt.state) == ["weight"]
+    fresh = _trainable_nn(backbone, seed=2)
+    load_checkpoint(path, fresh)
+    assert torch.equal(fresh.projection.weight, trained.projection.weight)
+    other = NearestNeighbor(backbone, NearestNeighborConfig.patchcore(trainable=True, k=2))
+    with pytest.raises(ValueError, match=r"NearestNeighborConfig differs.*k: checkpoint 1, now 2"):
+        load_checkpoint(path, other)
+    with pytest.raises(ValueError, match="'nearest_neighbor', mode 'training_free'"):
+        save_checkpoint(tmp_path / "free.safetensors", NearestNeighbor(backbone))
+
+
+def test_a_first_format_res2clip_checkpoint_still_loads(backbone, tmp_path):
+    """Files of the first format (adapters.* keys, no method name) load as Res2CLIP's."""
+    model = _perturbed(backbone)
+    path = save_checkpoint(tmp_path / "c.safetensors", model, epoch=3)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k.replace("module.", "adapters.", 1): f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        payload = json.loads(f.metadata()["resad_kit"])
+    del payload["method"]
+    encoded = json.dumps(payload)
+    metadata = {
+        "format": "resad_kit.res2clip.checkpoint",
+        "version": "1",
+        "resad_kit": encoded,
+        "sha256": checksum(encoded, tensors),
+    }
+    save_file(tensors, str(path), metadata=metadata)
+    fresh = Res2CLIP(backbone, FINE_TUNED)
+    ckpt = load_checkpoint(path, fresh)
+    assert (ckpt.method, ckpt.epoch) == ("res2clip", 3)
+    assert torch.equal(fresh.adapters.text.fc2.weight, model.adapters.text.fc2.weight)
+    with pytest.raises(ValueError, match="checkpoint of method 'res2clip'"):
+        load_checkpoint(path, _trainable_nn(backbone))

@@ -1,0 +1,121 @@
+"""Settings and result of :func:`~resad_kit.engine.training.train`.
+
+:class:`TrainConfig` holds what is the engine's (epochs, batch size, warm-up, Adam's β and
+weight decay, gradient clipping, a scale on every learning rate, the seed);
+the learning rates, phases and losses are the method's
+(:meth:`~resad_kit.methods.Method.optimizer_groups`). :class:`TrainResult` is the loss
+history of a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TrainConfig", "TrainResult"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`~resad_kit.engine.training.train`, each with its source.
+
+    The defaults are Res²CLIP's (paper App. F.2 and the official code). The learning rates
+    are the model's own (each :class:`~resad_kit.methods.OptimizerGroup`'s, e.g.
+    ``Res2CLIPConfig.lr_local``, ``lr_text``, ``lr_global_visual``); ``lr_scale`` multiplies
+    all of them. The phases are the model's (:attr:`~resad_kit.methods.Method.phases`).
+
+    Attributes:
+        epochs: training epochs (paper F.2 + code: 10).
+        batch_size: queries per step (paper F.2 + code: 16; last batch kept).
+        warmup_epochs: linear warm-up, in epochs of each optimiser's own steps (paper
+            F.2: one epoch; code: ``steps_per_epoch`` steps); 0 disables it.
+        betas: Adam β (paper F.2 + code: (0.5, 0.999)).
+        weight_decay: Adam weight decay (code: 0).
+        grad_clip: max-norm of the gradients of each optimiser (paper F.2 + code: 1.0);
+            ``None`` disables clipping.
+        lr_scale: factor on every learning rate (1 = the model config's, paper values).
+        seed: seeds the shuffles, the reference draws and torch/NumPy/``random``
+            (code: 111).
+        keep_epoch_checkpoints: also keep ``checkpoint_epoch{NNN}.safetensors`` for
+            every epoch (the latest is always ``checkpoint.safetensors``).
+
+    Example:
+        >>> from resad_kit.engine.training import TrainConfig
+        >>> TrainConfig.paper()
+        TrainConfig(epochs=10, batch_size=16, warmup_epochs=1, betas=(0.5, 0.999),
+                    weight_decay=0.0, grad_clip=1.0, lr_scale=1.0, seed=111,
+                    keep_epoch_checkpoints=False)
+        >>> TrainConfig.paper(epochs=2, warmup_epochs=0).epochs
+        2
+    """
+
+    epochs: int = 10
+    batch_size: int = 16
+    warmup_epochs: int = 1
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    lr_scale: float = 1.0
+    seed: int = 111
+    keep_epoch_checkpoints: bool = False
+
+    def __post_init__(self) -> None:
+        fn = "TrainConfig"
+        for name, low in (("epochs", 1), ("batch_size", 1), ("warmup_epochs", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{fn}: `{name}` must be an int >= {low}; got {value!r}")
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise ValueError(f"{fn}: `betas` must be two numbers in [0, 1); got {self.betas!r}")
+        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
+        for name, optional in (("weight_decay", False), ("grad_clip", True), ("lr_scale", False)):
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (ok and math.isfinite(value) and value >= 0) or (
+                name == "grad_clip" and value == 0
+            ):
+                raise ValueError(f"{fn}: `{name}` must be a finite number >= 0; got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> TrainConfig:
+        """The paper's (and official code's) settings; ``overrides`` replace fields."""
+        return cls(**overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What :func:`~resad_kit.engine.training.train` returns.
+
+    Attributes:
+        checkpoint: the latest checkpoint file.
+        history: one dict per step: ``epoch``, ``step`` (global, 0-based), ``phase``, the
+            loss terms ``model.losses`` returned (Res²CLIP: ``text``, ``visual``,
+            ``residual``, ``total``; mean over all ranks) and ``lr`` (``{optimiser: lr of
+            its first parameter group in this step}`` for the optimisers that stepped;
+            Res²CLIP's ``residual_visual``'s first group is ``A^res_{v,l}``).
+        epoch_losses: one dict per epoch: ``epoch``, ``phase``, ``steps`` and the mean of
+            each loss over the epoch's steps.
+        epochs: completed epochs.
+        global_step: completed steps.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from resad_kit.engine.training import TrainResult
+        >>> result = TrainResult(Path("run/checkpoint.safetensors"), (), (), 0, 0)
+        >>> [e["total"] for e in result.epoch_losses]  # the loss curve, one value per epoch
+        []
+
+        See :func:`~resad_kit.engine.training.train` for a real run.
+    """
+
+    checkpoint: Path
+    history: tuple[dict[str, Any], ...]
+    epoch_losses: tuple[dict[str, Any], ...]
+    epochs: int
+    global_step: int
