@@ -22,6 +22,7 @@ from resad_kit.ops._validation import (
     check_finite,
     check_positive_int,
     check_tensor,
+    checks_enabled,
     compute_dtype,
 )
 
@@ -81,7 +82,9 @@ def knn_distance(
         TypeError: ``query`` or ``bank`` is not a tensor.
         ValueError: fewer than 2 dims, non-float, empty or non-finite inputs, different
             ``D``, leading dims that do not broadcast, ``k`` not in ``1 … M``, a
-            ``chunk_size`` that is not a positive int, a non-bool ``return_index``.
+            ``chunk_size`` that is not a positive int, a non-bool ``return_index``. Only
+            with checks on (:func:`resad_kit.checks`); the finiteness checks, a device
+            sync, are also skipped under ``torch.compile``.
 
     Shape:
         ``query (..., N, D)``, ``bank (M, D) | (..., M, D)`` → ``(..., N, k)``.
@@ -100,6 +103,16 @@ def knn_distance(
         >>> knn_distance(layers, torch.randn(3, 1, 40, 8)).shape
         torch.Size([3, 4, 16, 1])
     """
+    if checks_enabled():
+        _check_knn(query, bank, k, chunk_size, return_index)
+    distance, index = _knn_distance(query, bank, k, chunk_size)
+    return Neighbors(distance, index) if return_index else distance
+
+
+def _check_knn(
+    query: torch.Tensor, bank: torch.Tensor, k: object, chunk_size: object, return_index: object
+) -> None:
+    """The checks of :func:`knn_distance` (finiteness is a sync: see ``value_check``)."""
     fn = "knn_distance"
     check_tensor(fn, "query", query, min_ndim=2, shape_doc="(..., N, D)")
     check_tensor(fn, "bank", bank, min_ndim=2, shape_doc="(M, D) or (..., M, D)")
@@ -122,8 +135,6 @@ def knn_distance(
         raise ValueError(f"{fn}: `return_index` must be True or False; got {return_index!r}")
     check_finite(fn, "query", query)
     check_finite(fn, "bank", bank)
-    distance, index = _knn_distance(query, bank, k, chunk_size)
-    return Neighbors(distance, index) if return_index else distance
 
 
 def _knn_distance(

@@ -13,7 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import resad_kit
 from resad_kit.ops import Neighbors, knn_distance
+from resad_kit.ops._validation import VALUE_CHECKS_RUN
 
 
 def _features(seed: int, *shape: int) -> torch.Tensor:
@@ -137,3 +139,16 @@ def test_invalid_inputs_raise_named_errors(kwargs, match):
     query, bank = args.pop("query"), args.pop("bank")
     with pytest.raises(ValueError, match=match):
         knn_distance(query, bank, **args)
+
+
+def test_checks_off_runs_the_core_without_value_checks():
+    """With resad_kit.checks(False) no check runs (no finiteness sync); results are equal."""
+    query, bank = _features(4, 5, 3), _features(5, 7, 3)
+    checked = knn_distance(query, bank, k=2)
+    before = VALUE_CHECKS_RUN["knn_distance"]
+    assert before > 0
+    with resad_kit.checks(False):
+        unchecked = knn_distance(query, bank, k=2)
+        assert isinstance(knn_distance(query, bank, k=2, return_index=1), Neighbors)  # unchecked
+    assert VALUE_CHECKS_RUN["knn_distance"] == before
+    assert torch.equal(unchecked, checked)
