@@ -23,14 +23,10 @@ Shape legend: ``B`` query images, ``K`` shots, ``N = h·w`` patches, ``M = K·N`
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resad_kit.clip import ClipBackbone, Features, encode_prompt_ensemble
-from resad_kit.methods import res2clip_losses as RL
 from resad_kit.methods.base import (
     BranchOutput,
     Method,
@@ -39,37 +35,28 @@ from resad_kit.methods.base import (
     TrainingBatch,
 )
 from resad_kit.methods.config import Res2CLIPConfig
-from resad_kit.nn import Res2CLIPAdapters
-from resad_kit.ops import (
-    fuse,
-    gaussian_blur,
-    global_residual,
-    radial_distance,
-    retrieve,
-    top_fraction_mean,
-    upsample_patches,
+from resad_kit.methods.res2clip_residuals import (
+    Bank,
+    branch_layers,
+    build_bank,
+    compute_residuals,
+    intermediates,
 )
-from resad_kit.ops import losses as L
-from resad_kit.ops._validation import check_tensor
+from resad_kit.methods.res2clip_training import res2clip_losses
+from resad_kit.nn import Res2CLIPAdapters
+from resad_kit.ops import fuse, gaussian_blur, top_fraction_mean, upsample_patches
+from resad_kit.ops._phases import PHASES, Phase
+from resad_kit.ops._validation import check_finite, check_tensor, checks, value_check
 
 __all__ = ["BranchOutput", "Prediction", "Res2CLIP", "TrainingBatch"]
 
-Phase = Literal["visual", "text"]
 
-
-class _Bank(NamedTuple):
-    patches: Tensor  # (L_used, 1, K·N, D), normalised, shot-major
-    radius: Tensor  # (K·N,)
-    cls: Tensor  # (K, D) raw reference globals
-    grid: tuple[int, int]
-    shots: int
-
-
-class _Residuals(NamedTuple):
-    query: dict[int, Tensor]  # used or text tap → (B, N, D) normalised query patches
-    visual: dict[int, Tensor]  # tap → (B, N, D) raw visual residual R_{v,l}
-    cls_query: Tensor  # (B, D) normalised global query feature
-    cls: Tensor  # (B, D) raw global residual R_{v,cls}
+def _check_finite(name: str, tensors: list[Tensor]) -> None:
+    """``ValueError`` if ``[cls, *patches]`` hold NaN or ±inf: one sum screens all (one sync)."""
+    total = torch.stack([t.sum(dtype=torch.float32) for t in tensors]).sum()
+    if not bool(torch.isfinite(total)):  # NaN, inf, or an overflow of finite values
+        for i, t in enumerate(tensors):
+            check_finite("Res2CLIP", f"{name}.cls" if i == 0 else f"{name}.patches[{i - 1}]", t)
 
 
 class Res2CLIP(Method):
@@ -141,14 +128,14 @@ class Res2CLIP(Method):
                 )
             adapters = adapters.to(backbone.device)
         self.adapters = adapters
-        self._bank: _Bank | None = None
+        self._bank: Bank | None = None
 
     # ------------------------------------------------------------------ Method interface
 
     @property
     def phases(self) -> tuple[str, ...]:
         """``("visual", "text")`` fine-tuned (even 0-based epochs first), ``()`` training-free."""
-        return () if self.adapters is None else ("visual", "text")
+        return () if self.adapters is None else PHASES
 
     @property
     def mode(self) -> str:
@@ -239,6 +226,8 @@ class Res2CLIP(Method):
                     f"Res2CLIP: `{name}` patches must be (B, N, D) = {(b, h * w, d)} "
                     f"for cls {(b, d)} and grid {inputs.grid}; got {tuple(p.shape)}"
                 )
+        if value_check("Res2CLIP"):  # one device sync; the ops below run unchecked
+            _check_finite(name, [cls, *inputs.patches])
         device = self.backbone.device
 
         def f32(x: Tensor) -> Tensor:
@@ -265,24 +254,12 @@ class Res2CLIP(Method):
             ``self``, so that ``model.fit_references(refs)(images)`` works.
         """
         feats = self._features(references, "references")
-        k = feats.cls.shape[0]
-        if k < 1:
+        if feats.cls.shape[0] < 1:
             raise ValueError("Res2CLIP.fit_references: need at least one reference image")
-        h, w = feats.grid
-        device = self.backbone.device
-        patches = torch.stack(
-            [F.normalize(feats.patches[t].to(device), dim=-1) for t in self.used_taps]
-        )  # (L, K, N, D)
-        self._bank = _Bank(
-            patches=patches.reshape(len(self.used_taps), 1, k * h * w, -1),
-            radius=radial_distance(h, w, device=device).repeat(k),
-            cls=feats.cls.to(device),
-            grid=(h, w),
-            shots=k,
-        )
+        self._bank = build_bank(feats, self.used_taps)
         return self
 
-    # ------------------------------------------------------------------ shared pieces
+    # ------------------------------------------------------------------ inference
 
     def _text_residual(self) -> Tensor:
         c = self.config
@@ -294,54 +271,19 @@ class Res2CLIP(Method):
             unit_residual=c.unit_text_residual,
         ).residual
 
-    def _residuals(
-        self, query: Features, bank: Tensor, radius: Tensor, ref_cls: Tensor
-    ) -> _Residuals:
-        """Raw residuals (no gradient): ``bank`` is ``(L, 1|B, M, D)`` normalised."""
-        c = self.config
-        device = self.backbone.device
-        needed = sorted(set(self.used_taps) | set(self.taps["text"]))  # not the unused taps
-        q = {t: F.normalize(query.patches[t].to(device), dim=-1) for t in needed}
-        r_query = radial_distance(*query.grid, device=device)
-        stacked = torch.stack([q[t] for t in self.used_taps])  # (L, B, N, D)
-        reference = retrieve(
-            stacked,
-            bank,
-            query_radius=r_query,
-            bank_radius=radius,
-            gamma=c.gamma,
-            k=c.retrieval_k,
-            chunk_size=c.chunk_size,
-            normalize="query",
-        ).reference
-        reference = F.normalize(reference, dim=-1)  # F̂_ref (spec §3.3)
-        visual = {t: stacked[i] - reference[i] for i, t in enumerate(self.used_taps)}
-        cls = query.cls.to(device)
-        global_res = global_residual(cls, ref_cls, normalized=not c.raw_global_residual)
-        return _Residuals(q, visual, F.normalize(cls, dim=-1), global_res)
-
-    def _adapt_local(
-        self, family: str, tap: int, residual: Tensor, grid: tuple[int, int]
-    ) -> Tensor:
-        if self.adapters is None:
-            return residual
-        return getattr(self.adapters, family)[tap](residual, grid)
-
-    def _adapt_global(self, name: str, residual: Tensor) -> Tensor:
-        return residual if self.adapters is None else getattr(self.adapters, name)(residual)
-
-    def _finish_map(
-        self, patch_scores: Tensor, size: tuple[int, int], grid: tuple[int, int]
-    ) -> Tensor:
-        m = upsample_patches(patch_scores, size, grid)
+    def _finish_map(self, layers: dict[int, Tensor], size: tuple[int, int], grid) -> Tensor:
+        """Mean over layers at patch resolution, upsampled and (optionally) smoothed."""
+        m = upsample_patches(torch.stack(list(layers.values())).mean(0), size, grid)
         if self.config.smooth_branch_maps:
             m = gaussian_blur(m, self.config.blur_sigma, self.config.blur_kernel)
         return m
 
-    # ------------------------------------------------------------------ inference
-
     def forward(
-        self, inputs: Tensor | Features, *, output_size: int | tuple[int, int] | None = None
+        self,
+        inputs: Tensor | Features,
+        *,
+        output_size: int | tuple[int, int] | None = None,
+        return_intermediates: bool = False,
     ) -> Prediction:
         """Anomaly maps and scores of ``B`` query images against the fitted references.
 
@@ -349,21 +291,56 @@ class Res2CLIP(Method):
         float32). Each image's result does not depend on the other images of the batch,
         but is equal to the one-image result only up to float32 rounding (about 1e-7):
         the blur's convolution, the adapters and the backbone may pick other kernels for
-        another batch size.
+        another batch size. The inputs are validated here (finiteness only while
+        ``resad_kit.checks()`` is on); the ops run with their checks off.
 
         Args:
             inputs: ``(B, 3, S, S)`` images or their :class:`~resad_kit.clip.Features`
                 (float16, bfloat16, float32 or float64).
             output_size: map size ``(H, W)``; default the input image size, or
                 ``grid · patch_size`` for features.
+            return_intermediates: also return the inner tensors (below) in
+                ``Prediction.intermediates``; otherwise it is ``None``.
 
         Returns:
             :class:`Prediction` (float32) with the fused score and map and every branch's.
+            With ``return_intermediates=True`` its ``intermediates`` hold (``tap`` is a
+            tap position, the keys of ``model.taps``; ``dict[tap, ...]`` lists the taps in
+            the order of ``model.taps`` or ``model.used_taps``):
+
+            - ``"grid"``: the patch grid ``(h, w)``;
+            - ``"retrieval/reference"``: ``dict[tap, (B, N, D)]`` over ``used_taps``, the
+              retrieved references ``W·B̂`` (:func:`~resad_kit.ops.retrieve`, eq. 34; not
+              re-normalised), and ``"retrieval/weights"``: ``dict[tap, SparseWeights]``,
+              the sparsemax weights (eq. 33) with the matched bank indices
+              ``(B, N, S)`` (bank row ``k·N + n`` is patch ``n`` of reference ``k``);
+            - ``"visual/residuals"``: ``dict[tap, (B, N, D)]`` over ``used_taps``, the raw
+              visual residuals ``R_{v,l}`` (:func:`~resad_kit.ops.visual_residual`), and
+              ``"residual/cls"``: ``(B, D)`` the raw global residual ``R_{v,cls}``;
+            - ``"text/R_t"``: ``(D,)`` the text residual ``R_t``; ``"text/t_text"`` and
+              ``"residual/t_res"``: ``(D,)`` the adapted directions ``A_t(R_t)`` and
+              ``A_t^res(R_t)`` (not unit: the scores normalise them; training-free both
+              are ``R_t``);
+            - ``"visual/adapted"``, ``"residual/adapted"``: ``dict[tap, (B, N, D)]`` over
+              the visual and residual taps, the adapted residuals ``A_{v,l}(R_{v,l})``
+              and ``A^res_{v,l}(R_{v,l})``; ``"residual/adapted_cls"``: ``(B, D)``
+              ``A^res_{v,cls}(R_{v,cls})`` (training-free: the raw residuals);
+            - ``"text/layers"``, ``"visual/layers"``, ``"residual/layers"``:
+              ``dict[tap, (B, N)]``, each branch's patch scores per layer before the
+              layer mean and upsampling (eqs. 6, 9, 11: cosine, magnitude, projection,
+              clamped at 0 with ``clamp_residual_projection``);
+            - ``"text/global"``, ``"residual/global"``: ``(B,)`` the global terms
+              ``⟨f^q, R̃_t⟩`` (eq. 7) and ``R̃_{v,cls}·R̂̃_t`` (eq. 12, clamped likewise).
+
+            Each branch map is ``gaussian_blur(upsample_patches(mean of its layers))``
+            (the blur when ``smooth_branch_maps``); docs/methods.md rebuilds the maps and
+            scores from these.
 
         Raises:
             RuntimeError: before :meth:`fit_references`.
             ValueError: for features with the wrong number of layers, inconsistent
-                shapes, a non-float dtype, or a grid other than the references'.
+                shapes, a non-float dtype, non-finite values, or a grid other than the
+                references'.
         """
         if self._bank is None:
             raise RuntimeError(
@@ -376,46 +353,29 @@ class Res2CLIP(Method):
                 f"{self._bank.grid}; use one image size for both"
             )
         size = self._output_size(inputs, feats, output_size)
-        c, bank = self.config, self._bank
-        res = self._residuals(feats, bank.patches, bank.radius, bank.cls)
-        r_t = self._text_residual()
-        t_text = F.normalize(self._adapt_global("text", r_t), dim=-1)
-        t_res = F.normalize(self._adapt_global("residual_text", r_t), dim=-1)
-
-        text_local = torch.stack([res.query[t] @ t_text for t in self.taps["text"]]).mean(0)
-        text_global = res.cls_query @ t_text
-        vis_local = torch.stack(
-            [
-                self._adapt_local("visual", t, res.visual[t], feats.grid).norm(dim=-1)
-                for t in self.taps["visual"]
-            ]
-        ).mean(0)
-        clamp = (lambda x: x.clamp_min(0)) if c.clamp_residual_projection else (lambda x: x)
-        res_local = torch.stack(
-            [
-                clamp(self._adapt_local("residual_local", t, res.visual[t], feats.grid) @ t_res)
-                for t in self.taps["residual"]
-            ]
-        ).mean(0)
-        res_global = clamp(self._adapt_global("residual_global", res.cls) @ t_res)
-
-        maps = {
-            "text": self._finish_map(text_local, size, feats.grid),
-            "visual": self._finish_map(vis_local, size, feats.grid),
-            "residual": self._finish_map(res_local, size, feats.grid),
-        }
-        top = {k: top_fraction_mean(m, c.top_fraction) for k, m in maps.items()}
-        scores = {
-            "text": 0.5 * text_global + 0.5 * top["text"],
-            "visual": top["visual"],
-            "residual": 0.5 * res_global + 0.5 * top["residual"],
-        }
-        fused = fuse(maps, dict(zip(maps, c.pixel_weights, strict=True)))
-        if c.smooth_fused_map:
-            fused = gaussian_blur(fused, c.blur_sigma, c.blur_kernel)
-        image = fuse(scores, dict(zip(scores, c.image_weights, strict=True)))
+        c, bank, grid = self.config, self._bank, feats.grid
+        with checks(False):
+            res = compute_residuals(feats, bank.patches, bank.radius, bank.cls, self.used_taps, c)
+            r_t = self._text_residual()
+            layers = branch_layers(feats, res, r_t, self.taps, self.adapters, c)
+            maps = {
+                "text": self._finish_map(layers.text, size, grid),
+                "visual": self._finish_map(layers.visual, size, grid),
+                "residual": self._finish_map(layers.residual, size, grid),
+            }
+            top = {k: top_fraction_mean(m, c.top_fraction) for k, m in maps.items()}
+            scores = {
+                "text": 0.5 * layers.text_global + 0.5 * top["text"],
+                "visual": top["visual"],
+                "residual": 0.5 * layers.residual_global + 0.5 * top["residual"],
+            }
+            fused = fuse(maps, dict(zip(maps, c.pixel_weights, strict=True)))
+            if c.smooth_fused_map:
+                fused = gaussian_blur(fused, c.blur_sigma, c.blur_kernel)
+            image = fuse(scores, dict(zip(scores, c.image_weights, strict=True)))
         branches = {k: BranchOutput(maps[k], scores[k]) for k in maps}
-        return Prediction(image, fused, branches)
+        extra = intermediates(res, layers, r_t, grid) if return_intermediates else None
+        return Prediction(image, fused, branches, extra)
 
     def _output_size(
         self,
@@ -455,11 +415,10 @@ class Res2CLIP(Method):
         fn = "Res2CLIP.losses"
         if self.adapters is None:
             raise ValueError(f"{fn}: training-free mode has no adapters to train")
-        if phase not in ("visual", "text"):
-            raise ValueError(f"{fn}: `phase` must be 'visual' or 'text'; got {phase!r}")
+        if phase not in PHASES:
+            raise ValueError(f"{fn}: `phase` must be one of {PHASES}; got {phase!r}")
         if not isinstance(batch, TrainingBatch):
             raise TypeError(f"{fn}: `batch` must be a TrainingBatch; got {type(batch).__name__}")
-        c, a = self.config, self.adapters
         query = self._features(batch.query, "batch.query")
         ref = self._features(batch.reference, "batch.reference")
         b = query.cls.shape[0]
@@ -470,67 +429,8 @@ class Res2CLIP(Method):
                 f"({ref.cls.shape[0]}, grid {ref.grid}) and masks {tuple(masks.shape)} must "
                 "agree in batch size and grid"
             )
-        device = self.backbone.device
-        masks = (masks.to(device) > 0.5).float()
-        labels = masks.flatten(1).amax(1)
-        size, grid = tuple(masks.shape[-2:]), query.grid
-
-        with torch.no_grad():
-            bank = torch.stack(
-                [F.normalize(ref.patches[t].to(device), dim=-1) for t in self.used_taps]
-            )  # (L, B, N, D): one 1-shot bank per query
-            radius = radial_distance(*grid, device=device)
-            res = self._residuals(query, bank, radius, ref.cls.to(device)[:, None])
-            r_t = self._text_residual()
-
-        def up(x: Tensor) -> Tensor:
-            return upsample_patches(x, size, grid)
-
-        reduction = {"margin": c.margin, "reduction": c.loss_reduction}
-        # Text branch (eq. 13).
-        t_text = a.text(r_t)
-        t_unit = F.normalize(t_text, dim=-1)
-        loss_text = RL.text_branch_loss(
-            res.cls_query @ t_unit,
-            [up(res.query[t] @ t_unit) for t in self.taps["text"]],
-            t_text,
-            r_t,
-            labels,
-            masks,
-            **reduction,
-        )
-        # Visual branch (eq. 14).
-        adapted = [a.visual[t](res.visual[t], grid).norm(dim=-1) for t in self.taps["visual"]]
-        raw = [res.visual[t].norm(dim=-1) for t in self.taps["visual"]]
-        loss_vis = RL.visual_branch_loss(
-            [up(x) for x in adapted], [up(x) for x in raw], masks, reduction=c.loss_reduction
-        )
-        # Residual branch (eq. 15), one phase.
-        with torch.set_grad_enabled(phase == "text"):
-            t_res = a.residual_text(r_t)
-        with torch.set_grad_enabled(phase == "visual"):
-            res_local = {t: a.residual_local[t](res.visual[t], grid) for t in self.taps["residual"]}
-            res_cls = a.residual_global(res.cls)
-        if phase == "visual":
-            reg = L.magnitude_regularizer(res_cls.norm(dim=-1), res.cls.norm(dim=-1))
-            for t in self.taps["residual"]:
-                reg = reg + L.magnitude_regularizer(
-                    res_local[t].norm(dim=-1), res.visual[t].norm(dim=-1)
-                )
-        else:
-            reg = L.direction_regularizer(t_res, r_t)
-        loss_res = RL.residual_branch_loss(
-            L.stop_gradient_projection(res_cls, t_res, update=phase),
-            res.cls.norm(dim=-1),
-            [
-                up(L.stop_gradient_projection(res_local[t], t_res, update=phase))
-                for t in self.taps["residual"]
-            ],
-            [up(res.visual[t].norm(dim=-1)) for t in self.taps["residual"]],
-            labels,
-            masks,
-            regularizer=reg,
-            **reduction,
-        )
-        total = loss_text + loss_vis + loss_res
-        return {"text": loss_text, "visual": loss_vis, "residual": loss_res, "total": total}
+        masks = (masks.to(self.backbone.device) > 0.5).float()
+        with checks(False):
+            with torch.no_grad():
+                r_t = self._text_residual()
+            return res2clip_losses(self, query, ref, masks, r_t, phase)
