@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", choices=["paper", "tiny"], default="paper")
     p.add_argument("--checkpoint", type=Path, help="local CLIP weights (ViT-L-14-336)")
     p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="read an OpenAI TorchScript --checkpoint with torch.jit.load, which RUNS code "
+        "stored in the file (only for files you trust; by default its tensors are read "
+        "without running anything; or convert it once: python -m resad_kit.clip.convert)",
+    )
+    p.add_argument(
         "--profile",
         choices=sorted(PROFILES),
         default="paper",
@@ -286,6 +293,8 @@ def check_args(args: argparse.Namespace) -> None:
                 f"--checkpoint {args.checkpoint}: no such file (for an offline smoke run use "
                 "--backbone tiny)"
             )
+    if args.trust_checkpoint and args.checkpoint is None:
+        raise UsageError("--trust-checkpoint needs --checkpoint (a local weights file)")
     if args.data_root is not None and not args.data_root.is_dir():
         raise UsageError(f"--data-root {args.data_root} is not a folder")
     keys = PAPER_DATASETS if args.data_root is not None else tuple(OFFLINE_AUXILIARY)
@@ -363,7 +372,13 @@ def build_backbone(args: argparse.Namespace, device: torch.device) -> ClipBackbo
         return backbone.to(device)
     config = dataclasses.replace(PROFILES[args.profile].backbone, image_size=args.image_size or 518)
     pretrained = str(args.checkpoint) if args.checkpoint else "openai"
-    return ClipBackbone.from_pretrained("ViT-L-14-336", pretrained, config, device=device)
+    return ClipBackbone.from_pretrained(
+        "ViT-L-14-336",
+        pretrained,
+        config,
+        trust_checkpoint=args.trust_checkpoint,
+        device=device,
+    )
 
 
 def find_dataset(root: Path, key: str) -> Path | None:

@@ -44,6 +44,7 @@ BAD_FLAGS = [
     ("out under a file", ["--out", "{file}/run"], "cannot be created"),
     ("cache dir is a file", ["--cache-dir", "{file}"], "--cache-dir"),
     ("checkpoint with tiny", ["--checkpoint", "{file}"], "--backbone tiny has random weights"),
+    ("trust without a checkpoint", ["--trust-checkpoint"], "--trust-checkpoint needs"),
     ("missing data root", ["--data-root", "{tmp}/nowhere"], "is not a folder"),
     ("empty data root", ["--data-root", "{tmp}"], "no data set found"),
     ("unknown data set", ["--datasets", "mvtec"], "--datasets ['mvtec'] unknown"),
@@ -110,7 +111,14 @@ def test_help_lists_the_new_flags(example, capsys):
         example.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--resume", "--overwrite", "--profile", "--shots", "--seeds"):
+    for flag in (
+        "--resume",
+        "--overwrite",
+        "--profile",
+        "--shots",
+        "--seeds",
+        "--trust-checkpoint",
+    ):
         assert flag in out
 
 
@@ -149,3 +157,23 @@ def test_unreadable_data_set_is_one_line(example, no_work, tmp_path, capsys):
     assert err.count("\n") == 1, err
     assert "mask" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_trust_checkpoint_reaches_the_loader(example, tmp_path, monkeypatch, trust):
+    """--trust-checkpoint is the only way the example lets a TorchScript file run its code."""
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    seen = {}
+
+    def fake(model_name, pretrained, config, **kwargs):
+        seen.update(kwargs, pretrained=pretrained)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(example.ClipBackbone, "from_pretrained", fake)
+    argv = ["--checkpoint", str(weights), "--out", str(tmp_path / "o")]
+    args = example.build_parser().parse_args([*argv, "--trust-checkpoint"] if trust else argv)
+    with pytest.raises(RuntimeError, match="stop"):
+        example.build_backbone(args, torch.device("cpu"))
+    assert seen["trust_checkpoint"] is trust
+    assert seen["pretrained"] == str(weights)
