@@ -38,6 +38,7 @@ from resad_kit.engine.results_records import (
     DatasetAggregate,
     _check_results,
     aggregate,
+    aggregate_by_method,
 )
 from resad_kit.engine.results_render import UNTRAINED_WARNING, render_summary, render_table_md
 from resad_kit.metrics import METRIC_NAMES
@@ -48,13 +49,16 @@ __all__ = [
     "CategoryResult",
     "DatasetAggregate",
     "aggregate",
+    "aggregate_by_method",
     "load_results",
     "summary_table",
     "write_results",
 ]
 
 SCHEMA = "resad_kit.results/1"
-_CSV_FIELDS = ("dataset", "category", "shots", "seed", "mode", "n_images", "backbone", "trained")
+_CSV_FIELDS = (
+    "method", "dataset", "category", "shots", "seed", "mode", "n_images", "backbone", "trained"
+)  # fmt: skip
 
 
 def summary_table(results: Iterable[CategoryResult], *, trained: bool) -> str:
@@ -75,8 +79,9 @@ def summary_table(results: Iterable[CategoryResult], *, trained: bool) -> str:
         toy      1      fine_tuned   1      1     50.0     50.0  50.0     ...  50.0
         percent; mean±std over seeds (population std, ddof=0); paper = Tables 6–10
     """
-    aggs = aggregate(results)
-    return render_summary(list(aggs.values()), trained=bool(trained))
+    by_method = aggregate_by_method(results)
+    aggs = [a for group in by_method.values() for a in group.values()]
+    return render_summary(aggs, trained=bool(trained))
 
 
 def _json_config(fn: str, config: object) -> dict[str, Any]:
@@ -138,7 +143,7 @@ def write_results(
     """
     fn = "write_results"
     records = _check_results(fn, results)
-    aggs = aggregate(records)
+    aggs = [a for group in aggregate_by_method(records).values() for a in group.values()]
     if not isinstance(backbone_label, str) or not backbone_label:
         raise ValueError(f"{fn}: `backbone_label` must be a non-empty str; got {backbone_label!r}")
     config_json = _json_config(fn, config)
@@ -163,7 +168,8 @@ def write_results(
     writer.writerow([*_CSV_FIELDS, *METRIC_NAMES, "references"])
     for r in records:
         writer.writerow(
-            [r.dataset, r.category, r.shots, r.seed, r.mode, r.n_images, backbone_label]
+            [r.method, r.dataset, r.category, r.shots, r.seed, r.mode, r.n_images]
+            + [backbone_label]
             + [trained]
             + [f"{100 * r.metrics[m]:.2f}" for m in METRIC_NAMES]
             + [";".join(r.references)]
@@ -172,11 +178,9 @@ def write_results(
         "schema": SCHEMA,
         "metadata": metadata,
         "records": [r.to_dict() for r in records],
-        "aggregates": [a.to_dict() for a in aggs.values()],
+        "aggregates": [a.to_dict() for a in aggs],
     }
-    table = render_table_md(
-        list(aggs.values()), trained=trained, backbone_label=backbone_label, created=created
-    )
+    table = render_table_md(aggs, trained=trained, backbone_label=backbone_label, created=created)
     text = json.dumps(document, indent=1, ensure_ascii=False)
     # Every file is rendered before the first is written; each write is atomic.
     atomic_write(paths["csv"], buffer.getvalue())

@@ -17,7 +17,9 @@ from resad_kit.data import standard_categories
 from resad_kit.engine.paper_results import MODES, PAPER_DATASETS, PAPER_RESULTS, PaperValue
 from resad_kit.metrics import METRIC_NAMES
 
-__all__ = ["STD_DDOF", "CategoryResult", "DatasetAggregate", "aggregate"]
+__all__ = [
+    "STD_DDOF", "CategoryResult", "DatasetAggregate", "aggregate", "aggregate_by_method"
+]  # fmt: skip
 
 STD_DDOF = 0
 """Delta degrees of freedom of the std over seeds: 0, the population std (``numpy.std``)."""
@@ -38,6 +40,8 @@ class CategoryResult:
             ``[0, 1]`` (stored in that key order).
         references: the ``K`` reference image paths (relative to the data root).
         n_images: number of test images evaluated.
+        method: the :attr:`~resad_kit.methods.Method.name` of the model (default
+            ``"res2clip"``; files written before this field existed are Res²CLIP's).
 
     Raises:
         ValueError: an unknown mode, missing/extra metric keys, a metric outside
@@ -68,10 +72,11 @@ class CategoryResult:
     metrics: Mapping[str, float]
     references: tuple[str, ...]
     n_images: int
+    method: str = "res2clip"
 
     def __post_init__(self) -> None:
         fn = "CategoryResult"
-        for name in ("dataset", "category"):
+        for name in ("dataset", "category", "method"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{fn}: `{name}` must be a non-empty str; got {value!r}")
@@ -113,24 +118,28 @@ class CategoryResult:
             "metrics": dict(self.metrics),
             "references": list(self.references),
             "n_images": self.n_images,
+            "method": self.method,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CategoryResult:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (a record without ``method`` is Res²CLIP's)."""
         fields = ("dataset", "category", "shots", "seed", "mode", "metrics", "references")
         missing = [k for k in (*fields, "n_images") if k not in d]
         if missing:
             raise ValueError(f"CategoryResult.from_dict: missing keys {missing}; got {sorted(d)}")
-        return cls(**{k: d[k] for k in fields}, n_images=d["n_images"])
+        method = d.get("method", "res2clip")
+        return cls(**{k: d[k] for k in fields}, n_images=d["n_images"], method=method)
 
 
 @dataclass(frozen=True)
 class DatasetAggregate:
-    """One ``(dataset, shots, mode)``: class means per seed, their mean and std over seeds.
+    """One ``(dataset, shots, mode)`` of one method: class means per seed, mean and std.
 
     Attributes:
         dataset, shots, mode: the group's key.
+        method: the method whose records these are (the paper's numbers exist for
+            ``"res2clip"`` only).
         mean: metric → mean over seeds of the per-seed unweighted class mean (fractions).
         std: metric → standard deviation of the same over seeds (``ddof`` = :data:`STD_DDOF`).
         seeds: the seeds, sorted; ``n_seeds = len(seeds)``.
@@ -169,6 +178,7 @@ class DatasetAggregate:
     seeds: tuple[int, ...]
     categories: tuple[str, ...]
     per_seed: Mapping[int, Mapping[str, float]]
+    method: str = "res2clip"
 
     @property
     def n_seeds(self) -> int:
@@ -182,6 +192,8 @@ class DatasetAggregate:
         Comparable means: one of the paper's five data sets, its complete standard
         category list, and 1, 2 or 4 shots.
         """
+        if self.method != "res2clip":
+            return None
         row = PAPER_RESULTS.get((self.dataset, self.shots, self.mode))
         if row is None or set(self.categories) != set(standard_categories(self.dataset)):
             return None
@@ -190,6 +202,7 @@ class DatasetAggregate:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
         return {
+            "method": self.method,
             "dataset": self.dataset,
             "shots": self.shots,
             "mode": self.mode,
@@ -234,8 +247,9 @@ def aggregate(results: Iterable[CategoryResult]) -> dict[tuple[str, int, str], D
         paper's order first), shots, mode.
 
     Raises:
-        ValueError: empty input, a duplicate ``(dataset, category, shots, seed, mode)``, or
-            seeds of one group that cover different categories.
+        ValueError: empty input, records of more than one method (use
+            :func:`aggregate_by_method`), a duplicate ``(dataset, category, shots, seed,
+            mode)``, or seeds of one group that cover different categories.
 
     Example:
         >>> from resad_kit.engine.results import CategoryResult, aggregate
@@ -254,6 +268,12 @@ def aggregate(results: Iterable[CategoryResult]) -> dict[tuple[str, int, str], D
     """
     fn = "aggregate"
     records = _check_results(fn, results)
+    methods = sorted({r.method for r in records})
+    if len(methods) > 1:
+        raise ValueError(
+            f"{fn}: the records hold several methods {methods}; aggregate each on its own "
+            "(aggregate_by_method)"
+        )
     groups: dict[tuple[str, int, str], dict[int, dict[str, CategoryResult]]] = defaultdict(
         lambda: defaultdict(dict)
     )
@@ -290,5 +310,27 @@ def aggregate(results: Iterable[CategoryResult]) -> dict[tuple[str, int, str], D
             seeds=tuple(seeds),
             categories=tuple(categories),
             per_seed=per_seed,
+            method=methods[0],
         )
     return out
+
+
+def aggregate_by_method(
+    results: Iterable[CategoryResult],
+) -> dict[str, dict[tuple[str, int, str], DatasetAggregate]]:
+    """:func:`aggregate` for each method of ``results``: method → its aggregates.
+
+    Methods come in order of first appearance.
+
+    Example:
+        >>> from resad_kit.engine.results import CategoryResult, aggregate_by_method
+        >>> from resad_kit.metrics import METRIC_NAMES
+        >>> m = dict.fromkeys(METRIC_NAMES, 0.5)
+        >>> a = CategoryResult("toy", "a", 1, 0, "training_free", m, ("r.png",), 4)
+        >>> b = CategoryResult("toy", "a", 1, 0, "training_free", m, ("r.png",), 4, "knn")
+        >>> {k: list(v) for k, v in aggregate_by_method([a, b]).items()}
+        {'res2clip': [('toy', 1, 'training_free')], 'knn': [('toy', 1, 'training_free')]}
+    """
+    records = _check_results("aggregate_by_method", results)
+    methods = list(dict.fromkeys(r.method for r in records))
+    return {m: aggregate([r for r in records if r.method == m]) for m in methods}

@@ -29,6 +29,8 @@ UNTRAINED_WARNING = "backbone untrained (random weights) — numbers are NOT com
 
 
 _MARK = {"training_free": "Res²CLIP*", "fine_tuned": "Res²CLIP†"}
+#: Display names of the methods (others are shown by their ``name``).
+METHOD_TITLES = {"res2clip": "Res²CLIP"}
 
 
 def _pct(x: float) -> str:
@@ -55,8 +57,14 @@ def _md_row(cells: Iterable[object]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def _md_mark(mode: str) -> str:
-    return _MARK[mode].replace("*", "\\*")
+def _mark(method: str, mode: str) -> str:
+    if method == "res2clip":
+        return _MARK[mode]
+    return f"{method} ({mode.replace('_', '-')})"
+
+
+def _md_mark(mode: str, method: str = "res2clip") -> str:
+    return _mark(method, mode).replace("*", "\\*")
 
 
 def _average(
@@ -77,7 +85,7 @@ def _table1_section(aggs: Sequence[DatasetAggregate]) -> list[str]:
     header = ["Shots", "Dataset"]
     for mode in modes:
         for metric in TABLE1_METRICS:
-            header += [f"{_md_mark(mode)} {metric}", "paper", "Δ"]
+            header += [f"{_md_mark(mode, aggs[0].method)} {metric}", "paper", "Δ"]
     lines = [
         "## Table 1 layout: I-AUROC / P-AP / PRO (percent, mean over seeds)",
         "",
@@ -133,13 +141,18 @@ def _dataset_section(dataset: str, aggs: Sequence[DatasetAggregate]) -> list[str
         seeds = f"ours ({agg.n_seeds} seed{'s' if agg.n_seeds > 1 else ''})"
         lines.append(
             _md_row(
-                [agg.shots, _md_mark(agg.mode), seeds, *(_mean_std(agg, m) for m in METRIC_NAMES)]
+                [
+                    agg.shots,
+                    _md_mark(agg.mode, agg.method),
+                    seeds,
+                    *(_mean_std(agg, m) for m in METRIC_NAMES),
+                ]
             )
         )
         cells = [f"{paper[m].mean:.1f}±{paper[m].std:.1f}" if paper else "–" for m in METRIC_NAMES]
-        lines.append(_md_row([agg.shots, _md_mark(agg.mode), "paper", *cells]))
+        lines.append(_md_row([agg.shots, _md_mark(agg.mode, agg.method), "paper", *cells]))
         deltas = [_delta(agg.mean[m], paper[m].mean if paper else None) for m in METRIC_NAMES]
-        lines.append(_md_row([agg.shots, _md_mark(agg.mode), "Δ", *deltas]))
+        lines.append(_md_row([agg.shots, _md_mark(agg.mode, agg.method), "Δ", *deltas]))
     return lines
 
 
@@ -174,36 +187,51 @@ def _notes(aggs: Sequence[DatasetAggregate]) -> list[str]:
     return ["## Notes", "", *(f"- {n}" for n in notes)]
 
 
-def render_table_md(
-    aggs: Sequence[DatasetAggregate], *, trained: bool, backbone_label: str, created: str
-) -> str:
-    lines = [] if trained else [f"**WARNING: {UNTRAINED_WARNING}.**", ""]
-    weights = "trained weights" if trained else "random weights"
-    lines += [
-        "# Res²CLIP results",
-        "",
-        f"Backbone: {backbone_label} ({weights}). Created {created}.",
-        "",
-        *_table1_section(aggs),
-        "",
-    ]
+def _method_sections(aggs: Sequence[DatasetAggregate], level: str) -> list[str]:
+    lines = [*_table1_section(aggs), ""]
     for dataset in sorted({a.dataset for a in aggs}, key=_dataset_order):
         lines += [*_dataset_section(dataset, [a for a in aggs if a.dataset == dataset]), ""]
     lines += _notes(aggs)
-    return "\n".join(lines) + "\n"
+    return [line.replace("## ", level, 1) if line.startswith("## ") else line for line in lines]
+
+
+def render_table_md(
+    aggs: Sequence[DatasetAggregate], *, trained: bool, backbone_label: str, created: str
+) -> str:
+    """``table.md``: one block of tables per method (in order of appearance)."""
+    lines = [] if trained else [f"**WARNING: {UNTRAINED_WARNING}.**", ""]
+    weights = "trained weights" if trained else "random weights"
+    methods = list(dict.fromkeys(a.method for a in aggs))
+    titles = [METHOD_TITLES.get(m, m) for m in methods]
+    lines += [
+        f"# {', '.join(titles)} results",
+        "",
+        f"Backbone: {backbone_label} ({weights}). Created {created}.",
+        "",
+    ]
+    if len(methods) == 1:
+        lines += _method_sections(aggs, "## ")
+    else:
+        for method, title in zip(methods, titles, strict=True):
+            group = [a for a in aggs if a.method == method]
+            lines += [f"## {title}", "", *_method_sections(group, "### "), ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def render_summary(aggs: Sequence[DatasetAggregate], *, trained: bool) -> str:
-    rows = [["dataset", "shots", "mode", "seeds", "cats", *METRIC_NAMES]]
+    rows = [["method", "dataset", "shots", "mode", "seeds", "cats", *METRIC_NAMES]]
     for agg in aggs:
         rows.append(
-            [agg.dataset, str(agg.shots), agg.mode, str(agg.n_seeds), str(len(agg.categories))]
+            [agg.method, agg.dataset, str(agg.shots), agg.mode, str(agg.n_seeds)]
+            + [str(len(agg.categories))]
             + [_mean_std(agg, m) for m in METRIC_NAMES]
         )
         paper = agg.paper
         if paper is not None:
             label = f"paper (T{PAPER_TABLES[agg.dataset]})"
-            rows.append(["", "", label, "", ""] + [f"{paper[m].mean:.1f}" for m in METRIC_NAMES])
+            rows.append(
+                ["", "", "", label, "", ""] + [f"{paper[m].mean:.1f}" for m in METRIC_NAMES]
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [] if trained else [f"WARNING: {UNTRAINED_WARNING}"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]

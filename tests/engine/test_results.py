@@ -329,8 +329,10 @@ def test_summary_table_warns_when_untrained_and_shows_paper_rows() -> None:
     assert untrained[0] == f"WARNING: {UNTRAINED_WARNING}"
     assert untrained[1:] == trained
     assert not any("WARNING" in line for line in trained)
-    assert trained[0].split() == ["dataset", "shots", "mode", "seeds", "cats", *METRIC_NAMES]
-    assert trained[1].split()[:6] == ["btad", "1", "training_free", "2", "3", "95.5±0.0"]
+    header = ["method", "dataset", "shots", "mode", "seeds", "cats", *METRIC_NAMES]
+    assert trained[0].split() == header
+    row = ["res2clip", "btad", "1", "training_free", "2", "3", "95.5±0.0"]
+    assert trained[1].split()[:7] == row
     assert trained[2].split()[:3] == ["paper", "(T8)", "95.5"]
 
 
@@ -384,3 +386,48 @@ def test_failed_write_keeps_every_previous_result_file(
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert load_results(out) == first
+
+
+def _toy(method: str, value: float, category: str = "a") -> CategoryResult:
+    m = dict.fromkeys(METRIC_NAMES, value)
+    return CategoryResult("btad", category, 1, 0, "training_free", m, ("r.png",), 4, method)
+
+
+def test_records_of_two_methods_are_kept_apart(tmp_path: Path) -> None:
+    """Same (dataset, shots, mode) from two methods: separate aggregates, a method column in
+    metrics.csv, one block of tables per method in table.md; paper numbers only for
+    Res2CLIP (of which these records are not a full data set, so none here)."""
+    from resad_kit.engine.results import aggregate_by_method
+
+    records = [_toy("res2clip", 0.5, c) for c in ("01", "02", "03")]
+    records += [_toy("nearest_neighbor", 0.25, c) for c in ("01", "02", "03")]
+    with pytest.raises(ValueError, match="several methods"):
+        aggregate(records)
+    by_method = aggregate_by_method(records)
+    assert list(by_method) == ["res2clip", "nearest_neighbor"]
+    res2clip = by_method["res2clip"][("btad", 1, "training_free")]
+    knn = by_method["nearest_neighbor"][("btad", 1, "training_free")]
+    assert res2clip.mean["PRO"] == 0.5
+    assert knn.mean["PRO"] == 0.25
+    assert res2clip.paper is not None  # all three BTAD categories: comparable
+    assert knn.paper is None  # the paper's numbers are Res2CLIP's
+    paths = write_results(records, tmp_path, backbone_label="tiny", trained=True, config={})
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [r["method"] for r in rows] == ["res2clip"] * 3 + ["nearest_neighbor"] * 3
+    table = paths["table"].read_text()
+    assert table.startswith("# Res²CLIP, nearest_neighbor results")
+    assert "## Res²CLIP" in table
+    assert "## nearest_neighbor" in table
+    assert "| 1 | nearest_neighbor (training-free) | ours (1 seed) | 25.0 |" in table
+    assert "| 1 | Res²CLIP\\* | paper | 95.5±0.7 |" in table
+    assert load_results(tmp_path) == records
+    summary = summary_table(records, trained=True).splitlines()
+    assert [line.split()[0] for line in summary[1:4]] == ["res2clip", "paper", "nearest_neighbor"]
+
+
+def test_records_without_a_method_field_are_res2clip() -> None:
+    d = _toy("res2clip", 0.5).to_dict()
+    del d["method"]
+    assert CategoryResult.from_dict(d).method == "res2clip"
+    with pytest.raises(ValueError, match="method"):
+        _toy("", 0.5)
