@@ -1,4 +1,4 @@
-"""Configuration of :class:`~resad_kit.methods.Res2CLIP` (spec §3–4, flags of spec §10.1)."""
+"""Configuration of :class:`~resad_kit.methods.Res2CLIP` (paper sec. 3–4, official code)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,17 @@ Mode = Literal["training_free", "fine_tuned"]
 MODES = ("training_free", "fine_tuned")
 BRANCHES = ("text", "visual", "residual")
 
-# Fusion weights (text, visual, residual) per mode: eq. 5, App. F.2, spec §3.6.
+# Fusion weights (text, visual, residual) per mode: eq. 5, App. F.2.
 _PIXEL_WEIGHTS = {"training_free": (0.1, 1.0, 1.0), "fine_tuned": (0.1, 1.0, 0.1)}
 _IMAGE_WEIGHTS = {"training_free": (1.0, 1.0, 1.0), "fine_tuned": (1.0, 1.0, 0.1)}
-# Residual-branch layers per mode (App. F.2, spec §1.5): the last tap, or every tap.
+# Residual-branch layers per mode (App. F.2 and the official code): the last tap, or every tap.
 _RESIDUAL_TAPS: dict[str, tuple[int, ...] | str] = {"training_free": (-1,), "fine_tuned": "all"}
+# The fields whose default depends on the mode (``None``: the mode's value).
+_MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "residual_taps": _RESIDUAL_TAPS,
+    "pixel_weights": _PIXEL_WEIGHTS,
+    "image_weights": _IMAGE_WEIGHTS,
+}
 
 
 def _check_taps(name: str, value: object) -> tuple[int, ...] | str:
@@ -64,13 +70,15 @@ def _check_number(name: str, value: object, *, low: float, closed: bool = True) 
 
 @dataclass(frozen=True)
 class Res2CLIPConfig:
-    """Every setting of the Res²CLIP composer, with its source (spec §3–4, §8, §10.1).
+    """Every setting of the Res²CLIP composer, with its source (paper, official code).
 
     Presets: :meth:`paper` (the paper's stated settings; the library default) and
-    :meth:`official_code` (the official code's behaviour where the spec lists a
-    difference), each in ``"training_free"`` (Res²CLIP*) or ``"fine_tuned"`` (Res²CLIP†)
+    :meth:`official_code` (the official code's behaviour where it differs from
+    the paper), each in ``"training_free"`` (Res²CLIP*) or ``"fine_tuned"`` (Res²CLIP†)
     mode. Fields left ``None`` take the mode's value when the config is built, so a
-    config always holds resolved values (:meth:`to_dict` / :meth:`from_dict` round trip).
+    config always holds resolved values (:meth:`to_dict` / :meth:`from_dict` round trip);
+    :meth:`replace` with another ``mode`` resolves them again for that mode (values given
+    explicitly are kept).
     The backbone's own flags (V-V block count 20 vs 19, ``global_ln_post``) live in
     :class:`~resad_kit.clip.BackboneConfig`; the metric binning in
     :class:`~resad_kit.metrics.MetricConfig`.
@@ -99,29 +107,33 @@ class Res2CLIPConfig:
             Results are bit-identical whatever the chunking.
         top_fraction: share of pixels averaged for image scores (eqs. 7, 9, 12: 1 %).
         blur_sigma, blur_kernel: Gaussian smoothing (App. F.2: σ = 4, 5×5, zero padding).
-        smooth_branch_maps: smooth each upsampled branch map (code; spec §10.1 #8).
-        smooth_fused_map: smooth the fused map again (code; spec §10.1 #8).
+        smooth_branch_maps: smooth each upsampled branch map (code).
+        smooth_fused_map: smooth the fused map again (code).
         pixel_weights: ``(λ_text, λ_vis, λ_res)`` of the pixel fusion (eq. 5); ``None``:
             the mode's (App. F.2: training-free 0.1 : 1 : 1, fine-tuned 0.1 : 1 : 0.1).
         image_weights: image-score fusion weights; ``None``: the mode's (App. F.2:
             training-free 1 : 1 : 1, fine-tuned 1 : 1 : 0.1).
         clamp_residual_projection: ``max(0, ·)`` on every residual projection at
-            inference (code; paper: no clamp; spec §10.1 #7).
+            inference (code; paper: no clamp).
         raw_global_residual: the main text's raw ``f_q − mean f_ref`` instead of the
-            normalised form of App. A eq. 17 (spec §10.1 #6).
+            normalised form of App. A eq. 17.
         class_name: prompt noun (App. B.3 + code: ``"object"`` for every class).
-        extra_anomaly_phrase: the code's second anomalous phrase (spec §10.1 #3).
+        extra_anomaly_phrase: the code's second anomalous phrase.
         normalize_before_mean: normalise each prompt embedding before averaging (code;
-            paper eq. 32 averages raw encodings; spec §10.1 #4).
+            paper eq. 32 averages raw encodings).
         unit_text_residual: feed the unit ``R̂_t`` to the adapters (code; needed to load
-            official checkpoints; spec §10.1 #5).
+            official checkpoints).
         margin: hinge target τ of eqs. 35–38 (code ``tau = 1.0``; paper: 1).
         loss_reduction: ``"batch"`` (code: batch-pooled pixel counts, class-balanced
-            image terms) or ``"per_sample"`` (the paper's per-image form; spec §10.1 #11).
+            image terms) or ``"per_sample"`` (the paper's per-image form).
         lr_local: learning rate of the local adapters ``A_{v,l}``, ``A^res_{v,l}`` (5e-4).
         lr_text: learning rate of ``A_t`` and ``A_t^res`` (1e-4).
-        lr_global_visual: learning rate of ``A^res_{v,cls}`` (paper 1e-4, code 5e-4;
-            spec §10.1 #10).
+        lr_global_visual: learning rate of ``A^res_{v,cls}`` (paper 1e-4, code 5e-4).
+
+    The learning rates are used through :meth:`Res2CLIP.optimizer_groups
+    <resad_kit.methods.Res2CLIP.optimizer_groups>`, which declares the official code's four
+    Adam optimisers with them; the engine (``resad_kit.engine.train``) builds its optimisers
+    from those groups, so a rate changed here is the rate trained with.
 
     Example:
         >>> from resad_kit.methods import Res2CLIPConfig
@@ -168,6 +180,7 @@ class Res2CLIPConfig:
         fn = "Res2CLIPConfig"
         if self.mode not in MODES:
             raise ValueError(f"{fn}: `mode` must be one of {MODES}; got {self.mode!r}")
+        given = frozenset(n for n in _MODE_DEFAULTS if getattr(self, n) is not None)
         resolved: dict[str, Any] = {
             "text_taps": _check_taps("text_taps", self.text_taps),
             "visual_taps": _check_taps("visual_taps", self.visual_taps),
@@ -203,6 +216,9 @@ class Res2CLIPConfig:
             raise ValueError(f"{fn}: `class_name` must be a non-empty str; got {self.class_name!r}")
         for name, value in resolved.items():
             object.__setattr__(self, name, value)
+        # Not a field: the mode-dependent fields given explicitly (``replace`` re-resolves the
+        # others for a new mode); equality, hashing and ``to_dict`` ignore it.
+        object.__setattr__(self, "_given", given)
 
     @classmethod
     def paper(cls, mode: Mode = "training_free", **overrides: Any) -> Res2CLIPConfig:
@@ -211,7 +227,7 @@ class Res2CLIPConfig:
 
     @classmethod
     def official_code(cls, mode: Mode = "training_free", **overrides: Any) -> Res2CLIPConfig:
-        """The official code's behaviour where it differs from the paper (spec §10.1).
+        """The official code's behaviour where it differs from the paper.
 
         Clamped residual projections, the extra anomalous phrase, per-prompt
         normalisation before the ensemble mean, the unit text residual as adapter input,
@@ -230,7 +246,25 @@ class Res2CLIPConfig:
         return cls(mode=mode, **{**code, **overrides})
 
     def replace(self, **changes: Any) -> Res2CLIPConfig:
-        """A copy with ``changes`` (mode-dependent fields keep their resolved values)."""
+        """A copy with ``changes``; mode-dependent fields follow a new ``mode``.
+
+        ``residual_taps``, ``pixel_weights`` and ``image_weights`` that were not given
+        explicitly (left ``None`` when this config was built) are resolved again for the
+        copy's mode; explicit values, and values in ``changes``, are kept. Pass
+        ``field=None`` to return one of them to the mode's value.
+
+        Example:
+            >>> from resad_kit.methods import Res2CLIPConfig
+            >>> ft = Res2CLIPConfig.paper().replace(mode="fine_tuned")
+            >>> ft.pixel_weights, ft.residual_taps
+            ((0.1, 1.0, 0.1), 'all')
+            >>> own = Res2CLIPConfig.paper(pixel_weights=(1.0, 1.0, 1.0))
+            >>> own.replace(mode="fine_tuned").pixel_weights  # explicit: kept
+            (1.0, 1.0, 1.0)
+        """
+        for name in _MODE_DEFAULTS:
+            if name not in changes and name not in getattr(self, "_given", _MODE_DEFAULTS):
+                changes[name] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,9 +277,19 @@ class Res2CLIPConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Res2CLIPConfig:
-        """Rebuild a config from :meth:`to_dict`'s output; unknown keys are an error."""
+        """Rebuild a config from :meth:`to_dict`'s output; unknown keys are an error.
+
+        :meth:`to_dict` stores resolved values, so a mode-dependent field equal to its
+        mode's value is taken as not given (:meth:`replace` then re-resolves it for
+        another mode); ``from_dict(c.to_dict()) == c`` always holds.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"Res2CLIPConfig.from_dict: unknown fields {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        mode = kwargs.get("mode", "training_free")
+        for name, defaults in _MODE_DEFAULTS.items():
+            if mode in defaults and kwargs.get(name) == defaults[mode]:
+                kwargs[name] = None
+        return cls(**kwargs)

@@ -1,4 +1,4 @@
-"""Res²CLIP: the thin composer of the paper's three-branch method (sec. 3, spec §3–4).
+"""Res²CLIP: the thin composer of the paper's three-branch method (sec. 3).
 
 ``Res2CLIP`` wires the primitives together; it holds no loop, no IO and no printing.
 
@@ -148,11 +148,14 @@ class Res2CLIP(Method):
         ``visual`` (``A_{v,l}``, both phases), ``residual_visual`` (``A^res_{v,l}`` at
         ``lr_local`` and ``A^res_{v,cls}`` at ``lr_global_visual``, visual phase),
         ``residual_text`` (``A_t^res``, text phase) and ``text`` (``A_t``, both phases).
+        The learning rates are the config's (``lr_local``, ``lr_text``,
+        ``lr_global_visual``): this is where they are used, the engine builds its
+        optimisers from these groups. ``[]`` training-free.
         """
         a, c = self.adapters, self.config
         if a is None:
             return []
-        both = ("visual", "text")
+        both = PHASES
         return [
             OptimizerGroup("visual", ((a.visual, c.lr_local),), both),
             OptimizerGroup(
@@ -241,7 +244,7 @@ class Res2CLIP(Method):
     # ------------------------------------------------------------------ references
 
     def fit_references(self, references: Tensor | Features) -> Res2CLIP:
-        """Build the memory bank from ``K ≥ 1`` normal reference images (spec §3.3).
+        """Build the memory bank from ``K ≥ 1`` normal reference images (sec. 3.2.3).
 
         Per used layer the reference patch features are ℓ2-normalised and concatenated
         shot-major into an ``(M, D)`` bank (``M = K·N``); the radial distance of every
@@ -395,7 +398,7 @@ class Res2CLIP(Method):
     # ------------------------------------------------------------------ training
 
     def losses(self, batch: TrainingBatch, phase: Phase) -> dict[str, Tensor]:
-        """Training losses of one step of the alternating schedule (eqs. 13–16, spec §4.3–4.4).
+        """Training losses of one step of the alternating schedule (eqs. 13–16).
 
         Raw residuals come from the frozen backbone under ``torch.no_grad``; each query is
         matched against its own 1-shot reference (sparsemax + radial penalty). Pixel terms

@@ -54,9 +54,48 @@ def test_paper_and_official_presets_share_weights_and_taps(mode):
 
 
 def test_mode_defaults_can_be_overridden_and_survive_replace():
-    """Explicit weights and taps win over the mode's; ``replace`` keeps resolved values."""
+    """Explicit weights and taps win over the mode's; ``replace`` keeps explicit values."""
     config = Res2CLIPConfig.paper("fine_tuned", residual_taps=(-1,), pixel_weights=(0.1, 1.0, 1.0))
     assert config.residual_taps == (-1,)
     assert config.pixel_weights == (0.1, 1.0, 1.0)
     assert config.image_weights == (1.0, 1.0, 0.1)
     assert config.replace(gamma=0.02).pixel_weights == (0.1, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize(
+    ("old", "new"), [("training_free", "fine_tuned"), ("fine_tuned", "training_free")]
+)
+def test_replace_mode_resolves_the_mode_fields_again(preset, old, new):
+    """``replace(mode=...)`` gives the new mode's fusion weights and residual taps.
+
+    Before the fix, ``dataclasses.replace`` passed the old mode's resolved values on, so
+    ``paper().replace(mode="fine_tuned")`` kept the training-free weights (0.1 : 1 : 1).
+    """
+    pixel, image, taps, _ = EXPECTED[new]
+    config = PRESETS[preset](old, gamma=0.02).replace(mode=new)
+    assert (config.pixel_weights, config.image_weights, config.residual_taps) == (
+        pixel,
+        image,
+        taps,
+    )
+    assert config == PRESETS[preset](new, gamma=0.02)  # and every other field is kept
+    # a config rebuilt from its dict (a checkpoint's) behaves the same
+    stored = Res2CLIPConfig.from_dict(PRESETS[preset](old).to_dict())
+    assert stored.replace(mode=new).pixel_weights == pixel
+
+
+def test_replace_mode_keeps_explicit_fields_and_none_restores_the_default():
+    config = Res2CLIPConfig.paper(pixel_weights=(1.0, 2.0, 3.0), residual_taps=(0, -1))
+    ft = config.replace(mode="fine_tuned")
+    assert ft.pixel_weights == (1.0, 2.0, 3.0)
+    assert ft.residual_taps == (0, -1)
+    assert ft.image_weights == EXPECTED["fine_tuned"][1]  # not given: re-resolved
+    assert ft.replace(pixel_weights=None).pixel_weights == EXPECTED["fine_tuned"][0]
+    # a value given in replace counts as explicit from then on
+    back = ft.replace(image_weights=(2.0, 2.0, 2.0)).replace(mode="training_free")
+    assert back.image_weights == (2.0, 2.0, 2.0)
+    assert back.pixel_weights == (1.0, 2.0, 3.0)
+    round_trip = Res2CLIPConfig.from_dict(ft.to_dict())
+    assert round_trip == ft
+    assert round_trip.replace(mode="training_free").pixel_weights == (1.0, 2.0, 3.0)
