@@ -24,14 +24,10 @@ import json
 import logging
 import operator
 import os
-import uuid
-import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import safetensors
-import safetensors.torch
 import torch
 from einops import rearrange
 from torch import Tensor
@@ -40,92 +36,19 @@ from tqdm.auto import tqdm
 
 from resad_kit.clip import ClipBackbone, Features
 from resad_kit.data import AnomalyDataset
+from resad_kit.engine._feature_store import (
+    STORE_DTYPES,
+    Entry,
+    backbone_fingerprint,
+    read_entry,
+    write_entry,
+)
 from resad_kit.engine.fingerprint import file_digest
 from resad_kit.ops._validation import check_positive_int
 
 __all__ = ["FeatureCache", "backbone_fingerprint"]
 
 logger = logging.getLogger(__name__)
-
-_FORMAT = "resad_kit.FeatureCache/2"  # 2: entries keyed by file content (1: path + mtime)
-_STORE_DTYPES = {torch.float16: "float16", torch.float32: "float32"}
-_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-# backbone -> ((header, storage versions), fingerprint): hashing ViT-L takes ~1.5 s
-_FINGERPRINTS: weakref.WeakKeyDictionary[ClipBackbone, tuple[Any, str]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-class _Entry(NamedTuple):
-    """The cached features of one image, on the CPU in the store dtype."""
-
-    patches: Tensor  # (L, N, D)
-    cls: Tensor  # (D,)
-
-
-def backbone_fingerprint(backbone: ClipBackbone) -> str:
-    """A short hash of everything that decides a backbone's image features.
-
-    It covers the architecture name, the ``weights`` label, ``trained``, the resolved
-    taps and V-V blocks, ``global_ln_post``, ``pos_interpolation``, ``image_size``,
-    patch size, depth, widths, the parameter dtype, and the exact bytes of every
-    parameter and buffer of the image tower (SHA-256), so any changed weight changes it.
-    Not hashed: the device (a disk store can be shared by CPU and GPU runs) and the
-    text tower (not used for image features). Hashing ViT-L's image tower (304 M values,
-    1.2 GB) took 1.5 s on a 2-core CPU; the result is remembered per backbone object
-    until one of its tensors is modified or moved.
-
-    Args:
-        backbone: the :class:`~resad_kit.clip.ClipBackbone`.
-
-    Returns:
-        64 hexadecimal digits (SHA-256).
-
-    Example:
-        >>> from resad_kit.clip import ClipBackbone
-        >>> from resad_kit.engine.features import backbone_fingerprint
-        >>> a = backbone_fingerprint(ClipBackbone.tiny(seed=0))
-        >>> a == backbone_fingerprint(ClipBackbone.tiny(seed=0)), len(a)
-        (True, 64)
-        >>> a == backbone_fingerprint(ClipBackbone.tiny(seed=1))
-        False
-    """
-    if not isinstance(backbone, ClipBackbone):
-        raise TypeError(
-            f"backbone_fingerprint: `backbone` must be a ClipBackbone; "
-            f"got {type(backbone).__name__}"
-        )
-    cfg = backbone.config
-    header = {
-        "format": _FORMAT,
-        "model_name": backbone.model_name,
-        "weights": backbone.weights,
-        "trained": backbone.trained,
-        "layers": list(backbone.layers),
-        "vv_blocks": backbone.vv_blocks,
-        "global_ln_post": cfg.global_ln_post,
-        "pos_interpolation": cfg.pos_interpolation,
-        "attention": cfg.attention,
-        "image_size": backbone.image_size,
-        "patch_size": backbone.patch_size,
-        "depth": backbone.depth,
-        "width": backbone.width,
-        "embed_dim": backbone.embed_dim,
-        "dtype": str(backbone.dtype),
-    }
-    state = backbone.model.visual.state_dict()
-    version = tuple((t.device, t.data_ptr(), t._version) for t in state.values())
-    memo = _FINGERPRINTS.get(backbone)
-    if memo is not None and memo[0] == (header, version):
-        return memo[1]
-    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
-    for name, tensor in state.items():
-        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        # the raw bytes, read through an integer view (numpy has no bfloat16)
-        flat = tensor.detach().contiguous().reshape(-1)
-        digest.update(flat.view(_INT_OF_SIZE[flat.element_size()]).cpu().numpy())
-    _FINGERPRINTS[backbone] = ((header, version), digest.hexdigest())
-    return digest.hexdigest()
 
 
 def _stack_images(items: list[dict[str, Any]]) -> Tensor:
@@ -221,7 +144,7 @@ class FeatureCache:
             raise ValueError(f"{fn}: `num_workers` must be an int ≥ 0; got {num_workers!r}")
         if store_dtype is None:
             store_dtype = torch.float32 if directory is None else torch.float16
-        if store_dtype not in _STORE_DTYPES:
+        if store_dtype not in STORE_DTYPES:
             raise ValueError(
                 f"{fn}: `store_dtype` must be torch.float16 or torch.float32; got {store_dtype!r}"
             )
@@ -240,7 +163,7 @@ class FeatureCache:
         self.store_dtype = store_dtype
         self.num_workers = num_workers
         backbone_fingerprint(backbone)  # hash the weights now (later calls check for changes)
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._stats = {"hits": 0, "misses": 0, "disk_hits": 0}
 
     # ------------------------------------------------------------------ state
@@ -274,7 +197,7 @@ class FeatureCache:
 
     def __repr__(self) -> str:
         where = "memory" if self.directory is None else str(self.directory)
-        dtype = _STORE_DTYPES[self.store_dtype]
+        dtype = STORE_DTYPES[self.store_dtype]
         return (
             f"FeatureCache(backbone={self.backbone.model_name!r}, store={where!r}, "
             f"dtype={dtype}, entries={len(self)}, stats={self._stats})"
@@ -329,7 +252,7 @@ class FeatureCache:
             "image_size": dataset.image_size,
             "mean": None if dataset.mean is None else list(dataset.mean),
             "std": None if dataset.std is None else list(dataset.std),
-            "dtype": _STORE_DTYPES[self.store_dtype],
+            "dtype": STORE_DTYPES[self.store_dtype],
         }
         return json.dumps(key, sort_keys=True)
 
@@ -343,50 +266,17 @@ class FeatureCache:
         assert self.directory is not None
         return self.directory / f"{self._name(key)}.safetensors"
 
-    def _read(self, key: str) -> _Entry | None:
-        path = self._file(key)
-        if not path.is_file():
-            return None
-        try:
-            with safetensors.safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                patches, cls = f.get_tensor("patches"), f.get_tensor("cls")
-        except (OSError, ValueError, RuntimeError, safetensors.SafetensorError) as err:
-            logger.warning("FeatureCache: cannot read %s (%s); recomputing it", path, err)
-            return None
+    def _read(self, key: str) -> Entry | None:
         layers, d = len(self.backbone.layers), self.backbone.embed_dim
         n = self.backbone.grid[0] * self.backbone.grid[1]
-        problem = None
-        if meta.get("format") != _FORMAT or meta.get("key") != key:
-            problem = "its metadata does not match the requested key"
-        elif patches.shape != (layers, n, d) or cls.shape != (d,):
-            problem = f"shapes {tuple(patches.shape)}, {tuple(cls.shape)} != ({layers}, {n}, {d})"
-        elif patches.dtype != self.store_dtype or cls.dtype != self.store_dtype:
-            problem = f"dtype {patches.dtype} != {self.store_dtype}"
-        elif not (torch.isfinite(patches).all() and torch.isfinite(cls).all()):
-            problem = "it holds non-finite values"
-        if problem is not None:
-            logger.warning("FeatureCache: ignoring %s: %s; recomputing it", path, problem)
-            return None
-        return _Entry(patches, cls)
+        return read_entry(self._file(key), key, (layers, n, d), self.store_dtype)
 
-    def _write(self, key: str, entry: _Entry) -> None:
-        path = self._file(key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        try:
-            safetensors.torch.save_file(
-                {"patches": entry.patches.contiguous(), "cls": entry.cls.contiguous()},
-                str(tmp),
-                metadata={"format": _FORMAT, "key": key},
-            )
-            os.replace(tmp, path)
-        except (OSError, RuntimeError, safetensors.SafetensorError) as err:
-            logger.warning("FeatureCache: cannot write %s (%s); continuing without it", path, err)
-            tmp.unlink(missing_ok=True)
+    def _write(self, key: str, entry: Entry) -> None:
+        write_entry(self._file(key), key, entry)
 
     # ------------------------------------------------------------------ encoding
 
-    def _encode(self, dataset: AnomalyDataset, indices: list[int]) -> Iterator[list[_Entry]]:
+    def _encode(self, dataset: AnomalyDataset, indices: list[int]) -> Iterator[list[Entry]]:
         """Encode the images at ``indices`` in batches; yield each batch's entries in order."""
         loader = DataLoader(
             Subset(dataset, indices),
@@ -417,7 +307,7 @@ class FeatureCache:
                         f"FeatureCache.features: the features of {dataset!r} are not finite "
                         f"in {self.store_dtype} (overflow?){hint}"
                     )
-                yield [_Entry(p.clone(), c.clone()) for p, c in zip(patches, cls, strict=True)]
+                yield [Entry(p.clone(), c.clone()) for p, c in zip(patches, cls, strict=True)]
                 bar.update(len(images))
 
     def features(self, dataset: AnomalyDataset, indices: Sequence[int] | None = None) -> Features:

@@ -1,15 +1,21 @@
-"""The few-shot evaluation protocol: data sets × categories × shots × seeds × modes (spec §6).
+"""The few-shot evaluation protocol: data sets × categories × shots × seeds × models.
+
+Any :class:`~resad_kit.methods.Method` is evaluated the same way: fitted to the references
+with ``fit_references`` and run with ``forward(features, output_size=...)``. The models of a
+run are keyed by their ``mode`` (``model.mode``: ``"training_free"`` or ``"fine_tuned"``),
+which names the results and the heat-map folders; a key that is not the model's own mode
+is refused (it would mislabel the results).
 
 For every category the test images are encoded once (through a
 :class:`~resad_kit.engine.features.FeatureCache`) and reused for every shot count, seed and
-mode. For each ``(shots, seed)`` the ``K`` normal references are drawn from the category's
-train split with :func:`~resad_kit.data.sample_references` (seeded; the same references for
-both modes, as the paper compares methods on the same references), every model is fitted to
-them and predicts all test images in batches, and the seven metrics are computed per
-category with :func:`~resad_kit.metrics.evaluate` on maps at the masks' resolution (spec
-§6.3: 518 px). Categories are the unit of work: under ``torchrun`` each rank evaluates its
-share (:func:`~resad_kit.engine.distributed.shard`) and the results are gathered, so they
-are the same as in one process.
+model. For each ``(shots, seed)`` the ``K`` normal references are drawn from the
+category's train split with :func:`~resad_kit.data.sample_references` (seeded; the same
+references for every model, as the paper compares methods on the same references), every
+model is fitted to them and predicts all test images in batches, and the seven metrics
+are computed per category with :func:`~resad_kit.metrics.evaluate` on maps at the masks'
+resolution (the paper's 518 px by default). Categories are the unit of work: under
+``torchrun`` each rank evaluates its share (:func:`~resad_kit.engine.distributed.shard`)
+and the results are gathered, so they are the same as in one process.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from resad_kit.engine.distributed import DistContext, gather, shard
 from resad_kit.engine.features import FeatureCache
 from resad_kit.engine.heatmaps import save_heatmaps
 from resad_kit.engine.results import CategoryResult
-from resad_kit.methods import Res2CLIP
+from resad_kit.methods import Method
 from resad_kit.metrics import MetricConfig, evaluate
 
 __all__ = ["DatasetSpec", "evaluate_category", "run_evaluation"]
@@ -81,8 +87,25 @@ def _heatmap_indices(labels: Sequence[int], count: int) -> list[int]:
     return sorted(picked[:count])
 
 
+def _check_models(fn: str, models: Mapping[Any, Any]) -> None:
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError(f"{fn}: `models` must be a non-empty mapping of mode → Method")
+    for key, model in models.items():
+        if not isinstance(model, Method):
+            raise TypeError(
+                f"{fn}: `models[{key!r}]` must be a resad_kit.methods.Method; "
+                f"got {type(model).__name__}"
+            )
+        mode = key[0] if isinstance(key, tuple) else key
+        if mode != model.mode:
+            raise ValueError(
+                f"{fn}: `models[{key!r}]` is keyed {mode!r} but the {model.name!r} model's "
+                f"mode is {model.mode!r}; key every model by its own mode"
+            )
+
+
 def evaluate_category(
-    models: Mapping[str, Res2CLIP],
+    models: Mapping[str, Method],
     dataset: str,
     test: AnomalyDataset,
     train: AnomalyDataset,
@@ -98,27 +121,33 @@ def evaluate_category(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> list[CategoryResult]:
-    """Evaluate one category for every ``(shots, seed, mode)``.
+    """Evaluate one category for every ``(shots, seed, model)``.
 
     Args:
-        models: mode (``"training_free"``/``"fine_tuned"``) → model for this data set.
+        models: mode → :class:`~resad_kit.methods.Method` for this data set; the key must
+            be the model's ``mode`` (``"training_free"`` or ``"fine_tuned"``).
         dataset: the data set key for the results.
         test, train: the category's test and train splits (same image size; the test
             split's ``mask_size`` is the evaluation resolution).
         cache: the feature cache of the models' (shared) backbone.
         shots, seeds: the few-shot settings; the references of ``(K, seed)`` are the same
-            for every mode.
+            for every model.
         batch_size: query images per forward pass.
         metric_config: exact metrics (default) or ``MetricConfig.official_code()``.
         heatmap_dir: write heat-map overlays of the first ``heatmaps`` test images (for
-            the largest ``K`` and the first seed, every mode) under
+            the largest ``K`` and the first seed, every model) under
             ``heatmap_dir/<mode>/<dataset>/<category>/``.
-        heatmaps: number of images with overlays per category and mode.
+        heatmaps: number of images with overlays per category and model.
         reference_method: ``"random"`` (seeded) or ``"first"`` (official code's order).
         mean, std: the images' normalisation (to undo it in the heat maps).
 
     Returns:
         One :class:`~resad_kit.engine.results.CategoryResult` per ``(shots, seed, mode)``.
+
+    Raises:
+        TypeError: a model that is not a :class:`~resad_kit.methods.Method`.
+        ValueError: no model, a key that is not the model's mode, or a test split without
+            both normal and anomalous images.
 
     Example:
         >>> from resad_kit.clip import ClipBackbone
@@ -140,8 +169,7 @@ def evaluate_category(
         >>> [(r.shots, r.seed, r.n_images) for r in results]
         [(2, 7, 4)]
     """
-    if not models:
-        raise ValueError("evaluate_category: `models` is empty")
+    _check_models("evaluate_category", models)
     test.check_both_labels(dataset)  # before any work; the message names the category
     queries = cache.features(test)
     n = len(test)
@@ -183,7 +211,7 @@ def evaluate_category(
 
 
 def _evaluate_unit(
-    models: Mapping[str, Res2CLIP],
+    models: Mapping[str, Method],
     spec: DatasetSpec,
     category: str,
     cache: FeatureCache,
@@ -212,7 +240,7 @@ def _evaluate_unit(
 
 
 def run_evaluation(
-    models: Mapping[tuple[str, str], Res2CLIP],
+    models: Mapping[tuple[str, str], Method],
     datasets: Sequence[DatasetSpec],
     cache: FeatureCache,
     *,
@@ -231,13 +259,14 @@ def run_evaluation(
     """Run the protocol over data sets and categories; every rank returns all results.
 
     Args:
-        models: ``(mode, dataset key)`` → the model to evaluate on that data set (the
-            fine-tuned model of a target is the one trained on its auxiliary data set).
+        models: ``(mode, dataset key)`` → the :class:`~resad_kit.methods.Method` to
+            evaluate on that data set, ``mode`` being ``model.mode`` (the fine-tuned model
+            of a target is the one trained on its auxiliary data set).
         datasets: what to evaluate.
         cache: feature cache of the backbone shared by all models.
         shots, seeds: few-shot settings (paper: 1, 2, 4 shots; three seeds).
         eval_size: mask (and map) side for the metrics; ``None``: the backbone's input
-            size (spec §6.3: 518).
+            size (paper: 518).
         batch_size, metric_config, heatmap_dir, heatmaps, reference_method: see
             :func:`evaluate_category`.
         dist: distributed context; categories are sharded across ranks and gathered.
@@ -251,6 +280,8 @@ def run_evaluation(
         shots, seed, mode order.
 
     Raises:
+        TypeError: a model that is not a :class:`~resad_kit.methods.Method`.
+        ValueError: no model for a data set, a key that is not the model's mode.
         RuntimeError: under ``torchrun``, on every rank when any rank failed (the message
             names the rank and its error), instead of leaving the others waiting. In one
             process the error itself propagates.
@@ -259,20 +290,21 @@ def run_evaluation(
         >>> from resad_kit.clip import ClipBackbone
         >>> from resad_kit.data import synthesize_dataset
         >>> from resad_kit.engine import DatasetSpec, FeatureCache, run_evaluation
-        >>> from resad_kit.methods import Res2CLIP
+        >>> from resad_kit.methods import NearestNeighbor
         >>> root = synthesize_dataset(getfixture("tmp_path"), ["grass"], 2, 4, image_size=32)
         >>> backbone = ClipBackbone.tiny(image_size=32)
         >>> results = run_evaluation(
-        ...     {("training_free", "synthetic"): Res2CLIP(backbone)},
+        ...     {("training_free", "synthetic"): NearestNeighbor(backbone)},  # any Method
         ...     [DatasetSpec("synthetic", root, ("grass",))],
         ...     FeatureCache(backbone, progress=False),
         ...     shots=(1,),
         ...     seeds=(0, 1),
         ...     progress=False,
         ... )
-        >>> [(r.category, r.shots, r.seed) for r in results]
-        [('grass', 1, 0), ('grass', 1, 1)]
+        >>> [(r.category, r.shots, r.seed, r.mode) for r in results]
+        [('grass', 1, 0, 'training_free'), ('grass', 1, 1, 'training_free')]
     """
+    _check_models("run_evaluation", models)
     units = [(spec, category) for spec in datasets for category in spec.categories]
     for spec in datasets:
         if not any(name == spec.name for _, name in models):

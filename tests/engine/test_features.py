@@ -17,7 +17,6 @@ from PIL import Image
 
 from resad_kit.clip import ClipBackbone, Features
 from resad_kit.data import AnomalyDataset, synthesize_dataset
-from resad_kit.engine import features as features_module
 from resad_kit.engine.features import FeatureCache, backbone_fingerprint
 from resad_kit.methods import Res2CLIP
 
@@ -338,7 +337,7 @@ def test_failed_write_is_logged_and_the_run_goes_on(
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(features_module.safetensors.torch, "save_file", fail)
+    monkeypatch.setattr(safetensors.torch, "save_file", fail)  # the disk store's writer
     cache = FeatureCache(backbone, tmp_path, progress=False)
     with caplog.at_level(logging.WARNING, logger="resad_kit.engine.features"):
         out = cache.features(dataset, [0])
