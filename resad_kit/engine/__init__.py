@@ -1,19 +1,24 @@
-"""Training and evaluation of Res²CLIP: feature cache, training loop, protocol, results.
+"""Training and evaluation of any method: feature cache, training loop, protocol, results.
+
+The engine runs every :class:`~resad_kit.methods.Method` (Res²CLIP, the nearest-neighbour
+bank, …) through the same code: optimisers from ``model.optimizer_groups()``, phases from
+``model.phases``, losses from ``model.losses``, checkpoints of ``model.trainable_module()``
+recorded with ``model.name`` and ``model.config_dict()``.
 
 The library (``ops``, ``nn``, ``clip``, ``data``, ``metrics``, ``methods``) never imports this
 package; ``examples/res2clip_full.py`` drives it. See docs/engine.md.
 
 - :class:`FeatureCache` (``features.py``): each image encoded once per run, optionally on
   disk (float16 safetensors);
-- :func:`train`, :class:`TrainConfig` (``training.py``), :func:`save_checkpoint`,
-  :func:`load_checkpoint` (``checkpoint.py``), warm-up + cosine schedules
-  (``schedule.py``);
+- :func:`train` (``training.py``), :class:`TrainConfig` (``train_config.py``), the
+  optimisers (``optimization.py``), :func:`save_checkpoint`, :func:`load_checkpoint`
+  (``checkpoint.py``), phases and warm-up + cosine schedules (``schedule.py``);
 - :func:`run_evaluation`, :class:`DatasetSpec` (``protocol.py``): data sets × categories ×
   shots × seeds × modes;
 - :class:`CategoryResult`, :func:`write_results`, :func:`summary_table` (``results.py``),
   :data:`PAPER_RESULTS` (``paper_results.py``), :func:`save_heatmaps` (``heatmaps.py``);
-- :func:`init_distributed`, :class:`DistContext` and the collectives (``distributed.py``)
-  for ``torchrun``.
+- :func:`init_distributed`, :class:`DistContext` (``dist_context.py``) and the collectives
+  (``distributed.py``) for ``torchrun``.
 """
 
 from resad_kit.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint

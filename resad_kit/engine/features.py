@@ -1,6 +1,7 @@
 """Feature cache: encode each image with the frozen backbone once, reuse it everywhere.
 
-The backbone of Res²CLIP is frozen, so the features of an image depend only on the
+The backbone of every method (Res²CLIP, :class:`~resad_kit.methods.NearestNeighbor`, …) is
+frozen, so the features of an image depend only on the
 backbone and on the image tensor. :class:`FeatureCache` computes them once per run (in
 batches, only for images it does not hold yet) and reuses them across epochs, shots and
 seeds; with a ``directory`` it also keeps them on disk, one safetensors file per image,

@@ -1,10 +1,11 @@
 """The few-shot evaluation protocol: data sets × categories × shots × seeds × models.
 
 Any :class:`~resad_kit.methods.Method` is evaluated the same way: fitted to the references
-with ``fit_references`` and run with ``forward(features, output_size=...)``. The models of a
-run are keyed by their ``mode`` (``model.mode``: ``"training_free"`` or ``"fine_tuned"``),
-which names the results and the heat-map folders; a key that is not the model's own mode
-is refused (it would mislabel the results).
+with ``fit_references`` and run with ``forward(features, output_size=...)``. Each result
+records the model's ``method`` (``model.name``) and ``mode`` (``model.mode``), so one run
+can compare methods on the same references. The models are keyed by a label, by
+convention their mode (``"training_free"``/``"fine_tuned"``); a mode label that is not the
+model's own mode is refused (it would mislabel the results).
 
 For every category the test images are encoded once (through a
 :class:`~resad_kit.engine.features.FeatureCache`) and reused for every shot count, seed and
@@ -34,6 +35,7 @@ from resad_kit.data import AnomalyDataset, sample_references
 from resad_kit.engine.distributed import DistContext, gather, shard
 from resad_kit.engine.features import FeatureCache
 from resad_kit.engine.heatmaps import save_heatmaps
+from resad_kit.engine.paper_results import MODES
 from resad_kit.engine.results import CategoryResult
 from resad_kit.methods import Method
 from resad_kit.metrics import MetricConfig, evaluate
@@ -89,19 +91,33 @@ def _heatmap_indices(labels: Sequence[int], count: int) -> list[int]:
 
 def _check_models(fn: str, models: Mapping[Any, Any]) -> None:
     if not isinstance(models, Mapping) or not models:
-        raise ValueError(f"{fn}: `models` must be a non-empty mapping of mode → Method")
+        raise ValueError(f"{fn}: `models` must be a non-empty mapping of label → Method")
+    seen: dict[tuple[Any, ...], Any] = {}
     for key, model in models.items():
         if not isinstance(model, Method):
             raise TypeError(
                 f"{fn}: `models[{key!r}]` must be a resad_kit.methods.Method; "
                 f"got {type(model).__name__}"
             )
-        mode = key[0] if isinstance(key, tuple) else key
-        if mode != model.mode:
+        label = key[0] if isinstance(key, tuple) else key
+        if label in MODES and label != model.mode:
             raise ValueError(
-                f"{fn}: `models[{key!r}]` is keyed {mode!r} but the {model.name!r} model's "
+                f"{fn}: `models[{key!r}]` is keyed {label!r} but the {model.name!r} model's "
                 f"mode is {model.mode!r}; key every model by its own mode"
             )
+        which = (model.name, model.mode, *(key[1:] if isinstance(key, tuple) else ()))
+        if which in seen:
+            raise ValueError(
+                f"{fn}: `models[{seen[which]!r}]` and `models[{key!r}]` are both "
+                f"{model.name!r} in mode {model.mode!r}; their results would be confused"
+            )
+        seen[which] = key
+
+
+def _heatmap_folder(root: str | Path, model: Method, dataset: str, category: str) -> Path:
+    """``root/<mode>/…`` for Res²CLIP (the paper's method), ``root/<method>/<mode>/…`` else."""
+    base = Path(root) if model.name == "res2clip" else Path(root) / model.name
+    return base / model.mode / dataset / category
 
 
 def evaluate_category(
@@ -124,8 +140,10 @@ def evaluate_category(
     """Evaluate one category for every ``(shots, seed, model)``.
 
     Args:
-        models: mode → :class:`~resad_kit.methods.Method` for this data set; the key must
-            be the model's ``mode`` (``"training_free"`` or ``"fine_tuned"``).
+        models: label → :class:`~resad_kit.methods.Method` for this data set. The results
+            carry ``model.name`` and ``model.mode``; by convention the label is the mode,
+            and a mode label (``"training_free"``, ``"fine_tuned"``) must be the model's own.
+            Two models of the same method and mode are refused.
         dataset: the data set key for the results.
         test, train: the category's test and train splits (same image size; the test
             split's ``mask_size`` is the evaluation resolution).
@@ -136,18 +154,19 @@ def evaluate_category(
         metric_config: exact metrics (default) or ``MetricConfig.official_code()``.
         heatmap_dir: write heat-map overlays of the first ``heatmaps`` test images (for
             the largest ``K`` and the first seed, every model) under
-            ``heatmap_dir/<mode>/<dataset>/<category>/``.
+            ``heatmap_dir/<mode>/<dataset>/<category>/`` (Res²CLIP) or
+            ``heatmap_dir/<method>/<mode>/<dataset>/<category>/`` (any other method).
         heatmaps: number of images with overlays per category and model.
         reference_method: ``"random"`` (seeded) or ``"first"`` (official code's order).
         mean, std: the images' normalisation (to undo it in the heat maps).
 
     Returns:
-        One :class:`~resad_kit.engine.results.CategoryResult` per ``(shots, seed, mode)``.
+        One :class:`~resad_kit.engine.results.CategoryResult` per ``(shots, seed, model)``.
 
     Raises:
         TypeError: a model that is not a :class:`~resad_kit.methods.Method`.
-        ValueError: no model, a key that is not the model's mode, or a test split without
-            both normal and anomalous images.
+        ValueError: no model, a mode label that is not the model's mode, two models of one
+            method and mode, or a test split without both normal and anomalous images.
 
     Example:
         >>> from resad_kit.clip import ClipBackbone
@@ -181,7 +200,7 @@ def evaluate_category(
         for seed_index, seed in enumerate(seeds):
             refs = sample_references(train, k, seed, method=reference_method)
             ref_features = cache.features(train, refs.indices)
-            for mode, model in models.items():
+            for model in models.values():
                 model.fit_references(ref_features)
                 scores, maps = [], []
                 with torch.inference_mode():
@@ -193,7 +212,15 @@ def evaluate_category(
                 metrics = evaluate(score, amap, labels, masks, config=metric_config)
                 results.append(
                     CategoryResult(
-                        dataset, test.category, k, seed, mode, metrics, refs.paths, n_images=n
+                        dataset,
+                        test.category,
+                        k,
+                        seed,
+                        model.mode,
+                        metrics,
+                        refs.paths,
+                        n_images=n,
+                        method=model.name,
                     )
                 )
                 if heatmap_dir is not None and heatmaps > 0 and k == max(shots) and seed_index == 0:
@@ -203,7 +230,7 @@ def evaluate_category(
                         amap[picked],
                         masks[picked],
                         [test.samples[i].relative_path for i in picked],
-                        Path(heatmap_dir) / mode / dataset / test.category,
+                        _heatmap_folder(heatmap_dir, model, dataset, test.category),
                         mean=mean,
                         std=std,
                     )
@@ -259,9 +286,10 @@ def run_evaluation(
     """Run the protocol over data sets and categories; every rank returns all results.
 
     Args:
-        models: ``(mode, dataset key)`` → the :class:`~resad_kit.methods.Method` to
-            evaluate on that data set, ``mode`` being ``model.mode`` (the fine-tuned model
-            of a target is the one trained on its auxiliary data set).
+        models: ``(label, dataset key)`` → the :class:`~resad_kit.methods.Method` to
+            evaluate on that data set (the fine-tuned model of a target is the one trained
+            on its auxiliary data set); the label as in :func:`evaluate_category`, by
+            convention ``model.mode``.
         datasets: what to evaluate.
         cache: feature cache of the backbone shared by all models.
         shots, seeds: few-shot settings (paper: 1, 2, 4 shots; three seeds).
@@ -277,11 +305,12 @@ def run_evaluation(
 
     Returns:
         The :class:`~resad_kit.engine.results.CategoryResult` list in data set, category,
-        shots, seed, mode order.
+        shots, seed, method, mode order.
 
     Raises:
         TypeError: a model that is not a :class:`~resad_kit.methods.Method`.
-        ValueError: no model for a data set, a key that is not the model's mode.
+        ValueError: no model for a data set, a mode label that is not the model's mode,
+            two models of one method and mode for a data set.
         RuntimeError: under ``torchrun``, on every rank when any rank failed (the message
             names the rank and its error), instead of leaving the others waiting. In one
             process the error itself propagates.
@@ -290,19 +319,23 @@ def run_evaluation(
         >>> from resad_kit.clip import ClipBackbone
         >>> from resad_kit.data import synthesize_dataset
         >>> from resad_kit.engine import DatasetSpec, FeatureCache, run_evaluation
-        >>> from resad_kit.methods import NearestNeighbor
+        >>> from resad_kit.methods import NearestNeighbor, Res2CLIP
         >>> root = synthesize_dataset(getfixture("tmp_path"), ["grass"], 2, 4, image_size=32)
         >>> backbone = ClipBackbone.tiny(image_size=32)
         >>> results = run_evaluation(
-        ...     {("training_free", "synthetic"): NearestNeighbor(backbone)},  # any Method
+        ...     {  # any Methods, compared on the same references
+        ...         ("training_free", "synthetic"): Res2CLIP(backbone),
+        ...         ("nearest_neighbor", "synthetic"): NearestNeighbor(backbone),
+        ...     },
         ...     [DatasetSpec("synthetic", root, ("grass",))],
         ...     FeatureCache(backbone, progress=False),
         ...     shots=(1,),
         ...     seeds=(0, 1),
         ...     progress=False,
         ... )
-        >>> [(r.category, r.shots, r.seed, r.mode) for r in results]
-        [('grass', 1, 0, 'training_free'), ('grass', 1, 1, 'training_free')]
+        >>> [(r.seed, r.method, r.mode) for r in results]
+        [(0, 'nearest_neighbor', 'training_free'), (0, 'res2clip', 'training_free'),
+         (1, 'nearest_neighbor', 'training_free'), (1, 'res2clip', 'training_free')]
     """
     _check_models("run_evaluation", models)
     units = [(spec, category) for spec in datasets for category in spec.categories]
@@ -317,7 +350,7 @@ def run_evaluation(
     try:
         for spec, category in bar:
             bar.set_postfix_str(f"{spec.name}/{category}")
-            models_here = {mode: m for (mode, name), m in models.items() if name == spec.name}
+            models_here = {label: m for (label, name), m in models.items() if name == spec.name}
             results.extend(
                 _evaluate_unit(
                     models_here,
@@ -348,8 +381,5 @@ def run_evaluation(
         raise RuntimeError("run_evaluation failed: " + "; ".join(failures))
     gathered = [r for part, _ in parts for r in part]
     order = {(s.name, c): i for i, (s, c) in enumerate(units)}
-    modes = sorted({m for m, _ in models})
-    gathered.sort(
-        key=lambda r: (order[(r.dataset, r.category)], r.shots, r.seed, modes.index(r.mode))
-    )
+    gathered.sort(key=lambda r: (order[(r.dataset, r.category)], r.shots, r.seed, r.method, r.mode))
     return gathered

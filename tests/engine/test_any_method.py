@@ -163,7 +163,10 @@ def test_a_second_method_evaluates_through_the_protocol(backbone, root, cache, t
         heatmaps=2,
         progress=False,
     )
-    assert [r.mode for r in results] == ["fine_tuned", "training_free"]
+    assert [(r.method, r.mode) for r in results] == [
+        ("nearest_neighbor", "fine_tuned"),
+        ("nearest_neighbor", "training_free"),
+    ]
     test = AnomalyDataset(root, "brick", "test", SIZE)
     train_split = AnomalyDataset(root, "brick", "train", SIZE)
     refs = sample_references(train_split, 2, seed=3)
@@ -177,8 +180,43 @@ def test_a_second_method_evaluates_through_the_protocol(backbone, root, cache, t
         assert result.references == refs.paths
         assert result.metrics == pytest.approx(expected, abs=1e-6), result.mode
     assert results[0].metrics != results[1].metrics  # training changed the predictions
-    pngs = {p.relative_to(tmp_path).parts[:3] for p in tmp_path.rglob("*.png")}
-    assert pngs == {(m, "synth", "brick") for m in ("training_free", "fine_tuned")}
+    pngs = {p.relative_to(tmp_path).parts[:4] for p in tmp_path.rglob("*.png")}
+    assert pngs == {
+        ("nearest_neighbor", m, "synth", "brick") for m in ("training_free", "fine_tuned")
+    }
+
+
+def test_one_run_compares_two_methods_on_the_same_references(backbone, root, cache, tmp_path):
+    """Res2CLIP and NearestNeighbor in one run: each result names its method, both see the
+    same references, Res2CLIP's heat maps keep their folders and the bank's get its name."""
+    models = {
+        ("training_free", "synth"): Res2CLIP(backbone),
+        ("nearest_neighbor", "synth"): NearestNeighbor(backbone),
+    }
+    results = run_evaluation(
+        models,
+        [DatasetSpec("synth", root, ("grass",))],
+        cache,
+        shots=(1,),
+        seeds=(0,),
+        heatmap_dir=tmp_path,
+        heatmaps=1,
+        progress=False,
+    )
+    assert [(r.method, r.mode) for r in results] == [
+        ("nearest_neighbor", "training_free"),
+        ("res2clip", "training_free"),
+    ]
+    assert results[0].references == results[1].references
+    assert results[0].metrics != results[1].metrics
+    folders = {p.parent.relative_to(tmp_path) for p in tmp_path.rglob("*.png")}
+    assert {f.parts[:3] for f in folders} == {
+        ("training_free", "synth", "grass"),
+        ("nearest_neighbor", "training_free", "synth"),
+    }
+    twice = {("a", "synth"): NearestNeighbor(backbone), ("b", "synth"): NearestNeighbor(backbone)}
+    with pytest.raises(ValueError, match="both 'nearest_neighbor' in mode 'training_free'"):
+        run_evaluation(twice, [DatasetSpec("synth", root, ("grass",))], cache)
 
 
 def test_a_model_keyed_by_another_mode_is_refused(backbone, root, cache):
