@@ -17,6 +17,7 @@ from resad_kit.engine.checkpoint import load_checkpoint, save_checkpoint
 from resad_kit.engine.features import FeatureCache
 from resad_kit.engine.optimization import build_optimization
 from resad_kit.engine.protocol import DatasetSpec, evaluate_category, run_evaluation
+from resad_kit.engine.results import write_results
 from resad_kit.engine.training import TrainConfig, train
 from resad_kit.methods import (
     NearestNeighbor,
@@ -188,7 +189,8 @@ def test_a_second_method_evaluates_through_the_protocol(backbone, root, cache, t
 
 def test_one_run_compares_two_methods_on_the_same_references(backbone, root, cache, tmp_path):
     """Res2CLIP and NearestNeighbor in one run: each result names its method, both see the
-    same references, Res2CLIP's heat maps keep their folders and the bank's get its name."""
+    same references, Res2CLIP's heat maps keep their folders and the bank's get its name,
+    and table.md shows the bank in its own block."""
     models = {
         ("training_free", "synth"): Res2CLIP(backbone),
         ("nearest_neighbor", "synth"): NearestNeighbor(backbone),
@@ -214,6 +216,13 @@ def test_one_run_compares_two_methods_on_the_same_references(backbone, root, cac
         ("training_free", "synth", "grass"),
         ("nearest_neighbor", "training_free", "synth"),
     }
+    # table.md: one block per method, the bank's with its own I-AUROC (one seed: the mean).
+    out = tmp_path / "out"
+    table = write_results(results, out, backbone_label="tiny", trained=False, config={})
+    text = table["table"].read_text()
+    bank = text[text.index("## nearest_neighbor") :]
+    assert "Res²CLIP" in text[: text.index("## nearest_neighbor")]
+    assert f"| 1 | synth | {100 * results[0].metrics['I-AUROC']:.1f} |" in bank
     twice = {("a", "synth"): NearestNeighbor(backbone), ("b", "synth"): NearestNeighbor(backbone)}
     with pytest.raises(ValueError, match="both 'nearest_neighbor' in mode 'training_free'"):
         run_evaluation(twice, [DatasetSpec("synth", root, ("grass",))], cache)
