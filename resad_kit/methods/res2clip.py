@@ -46,7 +46,7 @@ from resad_kit.methods.res2clip_training import res2clip_losses
 from resad_kit.nn import Res2CLIPAdapters
 from resad_kit.ops import fuse, gaussian_blur, top_fraction_mean, upsample_patches
 from resad_kit.ops._phases import PHASES, Phase
-from resad_kit.ops._validation import check_finite, check_tensor, checks, value_check
+from resad_kit.ops._validation import check_finite, check_tensor, checks, checks_enabled
 
 __all__ = ["BranchOutput", "Prediction", "Res2CLIP", "TrainingBatch"]
 
@@ -229,7 +229,7 @@ class Res2CLIP(Method):
                     f"Res2CLIP: `{name}` patches must be (B, N, D) = {(b, h * w, d)} "
                     f"for cls {(b, d)} and grid {inputs.grid}; got {tuple(p.shape)}"
                 )
-        if value_check("Res2CLIP"):  # one device sync; the ops below run unchecked
+        if checks_enabled() and not torch.compiler.is_compiling():  # one sync; ops unchecked
             _check_finite(name, [cls, *inputs.patches])
         device = self.backbone.device
 
@@ -259,7 +259,8 @@ class Res2CLIP(Method):
         feats = self._features(references, "references")
         if feats.cls.shape[0] < 1:
             raise ValueError("Res2CLIP.fit_references: need at least one reference image")
-        self._bank = build_bank(feats, self.used_taps)
+        with checks(False):
+            self._bank = build_bank(feats, self.used_taps)
         return self
 
     # ------------------------------------------------------------------ inference
