@@ -35,6 +35,7 @@ from resad_kit.methods.base import (
     TrainingBatch,
 )
 from resad_kit.methods.config import Res2CLIPConfig
+from resad_kit.methods.res2clip_inputs import checked_features, resolve_output_size
 from resad_kit.methods.res2clip_residuals import (
     Bank,
     branch_layers,
@@ -46,17 +47,9 @@ from resad_kit.methods.res2clip_training import res2clip_losses
 from resad_kit.nn import Res2CLIPAdapters
 from resad_kit.ops import fuse, gaussian_blur, top_fraction_mean, upsample_patches
 from resad_kit.ops._phases import PHASES, Phase
-from resad_kit.ops._validation import check_finite, check_tensor, checks, checks_enabled
+from resad_kit.ops._validation import check_tensor, checks
 
 __all__ = ["BranchOutput", "Prediction", "Res2CLIP", "TrainingBatch"]
-
-
-def _check_finite(name: str, tensors: list[Tensor]) -> None:
-    """``ValueError`` if ``[cls, *patches]`` hold NaN or ±inf: one sum screens all (one sync)."""
-    total = torch.stack([t.sum(dtype=torch.float32) for t in tensors]).sum()
-    if not bool(torch.isfinite(total)):  # NaN, inf, or an overflow of finite values
-        for i, t in enumerate(tensors):
-            check_finite("Res2CLIP", f"{name}.cls" if i == 0 else f"{name}.patches[{i - 1}]", t)
 
 
 class Res2CLIP(Method):
@@ -206,40 +199,9 @@ class Res2CLIP(Method):
             return self.backbone(images)
 
     def _features(self, inputs: Tensor | Features, name: str) -> Features:
-        """Checked features on the backbone's device, in float32 (the compute dtype).
-
-        Features stored in float16/bfloat16 (e.g. a half-precision cache) or float64 are
-        cast to float32 here, so every branch computes in float32 whatever their dtype.
-        """
         if not isinstance(inputs, Features):
             inputs = self.extract(inputs)
-        n = len(self.backbone.layers)
-        if len(inputs.patches) != n:
-            raise ValueError(
-                f"Res2CLIP: `{name}` has {len(inputs.patches)} layers of patches but the "
-                f"backbone taps {n} layers {self.backbone.layers}"
-            )
-        cls = check_tensor("Res2CLIP", f"{name}.cls", inputs.cls, ndim=2, shape_doc="(B, D)")
-        b, d = cls.shape
-        h, w = inputs.grid
-        for i, p in enumerate(inputs.patches):
-            check_tensor("Res2CLIP", f"{name}.patches[{i}]", p, shape_doc="(B, N, D)")
-            if tuple(p.shape) != (b, h * w, d):
-                raise ValueError(
-                    f"Res2CLIP: `{name}` patches must be (B, N, D) = {(b, h * w, d)} "
-                    f"for cls {(b, d)} and grid {inputs.grid}; got {tuple(p.shape)}"
-                )
-        if checks_enabled() and not torch.compiler.is_compiling():  # one sync; ops unchecked
-            _check_finite(name, [cls, *inputs.patches])
-        device = self.backbone.device
-
-        def f32(x: Tensor) -> Tensor:
-            return x.to(device, torch.float32)
-
-        tap_cls = None if inputs.tap_cls is None else [f32(t) for t in inputs.tap_cls]
-        return inputs._replace(
-            patches=[f32(p) for p in inputs.patches], cls=f32(cls), tap_cls=tap_cls
-        )
+        return checked_features(inputs, name, self.backbone)
 
     # ------------------------------------------------------------------ references
 
@@ -356,7 +318,7 @@ class Res2CLIP(Method):
                 f"Res2CLIP.forward: query grid {feats.grid} differs from the references' "
                 f"{self._bank.grid}; use one image size for both"
             )
-        size = self._output_size(inputs, feats, output_size)
+        size = resolve_output_size(inputs, feats, output_size, self.backbone.patch_size)
         c, bank, grid = self.config, self._bank, feats.grid
         with checks(False):
             res = compute_residuals(feats, bank.patches, bank.radius, bank.cls, self.used_taps, c)
@@ -380,21 +342,6 @@ class Res2CLIP(Method):
         branches = {k: BranchOutput(maps[k], scores[k]) for k in maps}
         extra = intermediates(res, layers, r_t, grid) if return_intermediates else None
         return Prediction(image, fused, branches, extra)
-
-    def _output_size(
-        self,
-        inputs: Tensor | Features,
-        feats: Features,
-        output_size: int | tuple[int, int] | None,
-    ) -> tuple[int, int]:
-        if output_size is None:
-            if isinstance(inputs, Tensor):
-                return int(inputs.shape[-2]), int(inputs.shape[-1])
-            p = self.backbone.patch_size
-            return feats.grid[0] * p, feats.grid[1] * p
-        if isinstance(output_size, int):
-            return output_size, output_size
-        return int(output_size[0]), int(output_size[1])
 
     # ------------------------------------------------------------------ training
 
