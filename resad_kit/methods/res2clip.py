@@ -17,6 +17,12 @@ the identity and none is built; fine-tuned (Res²CLIP†) the paper's adapters
 (:class:`~resad_kit.nn.Res2CLIPAdapters`) act on the residuals, and :meth:`Res2CLIP.losses`
 gives the losses of eqs. 13–16 for one phase of the alternating schedule.
 
+Every score is an op of :mod:`resad_kit.ops` (run with the ops' checks off; the method
+checks its inputs once): the bank, retrieval, residuals and per-layer branch scores are in
+``res2clip_residuals``, the body of :meth:`Res2CLIP.losses` in ``res2clip_training``, the
+input checks in ``res2clip_inputs``. ``forward(..., return_intermediates=True)`` exposes
+the per-layer maps, retrieval weights, matched references, residuals and directions.
+
 Shape legend: ``B`` query images, ``K`` shots, ``N = h·w`` patches, ``M = K·N`` bank rows,
 ``D`` channels, ``L`` tapped layers, ``H×W`` output pixels.
 """
