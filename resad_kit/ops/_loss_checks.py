@@ -16,6 +16,7 @@ from resad_kit.ops._validation import (
     check_number,
     check_same_shape,
     check_tensor,
+    value_check,
 )
 
 __all__: list[str] = []
@@ -37,7 +38,7 @@ def check_finite_float(fn: str, name: str, value: object) -> float:
 
 def check_nonnegative(fn: str, name: str, x: torch.Tensor) -> None:
     """Vector norms are ≥ 0 (a device sync: skipped with checks off or under compile)."""
-    if bool((x < 0).any()):
+    if value_check(fn) and bool((x < 0).any()):
         raise ValueError(
             f"{fn}: `{name}` holds vector norms and must be ≥ 0; got minimum {float(x.min())}"
         )

@@ -82,7 +82,7 @@ def _hinge_terms(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normal term ``max(0, s)`` and anomalous term ``max(0, t − s)`` (``t`` detached)."""
     s = scores.to(dtype)
-    t = target.detach().to(dtype) if isinstance(target, torch.Tensor) else target
+    t = target.detach().to(dtype) if isinstance(target, torch.Tensor) else float(target)
     return torch.relu(s), torch.relu(t - s)
 
 

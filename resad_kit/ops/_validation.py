@@ -19,6 +19,7 @@ import math
 import numbers
 import os
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -45,9 +46,20 @@ def checks_enabled() -> bool:
     return getattr(_STATE, "enabled", _DEFAULT)
 
 
-def value_checks_enabled() -> bool:
-    """Whether checks that read tensor values (a device sync) may run: checks on, not compiling."""
-    return checks_enabled() and not torch.compiler.is_compiling()
+VALUE_CHECKS_RUN: Counter[str] = Counter()
+"""How many checks that read tensor values ran, by public function (``fn``); for tests."""
+
+
+def value_check(fn: str) -> bool:
+    """Gate of every check that reads tensor values (a device-to-host sync), called by ``fn``.
+
+    True (and counted in :data:`VALUE_CHECKS_RUN`) when checks are on and ``torch.compile`` is
+    not tracing; False otherwise, and the check must then return without touching values.
+    """
+    if not checks_enabled() or torch.compiler.is_compiling():
+        return False
+    VALUE_CHECKS_RUN[fn] += 1
+    return True
 
 
 class checks:
@@ -73,15 +85,16 @@ class checks:
 
     Example:
         >>> import torch, resad_kit
-        >>> from resad_kit.ops import sparsemax
-        >>> bool(resad_kit.checks())
-        True
-        >>> with resad_kit.checks(False):
-        ...     bool(resad_kit.checks())
-        ...     sparsemax(torch.tensor([0.0, float("nan")]))  # not validated
-        False
-        tensor([nan, nan])
-        >>> bool(resad_kit.checks())
+        >>> from resad_kit.ops.losses import global_hinge_loss
+        >>> scores, labels = torch.tensor([0.5, 0.5]), torch.tensor([0, 2])  # 2: not a label
+        >>> global_hinge_loss(scores, labels)
+        Traceback (most recent call last):
+            ...
+        ValueError: global_hinge_loss: `labels` must be binary (0/1 or bool); got 1 entries ...
+        >>> with resad_kit.checks(False):  # no check runs: garbage in, garbage out
+        ...     bool(resad_kit.checks()), global_hinge_loss(scores, labels)
+        (False, tensor(0.5000))
+        >>> bool(resad_kit.checks())  # restored on exit
         True
     """
 
@@ -170,7 +183,9 @@ def check_tensor(
 
 
 def check_finite(fn: str, name: str, x: torch.Tensor) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or ±inf."""
+    """Raise ``ValueError`` if ``x`` holds NaN or ±inf (a sync: gated by :func:`value_check`)."""
+    if not value_check(fn):
+        return
     if not bool(torch.isfinite(x).all()):
         n_nan = int(torch.isnan(x).sum())
         n_inf = int(torch.isinf(x).sum())
@@ -188,25 +203,44 @@ def check_number(
     strict: bool = False,
     what: str = "a real number",
     non_number: type[Exception] = TypeError,
+    requirement: str | None = None,
 ) -> float:
     """The one check of a Python number argument: real, finite and (optionally) ``≥ minimum``.
 
     Real means ``int``, ``float`` or a numpy scalar, not ``bool`` (see :func:`is_real`).
-    A non-number raises ``non_number`` (``TypeError`` by default), a NaN, ±inf or a value
-    below ``minimum`` (``≤ minimum`` when ``strict``) a ``ValueError`` that names ``fn`` and
-    ``name``. Never touches a tensor, so it never synchronises a device.
+    A non-number raises ``non_number`` (``TypeError`` by default; message "must be
+    {what}"); NaN, ±inf or a value below ``minimum`` (``≤ minimum`` when ``strict``) raise
+    ``ValueError`` ("must be finite", "must be positive and finite", "must be finite and
+    ≥ m", or "must be {requirement}" when given). Never touches a tensor, so it never
+    synchronises a device; it runs whatever the checks switch says (it is cheap). Use it for
+    every float parameter (``gamma``, ``eps``, ``margin``, weights, learning rates).
 
     Returns:
         ``value`` as a Python ``float``.
+
+    Example:
+        >>> from resad_kit.ops._validation import check_number
+        >>> check_number("f", "gamma", 0.5, minimum=0.0)
+        0.5
+        >>> check_number("f", "eps", 0.0, minimum=0.0, strict=True)
+        Traceback (most recent call last):
+            ...
+        ValueError: f: `eps` must be positive and finite; got 0.0
     """
     if not is_real(value):
         raise non_number(f"{fn}: `{name}` must be {what}; got {type(value).__name__} {value!r}")
     number = float(value)  # type: ignore[arg-type]
-    if not math.isfinite(number):
-        raise ValueError(f"{fn}: `{name}` must be finite; got {value!r}")
-    if minimum is not None and (number < minimum or (strict and number == minimum)):
-        bound = f"> {minimum}" if strict else f"≥ {minimum}"
-        raise ValueError(f"{fn}: `{name}` must be {bound}; got {value!r}")
+    if minimum is None:
+        default, ok = "finite", math.isfinite(number)
+    else:
+        above = number > minimum if strict else number >= minimum
+        ok = math.isfinite(number) and above
+        if strict and minimum == 0:
+            default = "positive and finite"
+        else:
+            default = f"finite and {'>' if strict else '≥'} {minimum:g}"
+    if not ok:
+        raise ValueError(f"{fn}: `{name}` must be {requirement or default}; got {value!r}")
     return number
 
 
@@ -239,9 +273,10 @@ def check_broadcast_channels(
 def check_binary(fn: str, name: str, x: torch.Tensor) -> None:
     """Raise ``ValueError`` unless every entry of ``x`` is 0 or 1 (bool always is).
 
-    The message counts the entries outside ``{0, 1}`` and shows one of them.
+    The message counts the entries outside ``{0, 1}`` and shows one of them. A sync: gated by
+    :func:`value_check`.
     """
-    if x.dtype == torch.bool:
+    if x.dtype == torch.bool or not value_check(fn):
         return
     bad = x[(x != 0) & (x != 1)]
     if bad.numel():

@@ -59,7 +59,7 @@ from resad_kit.ops._loss_core import (
     projection_core,
 )
 from resad_kit.ops._phases import PHASES, Phase
-from resad_kit.ops._validation import check_same_shape, check_tensor
+from resad_kit.ops._validation import check_same_shape, check_tensor, checks_enabled
 from resad_kit.ops.segmentation_losses import binary_focal_loss, dice_loss, l1_loss
 
 __all__ = [
@@ -124,11 +124,12 @@ def global_hinge_loss(
         >>> global_hinge_loss(scores, labels, reduction="per_sample")  # (0.3 + 0.6) / 4
         tensor(0.2250)
     """
-    fn = "global_hinge_loss"
-    reduction = check_reduction(fn, reduction)
-    scores = check_tensor(fn, "scores", scores, ndim=1, shape_doc="(B,)", finite=True)
-    labels = check_binary_like(fn, "labels", labels, scores, "scores")
-    target = check_target(fn, "target", target, scores, "scores")
+    if checks_enabled():
+        fn = "global_hinge_loss"
+        reduction = check_reduction(fn, reduction)
+        scores = check_tensor(fn, "scores", scores, ndim=1, shape_doc="(B,)", finite=True)
+        labels = check_binary_like(fn, "labels", labels, scores, "scores")
+        target = check_target(fn, "target", target, scores, "scores")
     return global_hinge_core(scores, labels, target, reduction)
 
 
@@ -173,13 +174,14 @@ def local_hinge_loss(
         >>> local_hinge_loss(score_map, mask, reduction="per_sample")  # (0.5/2 + 0.9 + 0) / 2
         tensor(0.5750)
     """
-    fn = "local_hinge_loss"
-    reduction = check_reduction(fn, reduction)
-    score_map = check_tensor(
-        fn, "score_map", score_map, min_ndim=2, shape_doc="(B, *S)", finite=True
-    )
-    mask = check_binary_like(fn, "mask", mask, score_map, "score_map")
-    target = check_target(fn, "target", target, score_map, "score_map")
+    if checks_enabled():
+        fn = "local_hinge_loss"
+        reduction = check_reduction(fn, reduction)
+        score_map = check_tensor(
+            fn, "score_map", score_map, min_ndim=2, shape_doc="(B, *S)", finite=True
+        )
+        mask = check_binary_like(fn, "mask", mask, score_map, "score_map")
+        target = check_target(fn, "target", target, score_map, "score_map")
     return local_hinge_core(score_map, mask, target, reduction)
 
 
@@ -217,16 +219,19 @@ def magnitude_loss(
         >>> magnitude_loss(adapted, raw, mask)  # (0.2 + 0.4) / 2 + (0.5 + 0.5) / 2
         tensor(0.8000)
     """
-    fn = "magnitude_loss"
-    reduction = check_reduction(fn, reduction)
-    adapted_norm = check_tensor(
-        fn, "adapted_norm", adapted_norm, min_ndim=2, shape_doc="(B, *S)", finite=True
-    )
-    raw_norm = check_tensor(fn, "raw_norm", raw_norm, min_ndim=2, shape_doc="(B, *S)", finite=True)
-    check_same_shape(fn, ("adapted_norm", "raw_norm"), (adapted_norm, raw_norm))
-    check_nonnegative(fn, "adapted_norm", adapted_norm)
-    check_nonnegative(fn, "raw_norm", raw_norm)
-    mask = check_binary_like(fn, "mask", mask, adapted_norm, "adapted_norm")
+    if checks_enabled():
+        fn = "magnitude_loss"
+        reduction = check_reduction(fn, reduction)
+        adapted_norm = check_tensor(
+            fn, "adapted_norm", adapted_norm, min_ndim=2, shape_doc="(B, *S)", finite=True
+        )
+        raw_norm = check_tensor(
+            fn, "raw_norm", raw_norm, min_ndim=2, shape_doc="(B, *S)", finite=True
+        )
+        check_same_shape(fn, ("adapted_norm", "raw_norm"), (adapted_norm, raw_norm))
+        check_nonnegative(fn, "adapted_norm", adapted_norm)
+        check_nonnegative(fn, "raw_norm", raw_norm)
+        mask = check_binary_like(fn, "mask", mask, adapted_norm, "adapted_norm")
     return magnitude_core(adapted_norm, raw_norm, mask, reduction)
 
 
@@ -258,10 +263,11 @@ def direction_regularizer(adapted: torch.Tensor, raw: torch.Tensor) -> torch.Ten
         >>> direction_regularizer(adapted, raw)  # mean(1 − 1, 1 − 0)
         tensor(0.5000)
     """
-    fn = "direction_regularizer"
-    adapted, raw = check_vector_pair(
-        fn, ("adapted", "raw"), adapted, raw, ("(..., D)", "(..., D) broadcastable")
-    )
+    if checks_enabled():
+        fn = "direction_regularizer"
+        adapted, raw = check_vector_pair(
+            fn, ("adapted", "raw"), adapted, raw, ("(..., D)", "(..., D) broadcastable")
+        )
     return direction_core(adapted, raw)
 
 
@@ -290,14 +296,17 @@ def magnitude_regularizer(adapted_norm: torch.Tensor, raw_norm: torch.Tensor) ->
         >>> magnitude_regularizer(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.5, 1.0]]))
         tensor(0.7500)
     """
-    fn = "magnitude_regularizer"
-    adapted_norm = check_tensor(
-        fn, "adapted_norm", adapted_norm, min_ndim=1, shape_doc="(B, ...)", finite=True
-    )
-    raw_norm = check_tensor(fn, "raw_norm", raw_norm, min_ndim=1, shape_doc="(B, ...)", finite=True)
-    check_same_shape(fn, ("adapted_norm", "raw_norm"), (adapted_norm, raw_norm))
-    check_nonnegative(fn, "adapted_norm", adapted_norm)
-    check_nonnegative(fn, "raw_norm", raw_norm)
+    if checks_enabled():
+        fn = "magnitude_regularizer"
+        adapted_norm = check_tensor(
+            fn, "adapted_norm", adapted_norm, min_ndim=1, shape_doc="(B, ...)", finite=True
+        )
+        raw_norm = check_tensor(
+            fn, "raw_norm", raw_norm, min_ndim=1, shape_doc="(B, ...)", finite=True
+        )
+        check_same_shape(fn, ("adapted_norm", "raw_norm"), (adapted_norm, raw_norm))
+        check_nonnegative(fn, "adapted_norm", adapted_norm)
+        check_nonnegative(fn, "raw_norm", raw_norm)
     return magnitude_regularizer_core(adapted_norm, raw_norm)
 
 
@@ -343,10 +352,11 @@ def stop_gradient_projection(
         >>> residual.grad, direction.grad
         (tensor([[0., 1.]]), None)
     """
-    fn = "stop_gradient_projection"
-    if update not in PHASES:
-        raise ValueError(f"{fn}: `update` must be one of {PHASES}; got {update!r}")
-    residual, direction = check_vector_pair(
-        fn, ("residual", "direction"), residual, direction, ("(..., D)", "(D,) or (..., D)")
-    )
+    if checks_enabled():
+        fn = "stop_gradient_projection"
+        if update not in PHASES:
+            raise ValueError(f"{fn}: `update` must be one of {PHASES}; got {update!r}")
+        residual, direction = check_vector_pair(
+            fn, ("residual", "direction"), residual, direction, ("(..., D)", "(D,) or (..., D)")
+        )
     return projection_core(residual, direction, update)

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from einops import pack, rearrange, unpack
 
-from resad_kit.ops._validation import check_tensor, compute_dtype, patch_grid
+from resad_kit.ops._validation import (
+    check_number,
+    check_tensor,
+    checks_enabled,
+    compute_dtype,
+    patch_grid,
+)
 
 __all__ = ["gaussian_blur", "upsample_patches"]
 
@@ -89,11 +95,14 @@ def gaussian_blur(
         >>> gaussian_blur(torch.zeros(2, 3, 37, 37)).shape
         torch.Size([2, 3, 37, 37])
     """
+    if checks_enabled():
+        _check_blur(maps, sigma, kernel_size, padding)
+    return _gaussian_blur_core(maps, float(sigma), int(kernel_size), padding)
+
+
+def _check_blur(maps: object, sigma: object, kernel_size: object, padding: object) -> None:
     fn = "gaussian_blur"
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
-        raise TypeError(f"{fn}: `sigma` must be a float; got {type(sigma).__name__}")
-    if not (0.0 < float(sigma) < math.inf):
-        raise ValueError(f"{fn}: `sigma` must be positive and finite; got {sigma}")
+    check_number(fn, "sigma", sigma, minimum=0.0, strict=True, what="a float")
     k = _check_positive_int(fn, "kernel_size", kernel_size)
     if k % 2 == 0:
         raise ValueError(f"{fn}: `kernel_size` must be odd; got {kernel_size}")
@@ -109,6 +118,11 @@ def gaussian_blur(
             f"{fn}: `padding`='reflect' needs H and W > kernel_size // 2 = {r}; "
             f"got `maps` of shape {tuple(m.shape)}"
         )
+
+
+def _gaussian_blur_core(m: torch.Tensor, sigma: float, k: int, padding: str) -> torch.Tensor:
+    """:func:`gaussian_blur` without checks."""
+    r = k // 2
     cdtype = compute_dtype(m)
     x, ps = pack([m.to(cdtype)], "* h w")
     x = rearrange(x, "b h w -> b 1 h w")
@@ -171,10 +185,23 @@ def upsample_patches(
         >>> upsample_patches(torch.tensor([0.0, 1.0]), (1, 4), grid=(1, 2))
         tensor([[0.0000, 0.2500, 0.7500, 1.0000]])
     """
-    fn = "upsample_patches"
-    s = check_tensor(fn, "scores", scores, min_ndim=1, shape_doc="(..., N)", finite=True)
-    out_h, out_w = _parse_pair(fn, "size", size)
-    gh, gw = patch_grid(fn, "scores", s.shape[-1], grid)
+    if checks_enabled():
+        fn = "upsample_patches"
+        s = check_tensor(fn, "scores", scores, min_ndim=1, shape_doc="(..., N)", finite=True)
+        size = _parse_pair(fn, "size", size)
+        grid = patch_grid(fn, "scores", s.shape[-1], grid)
+    elif grid is None:
+        side = math.isqrt(scores.shape[-1])
+        grid = (side, side)
+    out = size if isinstance(size, (tuple, list)) else (size, size)
+    return _upsample_patches_core(scores, (int(out[0]), int(out[1])), grid)  # type: ignore[arg-type]
+
+
+def _upsample_patches_core(
+    s: torch.Tensor, size: tuple[int, int], grid: tuple[int, int]
+) -> torch.Tensor:
+    """:func:`upsample_patches` without checks."""
+    (out_h, out_w), (gh, gw) = size, grid
     x, ps = pack([s.to(compute_dtype(s))], "* n")
     x = rearrange(x, "b (h w) -> b 1 h w", h=gh, w=gw)
     x = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)

@@ -23,9 +23,11 @@ import torch.nn.functional as F
 
 from resad_kit.ops._validation import (
     check_broadcast_channels,
+    check_number,
     check_tensor,
+    checks_enabled,
     compute_dtype,
-    is_real,
+    value_check,
 )
 
 __all__ = [
@@ -43,11 +45,7 @@ _DEGENERATE_ULPS = 64
 
 def _check_eps(fn: str, eps: object) -> float:
     """``eps`` as a float (numpy scalars accepted); ``ValueError`` unless positive and finite."""
-    if not is_real(eps):
-        raise TypeError(f"{fn}: `eps` must be a float; got {type(eps).__name__}")
-    if not 0.0 < eps < float("inf"):  # type: ignore[operator]
-        raise ValueError(f"{fn}: `eps` must be positive and finite; got {eps}")
-    return float(eps)  # type: ignore[arg-type]
+    return check_number(fn, "eps", eps, minimum=0.0, strict=True, what="a float")
 
 
 def _unit(x: torch.Tensor, cdtype: torch.dtype, eps: float) -> torch.Tensor:
@@ -88,9 +86,14 @@ def prompt_ensemble_mean(
         >>> prompt_ensemble_mean(e, normalize_each=True)
         tensor([0.3000, 0.9000])
     """
-    fn = "prompt_ensemble_mean"
-    eps = _check_eps(fn, eps)
-    x = check_tensor(fn, "embeddings", embeddings, min_ndim=2, shape_doc="(..., P, D)", finite=True)
+    if checks_enabled():
+        fn = "prompt_ensemble_mean"
+        eps = _check_eps(fn, eps)
+        check_tensor(fn, "embeddings", embeddings, min_ndim=2, shape_doc="(..., P, D)", finite=True)
+    return _prompt_ensemble_mean_core(embeddings, normalize_each, float(eps))
+
+
+def _prompt_ensemble_mean_core(x: torch.Tensor, normalize_each: bool, eps: float) -> torch.Tensor:
     cdtype = compute_dtype(x)
     x32 = _unit(x, cdtype, eps) if normalize_each else x.to(cdtype)
     return x32.mean(dim=-2).to(x.dtype)
@@ -139,16 +142,25 @@ def text_residual(
         tensor([-0.7071,  0.7071])
     """
     fn = "text_residual"
-    eps = _check_eps(fn, eps)
-    a = check_tensor(fn, "anomalous", anomalous, min_ndim=1, shape_doc="(..., D)", finite=True)
-    n = check_tensor(fn, "normal", normal, min_ndim=1, shape_doc="(..., D)", finite=True)
-    check_broadcast_channels(fn, ("anomalous", "normal"), a, n)
+    if checks_enabled():
+        eps = _check_eps(fn, eps)
+        check_tensor(fn, "anomalous", anomalous, min_ndim=1, shape_doc="(..., D)", finite=True)
+        check_tensor(fn, "normal", normal, min_ndim=1, shape_doc="(..., D)", finite=True)
+        check_broadcast_channels(fn, ("anomalous", "normal"), anomalous, normal)
+    return _text_residual_core(anomalous, normal, unit, float(eps))
+
+
+def _text_residual_core(
+    a: torch.Tensor, n: torch.Tensor, unit: bool, eps: float, fn: str = "text_residual"
+) -> torch.Tensor:
+    """:func:`text_residual` without checks, except the degenerate-direction one of ``unit``
+    (a value check: skipped with checks off and under ``torch.compile``)."""
     cdtype = compute_dtype(a, n)
     r = _unit(a, cdtype, eps) - _unit(n, cdtype, eps)
     if unit:
         norm = torch.linalg.vector_norm(r, dim=-1, keepdim=True)
         tol = _DEGENERATE_ULPS * torch.finfo(cdtype).eps
-        if bool((norm <= tol).any()):
+        if value_check(fn) and bool((norm <= tol).any()):
             raise ValueError(
                 f"{fn}: `anomalous` and `normal` point in the same direction "
                 f"(‖R_t‖ ≤ {tol:.1e}), so the text residual has no direction; "
@@ -192,11 +204,17 @@ def visual_residual(
         >>> visual_residual(torch.tensor([0.0, 5.0]), torch.tensor([1.0, 0.0]))
         tensor([-1.,  1.])
     """
-    fn = "visual_residual"
-    eps = _check_eps(fn, eps)
-    q = check_tensor(fn, "query", query, min_ndim=1, shape_doc="(..., D)", finite=True)
-    r = check_tensor(fn, "reference", reference, min_ndim=1, shape_doc="(..., D)", finite=True)
-    check_broadcast_channels(fn, ("query", "reference"), q, r)
+    if checks_enabled():
+        fn = "visual_residual"
+        eps = _check_eps(fn, eps)
+        check_tensor(fn, "query", query, min_ndim=1, shape_doc="(..., D)", finite=True)
+        check_tensor(fn, "reference", reference, min_ndim=1, shape_doc="(..., D)", finite=True)
+        check_broadcast_channels(fn, ("query", "reference"), query, reference)
+    return _visual_residual_core(query, reference, float(eps))
+
+
+def _visual_residual_core(q: torch.Tensor, r: torch.Tensor, eps: float) -> torch.Tensor:
+    """:func:`visual_residual` without checks (eq. 32)."""
     cdtype = compute_dtype(q, r)
     return (_unit(q, cdtype, eps) - _unit(r, cdtype, eps)).to(torch.result_type(q, r))
 
@@ -246,6 +264,12 @@ def global_residual(
         >>> global_residual(torch.randn(4, 768), torch.randn(2, 768)).shape
         torch.Size([4, 768])
     """
+    if checks_enabled():
+        eps = _check_global_residual(query, references, eps)
+    return _global_residual_core(query, references, normalized, float(eps))
+
+
+def _check_global_residual(query: object, references: object, eps: object) -> float:
     fn = "global_residual"
     eps = _check_eps(fn, eps)
     q = check_tensor(fn, "query", query, min_ndim=1, shape_doc="(..., D)", finite=True)
@@ -264,6 +288,13 @@ def global_residual(
             f"{fn}: batch dims of `query` (..., D) and `references` (..., K, D) must be "
             f"broadcastable; got shapes {tuple(q.shape)} and {tuple(refs.shape)}"
         ) from None
+    return eps
+
+
+def _global_residual_core(
+    q: torch.Tensor, refs: torch.Tensor, normalized: bool, eps: float
+) -> torch.Tensor:
+    """:func:`global_residual` without checks."""
     cdtype = compute_dtype(q, refs)
     out_dtype = torch.result_type(q, refs)
     if normalized:

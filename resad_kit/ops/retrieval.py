@@ -21,29 +21,24 @@ official code.
 
 from __future__ import annotations
 
-import math
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
-from resad_kit.ops._compile import compiled
+from resad_kit.ops._retrieval_core import retrieve_core
+from resad_kit.ops._sorted_support import SparsemaxK, check_k
 from resad_kit.ops._validation import (
     check_finite,
+    check_number,
     check_positive_int,
     check_tensor,
+    checks_enabled,
     compute_dtype,
-    is_real,
+    value_check,
 )
-from resad_kit.ops.simplex import SparsemaxK, check_k, sorted_support
 
 __all__ = ["Retrieval", "SparseWeights", "radial_distance", "radial_penalty", "retrieve"]
-
-_NORM_EPS = 1e-12
-_MIN_GEMM_ROWS = 64
-_BLOCK_ENTRIES = 2**23  # default similarity block: 2²³ entries (32 MiB in float32)
-_MIN_BLOCK_ROWS = 1024  # ... but at least this many rows (the GEMM packs the bank per call)
 
 
 class SparseWeights(NamedTuple):
@@ -139,8 +134,9 @@ def radial_distance(
                 [1.0000, 0.0000, 1.0000],
                 [1.4142, 1.0000, 1.4142]])
     """
-    check_positive_int("radial_distance", "h", h)
-    check_positive_int("radial_distance", "w", w)
+    if checks_enabled():
+        check_positive_int("radial_distance", "h", h)
+        check_positive_int("radial_distance", "w", w)
     dtype = dtype or torch.float32
     ys = torch.arange(h, device=device, dtype=dtype) - (h - 1) / 2
     xs = torch.arange(w, device=device, dtype=dtype) - (w - 1) / 2
@@ -167,19 +163,25 @@ def radial_penalty(
         >>> tuple(p.shape), round(p.max().item(), 4)  # max 18·√2·γ
         ((1369, 2738), 0.2546)
     """
-    fn = "radial_penalty"
-    check_tensor(fn, "r_query", r_query, min_ndim=1, shape_doc="(..., N)", finite=True)
-    check_tensor(fn, "r_bank", r_bank, min_ndim=1, shape_doc="(..., M)", finite=True)
-    gamma = _check_gamma(fn, gamma)
+    if checks_enabled():
+        fn = "radial_penalty"
+        check_tensor(fn, "r_query", r_query, min_ndim=1, shape_doc="(..., N)", finite=True)
+        check_tensor(fn, "r_bank", r_bank, min_ndim=1, shape_doc="(..., M)", finite=True)
+        gamma = _check_gamma(fn, gamma)
+    return _radial_penalty_core(r_query, r_bank, float(gamma))
+
+
+def _radial_penalty_core(r_query: torch.Tensor, r_bank: torch.Tensor, gamma: float) -> torch.Tensor:
+    """:func:`radial_penalty` without checks."""
     dtype = compute_dtype(r_query, r_bank)
     return gamma * (r_query.to(dtype)[..., :, None] - r_bank.to(dtype)[..., None, :]).abs()
 
 
 def _check_gamma(fn: str, gamma: object) -> float:
     """``gamma`` as a float (numpy scalars accepted); ``ValueError`` unless finite and ≥ 0."""
-    if not (is_real(gamma) and math.isfinite(gamma) and gamma >= 0):  # type: ignore[arg-type]
-        raise ValueError(f"{fn}: `gamma` must be a finite number ≥ 0; got {gamma!r}")
-    return float(gamma)  # type: ignore[arg-type]
+    return check_number(
+        fn, "gamma", gamma, minimum=0.0, what="a finite number ≥ 0", non_number=ValueError
+    )
 
 
 def retrieve(
@@ -263,12 +265,42 @@ def retrieve(
         >>> both.reference.shape, torch.equal(both.reference[0, 0], retrieve(query, bank).reference)
         (torch.Size([2, 1, 16, 8]), True)
     """
+    if checks_enabled():
+        gamma = _check_retrieve(
+            query, bank, query_radius, bank_radius, gamma, k, chunk_size, normalize, compile
+        )
+    reference, indices, values, m = retrieve_core(
+        query,
+        bank,
+        query_radius,
+        bank_radius,
+        float(gamma),
+        k=k,
+        chunk_size=chunk_size,
+        normalize=normalize,
+        compile=compile,
+    )
+    return Retrieval(reference, SparseWeights(indices, values, num_entries=m))
+
+
+def _check_retrieve(
+    query: object,
+    bank: object,
+    query_radius: object,
+    bank_radius: object,
+    gamma: object,
+    k: object,
+    chunk_size: object,
+    normalize: object,
+    compile: object,
+) -> float:
+    """The checks of :func:`retrieve`; returns ``gamma`` as a float."""
     fn = "retrieve"
     check_tensor(fn, "query", query, min_ndim=2, shape_doc="(..., N, D)")
     check_tensor(fn, "bank", bank, min_ndim=2, shape_doc="(M, D) or (..., M, D)")
     _check_finite_fast(fn, "query", query)
     _check_finite_fast(fn, "bank", bank)
-    gamma = _check_gamma(fn, gamma)
+    gamma_value = _check_gamma(fn, gamma)
     n, d = query.shape[-2:]
     lead = query.shape[:-2]
     if bank.shape[-1] != d:
@@ -302,258 +334,17 @@ def retrieve(
         raise ValueError(f'{fn}: `normalize` must be True, False or "query"; got {normalize!r}')
     if not isinstance(compile, bool):
         raise ValueError(f"{fn}: `compile` must be True or False; got {compile!r}")
-
-    dtype = compute_dtype(query, bank)
-    rows, banks, restore = _group_by_bank(query.to(dtype), bank.to(dtype))
-    if normalize:
-        rows = F.normalize(rows, dim=-1, eps=_NORM_EPS)
-    if normalize is True:
-        banks = F.normalize(banks, dim=-1, eps=_NORM_EPS)
-    penalty = None
-    if query_radius is not None and bank_radius is not None and gamma > 0:
-        # γ folded into the radii: |γ·r_q − γ·r_ref| (the table is then one sub and one abs)
-        row_radius = (gamma * query_radius.to(dtype)).repeat(rows.shape[1] // n)
-        penalty = (row_radius, _period(gamma * bank_radius.to(dtype), n))
-    reference, indices, values = _retrieve_groups(rows, banks, penalty, k, chunk_size, compile)
-    weights = SparseWeights(restore(indices), restore(values), num_entries=m)
-    return Retrieval(restore(reference).to(query.dtype), weights)
-
-
-def _period(bank_radius: torch.Tensor, n: int) -> torch.Tensor:
-    """The first ``n`` bank radii if the ``M`` radii repeat them (a bank of ``K`` shots of the
-    query's grid: ``radial_distance(h, w).repeat(K)``), else all ``M``."""
-    m = bank_radius.shape[0]
-    if m % n == 0 and torch.equal(bank_radius.view(m // n, n), bank_radius[:n].expand(m // n, n)):
-        return bank_radius[:n]
-    return bank_radius
+    return gamma_value
 
 
 def _check_finite_fast(fn: str, name: str, x: torch.Tensor) -> None:
     """:func:`check_finite` behind a one-pass screen: a NaN or ±inf entry makes the sum
     non-finite, so only a non-finite sum (or an overflow of finite entries) needs the full
     element-wise check, which raises with the counts."""
-    if not bool(torch.isfinite(x.sum(dtype=compute_dtype(x)))):
+    if value_check(fn) and not bool(torch.isfinite(x.sum(dtype=compute_dtype(x)))):
         check_finite(fn, name, x)
 
 
 def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
     padded = (1,) * (len(target) - len(shape)) + tuple(shape)
     return all(s in (1, t) for s, t in zip(padded, target, strict=True))
-
-
-def _group_by_bank(query: torch.Tensor, bank: torch.Tensor):
-    """Arrange the query rows by the bank they are matched against.
-
-    Returns ``(rows (G, R, D), banks (G, M, D), restore)``: ``G`` distinct banks, the ``R``
-    query rows of each (images sharing the bank, then patches), and a function that turns a
-    ``(G, R, C)`` result back into the query's ``(..., N, C)`` layout.
-    """
-    lead, (n, d), m = query.shape[:-2], query.shape[-2:], bank.shape[-2]
-    bank_lead = (1,) * (len(lead) - (bank.ndim - 2)) + tuple(bank.shape[:-2])
-    own = [i for i, s in enumerate(bank_lead) if s != 1]  # dims with one bank per entry
-    shared = [i for i, s in enumerate(bank_lead) if s == 1]  # dims sharing a bank
-    order = [*own, *shared]
-    groups = math.prod(lead[i] for i in own)
-    rows = query.permute(*order, -2, -1).reshape(groups, -1, d).contiguous()
-    banks = bank.reshape(*bank_lead, m, d).permute(*order, -2, -1).reshape(groups, m, d)
-    banks = banks.contiguous()  # reductions round by memory layout: one layout for all
-    arranged = [lead[i] for i in order]
-    inverse = [order.index(i) for i in range(len(lead))]
-
-    def restore(x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(*arranged, n, x.shape[-1])
-        return x.permute(*inverse, -2, -1)
-
-    return rows, banks, restore
-
-
-def _retrieve_groups(
-    rows: torch.Tensor,
-    banks: torch.Tensor,
-    penalty: tuple[torch.Tensor, torch.Tensor] | None,
-    k: SparsemaxK,
-    chunk_size: int | None,
-    compile: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Retrieval of ``(G, R, D)`` rows, group ``g`` against its bank ``banks[g]`` ``(M, D)``.
-
-    ``penalty`` is ``(γ·r of every row (R,), γ·r of the first P bank entries (P,))``, the bank
-    radii repeating with period ``P`` (``P = M`` for arbitrary radii), or ``None``. The ``G·R``
-    rows, flattened, are processed in chunks of ``chunk_size`` rows (rounded up to a multiple
-    of 64; by default ``_BLOCK_ENTRIES`` similarities or ``_MIN_BLOCK_ROWS`` rows, whole
-    groups where a group fits in twice that): one ``chunk × M``
-    similarity block at a time, which may span groups (each group's rows against its own
-    bank), so that the sparsemax and the gather-and-sum run once per block. Returns
-    ``reference (G, R, D)``, ``indices (G, R, S)`` and ``values (G, R, S)``.
-    """
-    groups, total, d = rows.shape
-    m = banks.shape[1]
-    flat_rows = rows.reshape(groups * total, d)
-    if chunk_size is None:
-        budget = max(_MIN_BLOCK_ROWS, _BLOCK_ENTRIES // m)  # rows
-        if total <= 2 * budget:  # whole groups, so that every GEMM takes a whole group
-            step = total * max(1, budget // total)
-        else:
-            step = budget // _MIN_GEMM_ROWS * _MIN_GEMM_ROWS
-    else:
-        step = -(-chunk_size // _MIN_GEMM_ROWS) * _MIN_GEMM_ROWS
-    bank_offset = m * torch.arange(groups, device=rows.device).repeat_interleave(total)[:, None]
-    references, indices, values = [], [], []
-    tables: dict[tuple[int, int], torch.Tensor] = {}  # the last penalty table, reused
-    for start in range(0, groups * total, step):
-        stop = min(start + step, groups * total)
-        sim = _similarity_block(flat_rows, banks, penalty, start, stop, compile, tables)
-        idx, w = _sparse_sparsemax(sim, k, compile)
-        del sim  # free this block before the next one is allocated
-        flat_idx = idx + bank_offset[start:stop]  # one gather-and-sum over all the banks
-        flat_bank = banks.reshape(groups * m, d)
-        references.append(F.embedding_bag(flat_idx, flat_bank, per_sample_weights=w, mode="sum"))
-        indices.append(idx)
-        values.append(w)
-    reference = references[0] if len(references) == 1 else torch.cat(references)
-    idx, val = _pad_and_stack(indices, values)
-    return (
-        reference.view(groups, total, d),
-        idx.view(groups, total, -1),
-        val.view(groups, total, -1),
-    )
-
-
-def _similarity_block(
-    rows: torch.Tensor,
-    banks: torch.Tensor,
-    penalty: tuple[torch.Tensor, torch.Tensor] | None,
-    start: int,
-    stop: int,
-    compile: bool,
-    tables: dict[tuple[int, int], torch.Tensor],
-) -> torch.Tensor:
-    """Eq. 8 for the flattened rows ``[start, stop)``: ``(stop − start, M)``, every row against
-    the bank of its group (``R = rows / G`` rows per group).
-
-    Every group has the same row radii, so the penalty table of a span of rows within a group
-    is the same in every group: ``tables`` keeps the last one (keyed by that span), which the
-    next group's segment reuses (one table per call with the default whole-group blocks); only
-    one is kept, so memory stays bounded by the block.
-
-    Every GEMM covers at least 64 rows (shorter segments are padded): BLAS libraries take other
-    kernels, which round differently, for very short matrices, so the results do not depend on
-    the chunking (tested bit for bit).
-    """
-    groups, m = banks.shape[:2]
-    total = rows.shape[0] // groups
-    similarity = _COMPILED_SIMILARITY if compile else _similarity
-    # GEMMs write into one block; with autograd (no out= there), the segments are joined
-    differentiable = torch.is_grad_enabled() and (rows.requires_grad or banks.requires_grad)
-    block = None if differentiable else rows.new_empty(stop - start, m)
-    parts = []
-    for group in range(start // total, (stop - 1) // total + 1):
-        first, last = max(start, group * total), min(stop, (group + 1) * total)
-        segment = rows[first:last]
-        table = None
-        if penalty is not None:
-            span = (first - group * total, last - group * total)
-            table = tables.get(span)
-            if table is None:
-                tables.clear()
-                table = tables[span] = _radial_table(penalty[0][span[0] : span[1]], penalty[1])
-        out = None if block is None else block[first - start : last - start]
-        pad = max(0, _MIN_GEMM_ROWS - (last - first))
-        if pad:
-            table = None if table is None else F.pad(table, (0, 0, 0, pad))
-            sim = similarity(F.pad(segment, (0, 0, 0, pad)), banks[group], table, None)
-            sim = sim[: last - first]
-            if out is None:
-                parts.append(sim)
-            else:
-                out.copy_(sim)
-        elif out is None:
-            parts.append(similarity(segment, banks[group], table, None))
-        else:
-            similarity(segment, banks[group], table, out)
-    return torch.cat(parts) if block is None else block
-
-
-def _radial_table(row_radius: torch.Tensor, bank_radius: torch.Tensor) -> torch.Tensor:
-    """``|γr_q(i) − γr_ref(j)|`` (Eq. 8's penalty) for rows ``(R,)`` and bank radii ``(P,)``."""
-    return (row_radius[:, None] - bank_radius[None, :]).abs_()
-
-
-def _similarity(
-    rows: torch.Tensor,
-    bank: torch.Tensor,
-    table: torch.Tensor | None,
-    out: torch.Tensor | None,
-) -> torch.Tensor:
-    """``rows @ bank.T − penalty`` (Eq. 8), ``(R, M)``, written into ``out`` if given.
-
-    ``table`` ``(R, P)`` holds the penalty of the first ``P`` bank entries, whose radii repeat
-    with period ``P`` (``P = N`` for a bank of ``K`` shots of the query's grid, ``P = M`` for
-    arbitrary radii): it is subtracted from every period of the GEMM's output in place, so a
-    ``K``-shot bank needs no ``R×M`` penalty block.
-    """
-    sim = rows @ bank.T if out is None else torch.mm(rows, bank.T, out=out)
-    if table is not None:
-        sim.view(sim.shape[0], -1, table.shape[-1]).sub_(table[:, None, :])
-    return sim
-
-
-def _sparse_sparsemax(
-    sim: torch.Tensor, k: SparsemaxK, compile: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise sparsemax of ``(R, M)`` similarities in sparse form ``(indices, values)``.
-
-    The support is found without gradients (:func:`resad_kit.ops.simplex.sorted_support`) and
-    put in a canonical order: weight descending, ties by bank index, so that every ``k`` gives
-    the same tensors. The weights are then recomputed from the gathered similarities with
-    differentiable ops (:func:`_support_weights`).
-    """
-    with torch.no_grad():
-        top = sorted_support(sim, k)
-        idx = top.indices
-        if _ties_out_of_order(top.values, idx, top.support):
-            by_index = idx.argsort(dim=-1)
-            idx, vals = idx.gather(-1, by_index), top.values.gather(-1, by_index)
-            idx = idx.gather(-1, vals.argsort(dim=-1, descending=True, stable=True))
-    weights_fn = _COMPILED_SUPPORT_WEIGHTS if compile else _support_weights
-    return weights_fn(sim, idx, top.support)
-
-
-def _ties_out_of_order(values: torch.Tensor, indices: torch.Tensor, support: torch.Tensor) -> bool:
-    """Whether two equal weights of a support ``(R, W)`` (sorted descending, ``support``
-    ``(R, 1)``) are listed against bank order (tied similarities are rare: usually no sort)."""
-    inside = torch.arange(1, values.shape[-1], device=values.device) < support
-    tied = values[:, 1:] == values[:, :-1]
-    return bool((tied & inside & (indices[:, 1:] < indices[:, :-1])).any())
-
-
-def _support_weights(
-    sim: torch.Tensor, idx: torch.Tensor, support: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sparsemax weights of the sorted support ``idx`` ``(R, W)`` of ``(R, M)`` ``sim``.
-
-    ``τ = (Σ_S s − 1)/|S|`` relative to the row maximum, ``w = max(0, s − τ)`` on the first
-    ``support`` slots and 0 (index 0) on the rest: exactly the sparsemax Jacobian with respect
-    to ``sim``. Returns ``(indices, weights)``.
-    """
-    gathered = sim.gather(-1, idx)
-    shifted = gathered - gathered[:, :1]
-    in_support = torch.arange(idx.shape[-1], device=sim.device) < support
-    cumsum = shifted.cumsum(dim=-1)
-    tau = (cumsum.gather(-1, support - 1) - 1) / support.to(sim.dtype)
-    weights = (shifted - tau).clamp_min(0) * in_support
-    return idx.masked_fill(~in_support, 0), weights
-
-
-def _pad_and_stack(
-    indices: list[torch.Tensor], values: list[torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate blocks of different support widths, padding with weight 0, index 0."""
-    width = max(v.shape[-1] for v in values)
-    idx = torch.cat([F.pad(i, (0, width - i.shape[-1])) for i in indices])
-    val = torch.cat([F.pad(v, (0, width - v.shape[-1])) for v in values])
-    return idx, val
-
-
-_COMPILED_SIMILARITY = compiled(_similarity)
-_COMPILED_SUPPORT_WEIGHTS = compiled(_support_weights)

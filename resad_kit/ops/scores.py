@@ -14,7 +14,6 @@ results come back in the dtype of the inputs (``torch.result_type``).
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Mapping, Sequence
 
@@ -24,9 +23,12 @@ from einops import rearrange
 
 from resad_kit.ops._validation import (
     check_broadcast_channels,
+    check_number,
     check_same_shape,
     check_tensor,
+    checks_enabled,
     compute_dtype,
+    value_check,
 )
 from resad_kit.ops.residuals import _EPS, _check_eps
 
@@ -85,16 +87,29 @@ def projection_score(
         torch.Size([2, 1369])
     """
     fn = "projection_score"
-    _check_eps(fn, eps)
-    r = check_tensor(fn, "residual", residual, min_ndim=1, shape_doc="(..., D)", finite=True)
-    d = check_tensor(
-        fn, "direction", direction, min_ndim=1, shape_doc="(D,) or (..., D)", finite=True
-    )
-    check_broadcast_channels(fn, ("residual", "direction"), r, d)
+    if checks_enabled():
+        _check_eps(fn, eps)
+        _check_pair(fn, ("residual", "direction"), residual, direction)
+    return _projection_score_core(residual, direction, float(eps))
+
+
+def _check_pair(fn: str, names: tuple[str, str], x: object, direction: object) -> None:
+    """``x`` ``(..., D)`` and ``direction`` ``(D,)``/``(..., D)``: finite, same ``D``, broadcast."""
+    check_tensor(fn, names[0], x, min_ndim=1, shape_doc="(..., D)", finite=True)
+    check_tensor(fn, names[1], direction, min_ndim=1, shape_doc="(D,) or (..., D)", finite=True)
+    check_broadcast_channels(fn, names, x, direction)  # type: ignore[arg-type]
+
+
+def _projection_score_core(
+    residual: torch.Tensor, direction: torch.Tensor, eps: float, fn: str = "projection_score"
+) -> torch.Tensor:
+    """:func:`projection_score` without checks, except the zero-direction one (a value check:
+    skipped with checks off and under ``torch.compile``)."""
+    r, d = residual, direction
     cdtype = compute_dtype(r, d)
     d = d.to(cdtype)
     norm = torch.linalg.vector_norm(d, dim=-1, keepdim=True)
-    if bool((norm <= eps).any()):
+    if value_check(fn) and bool((norm <= eps).any()):
         raise ValueError(
             f"{fn}: `direction` must be non-zero (‖direction‖₂ > eps={eps:g}); "
             f"got a zero vector in shape {tuple(d.shape)}"
@@ -135,13 +150,16 @@ def cosine_score(
         >>> cosine_score(torch.zeros(2), torch.tensor([1.0, 0.0]))
         tensor(0.)
     """
-    fn = "cosine_score"
-    _check_eps(fn, eps)
-    f = check_tensor(fn, "features", features, min_ndim=1, shape_doc="(..., D)", finite=True)
-    d = check_tensor(
-        fn, "direction", direction, min_ndim=1, shape_doc="(D,) or (..., D)", finite=True
-    )
-    check_broadcast_channels(fn, ("features", "direction"), f, d)
+    if checks_enabled():
+        fn = "cosine_score"
+        _check_eps(fn, eps)
+        _check_pair(fn, ("features", "direction"), features, direction)
+    return _cosine_score_core(features, direction, float(eps))
+
+
+def _cosine_score_core(features: torch.Tensor, direction: torch.Tensor, eps: float) -> torch.Tensor:
+    """:func:`cosine_score` without checks."""
+    f, d = features, direction
     cdtype = compute_dtype(f, d)
     f_hat = F.normalize(f.to(cdtype), dim=-1, eps=eps)
     d_hat = F.normalize(d.to(cdtype), dim=-1, eps=eps)
@@ -173,8 +191,15 @@ def magnitude_score(residual: torch.Tensor) -> torch.Tensor:
         >>> magnitude_score(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
         tensor([5., 0.])
     """
-    fn = "magnitude_score"
-    r = check_tensor(fn, "residual", residual, min_ndim=1, shape_doc="(..., D)", finite=True)
+    if checks_enabled():
+        check_tensor(
+            "magnitude_score", "residual", residual, min_ndim=1, shape_doc="(..., D)", finite=True
+        )
+    return _magnitude_score_core(residual)
+
+
+def _magnitude_score_core(r: torch.Tensor) -> torch.Tensor:
+    """:func:`magnitude_score` without checks."""
     norm = torch.linalg.vector_norm(r.to(compute_dtype(r)), dim=-1)
     return norm.to(r.dtype)
 
@@ -222,9 +247,15 @@ def top_fraction_mean(maps: torch.Tensor, fraction: float = 0.01) -> torch.Tenso
         >>> top_fraction_mean(torch.zeros(2, 3, 518, 518)).shape
         torch.Size([2, 3])
     """
-    fn = "top_fraction_mean"
-    q = _check_fraction(fn, fraction)
-    m = check_tensor(fn, "maps", maps, min_ndim=2, shape_doc="(..., H, W)", finite=True)
+    if checks_enabled():
+        fn = "top_fraction_mean"
+        fraction = _check_fraction(fn, fraction)
+        check_tensor(fn, "maps", maps, min_ndim=2, shape_doc="(..., H, W)", finite=True)
+    return _top_fraction_mean_core(maps, float(fraction))
+
+
+def _top_fraction_mean_core(m: torch.Tensor, q: float) -> torch.Tensor:
+    """:func:`top_fraction_mean` without checks."""
     h, w = m.shape[-2:]
     k = max(1, int(q * h * w))
     flat = rearrange(m.to(compute_dtype(m)), "... h w -> ... (h w)")
@@ -232,12 +263,7 @@ def top_fraction_mean(maps: torch.Tensor, fraction: float = 0.01) -> torch.Tenso
 
 
 def _check_weight(fn: str, name: str, w: object) -> float:
-    if isinstance(w, bool) or not isinstance(w, numbers.Real):
-        raise TypeError(f"{fn}: `{name}` must be a real number; got {type(w).__name__}")
-    value = float(w)
-    if not math.isfinite(value):
-        raise ValueError(f"{fn}: `{name}` must be finite; got {value}")
-    return value
+    return check_number(fn, name, w)
 
 
 def _is_sequence(x: object) -> bool:
@@ -284,6 +310,11 @@ def fuse(
         >>> fuse([torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])], [1.0, 0.5])
         tensor([2.5000, 4.0000])
     """
+    if not checks_enabled():
+        if isinstance(maps, Mapping):
+            keys = list(maps)
+            return _fuse_core([maps[k] for k in keys], [float(weights[k]) for k in keys])  # type: ignore[index]
+        return _fuse_core(list(maps), [float(w) for w in weights])  # type: ignore[union-attr]
     fn = "fuse"
     if isinstance(maps, Mapping) and isinstance(weights, Mapping):
         if set(maps) != set(weights):
@@ -319,6 +350,11 @@ def fuse(
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         raise ValueError(f"{fn}: all maps must be on one device; got {sorted(map(str, devices))}")
+    return _fuse_core(tensors, ws)
+
+
+def _fuse_core(tensors: list[torch.Tensor], ws: list[float]) -> torch.Tensor:
+    """:func:`fuse` without checks: ``Σ_i w_i·M_i`` in float32+."""
     cdtype = compute_dtype(*tensors)
     out_dtype = tensors[0].dtype
     for t in tensors[1:]:

@@ -12,17 +12,18 @@ inputs) and returns a scalar.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from resad_kit.ops._validation import (
     check_finite,
+    check_number,
     check_same_shape,
     check_tensor,
+    checks_enabled,
     compute_dtype,
     is_real,
+    value_check,
 )
 
 __all__ = ["binary_focal_loss", "dice_loss", "l1_loss"]
@@ -31,7 +32,12 @@ __all__ = ["binary_focal_loss", "dice_loss", "l1_loss"]
 def _probabilities(
     fn: str, probs: torch.Tensor, targets: torch.Tensor, min_ndim: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate ``probs``/``targets`` (same shape, finite, in [0, 1]); cast to float32+."""
+    """Validate ``probs``/``targets`` (same shape, finite, in [0, 1]); cast to float32+.
+
+    With checks off only the cast is done."""
+    if not checks_enabled():
+        dtype = compute_dtype(probs, targets if targets.is_floating_point() else probs)
+        return probs.to(dtype), targets.to(dtype)
     check_tensor(fn, "probs", probs, min_ndim=min_ndim)
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"{fn}: `targets` must be a torch.Tensor; got {type(targets).__name__}")
@@ -40,7 +46,7 @@ def _probabilities(
     p, t = probs.to(dtype), targets.to(dtype)
     for name, x in (("probs", p), ("targets", t)):
         check_finite(fn, name, x)
-        if bool(((x < 0) | (x > 1)).any()):
+        if value_check(fn) and bool(((x < 0) | (x > 1)).any()):
             raise ValueError(f"{fn}: `{name}` must lie in [0, 1]; got values outside")
     return p, t
 
@@ -82,12 +88,12 @@ def binary_focal_loss(
         tensor(0.4149)
     """
     fn = "binary_focal_loss"
-    if not is_real(gamma) or not gamma >= 0:  # type: ignore[operator]
-        raise ValueError(f"{fn}: `gamma` must be a number ≥ 0; got {gamma!r}")
-    if not math.isfinite(gamma):
-        raise ValueError(f"{fn}: `gamma` must be finite; got {gamma!r}")
-    if alpha is not None and not (is_real(alpha) and 0 <= alpha <= 1):  # type: ignore[operator]
-        raise ValueError(f"{fn}: `alpha` must be None or in [0, 1]; got {alpha!r}")
+    if checks_enabled():
+        check_number(
+            fn, "gamma", gamma, minimum=0.0, what="a finite number ≥ 0", non_number=ValueError
+        )
+        if alpha is not None and not (is_real(alpha) and 0 <= alpha <= 1):  # type: ignore[operator]
+            raise ValueError(f"{fn}: `alpha` must be None or in [0, 1]; got {alpha!r}")
     gamma = float(gamma)
     alpha = None if alpha is None else float(alpha)
     p, y = _probabilities(fn, probs, targets)
@@ -150,7 +156,7 @@ def dice_loss(probs: torch.Tensor, targets: torch.Tensor, *, smooth: float = 1.0
         tensor(0.8000)
     """
     fn = "dice_loss"
-    if not is_real(smooth) or not smooth > 0:  # type: ignore[operator]
+    if checks_enabled() and (not is_real(smooth) or not smooth > 0):  # type: ignore[operator]
         raise ValueError(f"{fn}: `smooth` must be a number > 0; got {smooth!r}")
     smooth = float(smooth)
     p, y = _probabilities(fn, probs, targets, min_ndim=2)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-import resad_kit.ops.retrieval as retrieval_module
+import resad_kit.ops._retrieval_core as retrieval_module
 from resad_kit.ops import Retrieval, SparseWeights, radial_distance, radial_penalty, retrieve
 from resad_kit.ops._compile import Compiled
 

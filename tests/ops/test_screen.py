@@ -20,8 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import resad_kit.ops.retrieval as retrieval_module
-import resad_kit.ops.simplex as simplex
+import resad_kit.ops._retrieval_core as retrieval_module
+import resad_kit.ops._sorted_support as simplex
 from resad_kit.ops import radial_distance, retrieve, sparsemax, sparsemax_threshold
 
 REAL_KNOBS = {

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from resad_kit.ops import sparsemax, sparsemax_threshold
-from resad_kit.ops.simplex import AUTO_K, sorted_support
+from resad_kit.ops._sorted_support import AUTO_K, sorted_support
 
 finite = st.floats(-50, 50, allow_nan=False, width=32)
 

@@ -1,0 +1,362 @@
+"""The input-check switch ``resad_kit.checks`` and the checked-façade / unchecked-core split.
+
+What the tests prove:
+
+* ``checks(False)`` works as a statement and as a context manager, restores the previous
+  state on exit (also on an exception, also nested), is per thread, rejects non-bools, and
+  the environment variable ``RESAD_KIT_CHECKS`` sets the default at import (subprocess);
+* every public op of ``resad_kit.ops`` and module of ``resad_kit.nn`` raises on bad input with
+  checks on, does not validate with checks off, and returns bit-identical results both ways
+  for good input;
+* checks that read tensor values (a device-to-host sync) are skipped while ``torch.compile``
+  traces: a ``fullgraph`` trace would fail on the ``bool(tensor)`` of such a check;
+* with checks off, a Res²CLIP forward and training step on the tiny CLIP run no value check
+  at all (counted on CPU by ``VALUE_CHECKS_RUN``, and, on a GPU, no synchronising check
+  under ``torch.cuda.set_sync_debug_mode``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import resad_kit
+from resad_kit.clip import ClipBackbone
+from resad_kit.methods import Res2CLIP, Res2CLIPConfig, TrainingBatch
+from resad_kit.nn import LocalConvAdapter, ResidualAdapter
+from resad_kit.ops import (
+    cosine_score,
+    fuse,
+    gaussian_blur,
+    global_residual,
+    knn_distance,
+    magnitude_score,
+    projection_score,
+    prompt_ensemble_mean,
+    radial_distance,
+    radial_penalty,
+    retrieve,
+    sparsemax,
+    sparsemax_threshold,
+    text_residual,
+    top_fraction_mean,
+    upsample_patches,
+    visual_residual,
+)
+from resad_kit.ops import losses as L
+from resad_kit.ops._validation import VALUE_CHECKS_RUN
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# --------------------------------------------------------------------------------------------
+# The switch
+# --------------------------------------------------------------------------------------------
+
+
+def test_context_manager_restores_the_state_also_on_exceptions():
+    assert bool(resad_kit.checks())
+    with resad_kit.checks(False) as state:
+        assert not state
+        assert not resad_kit.checks()
+        with resad_kit.checks(True):
+            assert resad_kit.checks()
+        assert not resad_kit.checks()
+    assert resad_kit.checks()
+    with pytest.raises(RuntimeError, match="boom"), resad_kit.checks(False):
+        raise RuntimeError("boom")
+    assert resad_kit.checks()
+
+
+def test_plain_call_switches_until_switched_back():
+    try:
+        resad_kit.checks(False)
+        assert not resad_kit.checks()
+        assert repr(resad_kit.checks()) == "resad_kit.checks(False)"
+    finally:
+        resad_kit.checks(True)
+    assert resad_kit.checks()
+
+
+@pytest.mark.parametrize("bad", [0, 1, "off", 1.0])
+def test_non_bool_is_rejected(bad):
+    with pytest.raises(TypeError, match="`enabled` must be True, False or None"):
+        resad_kit.checks(bad)
+
+
+def test_the_state_is_per_thread():
+    """A thread starts from the process default and its switch does not leak to others."""
+    seen = {}
+
+    def worker():
+        seen["start"] = bool(resad_kit.checks())
+        resad_kit.checks(False)
+        seen["after"] = bool(resad_kit.checks())
+
+    with resad_kit.checks(False):
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        assert not resad_kit.checks()
+    assert seen == {"start": True, "after": False}
+    assert resad_kit.checks()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0", False), ("Off", False), ("1", True)],
+)
+def test_environment_variable_sets_the_default(value, expected):
+    code = (
+        "import torch, resad_kit\n"
+        "from resad_kit.ops import visual_residual\n"
+        "print(bool(resad_kit.checks()))\n"
+        "try:\n"
+        "    visual_residual(torch.tensor([float('nan'), 0.0]), torch.ones(2))\n"
+        "    print('unchecked')\n"
+        "except ValueError:\n"
+        "    print('checked')\n"
+    )
+    env = {**os.environ, "RESAD_KIT_CHECKS": value}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(expected), "checked" if expected else "unchecked"]
+
+
+# --------------------------------------------------------------------------------------------
+# Every façade: raises when checked, skips validation when not, same bits for good input
+# --------------------------------------------------------------------------------------------
+
+_G = torch.Generator().manual_seed(0)
+_X = torch.randn(3, 6, generator=_G)
+_NAN = torch.tensor([[0.0, float("nan"), 1.0, 2.0], [1.0, 0.0, 0.5, 0.25]])
+_MAP = torch.rand(2, 4, 4, generator=_G)
+_NAN_MAP = _MAP.clone()
+_NAN_MAP[0, 1, 2] = float("nan")
+_FEATS = torch.randn(2, 4, 8, generator=_G)
+_BANK = torch.randn(10, 8, generator=_G)
+_R = radial_distance(2, 2)
+_PATCHES = torch.randn(2, 16, 8, generator=_G)
+_SCORES, _LABELS = torch.tensor([0.2, -0.3, 0.9]), torch.tensor([0, 1, 1])
+_PROBS, _TARGETS = torch.rand(2, 5, generator=_G), (torch.rand(2, 5, generator=_G) > 0.5)
+_ADAPTER = ResidualAdapter(8)
+_LOCAL = LocalConvAdapter(8)
+with torch.no_grad():  # leave the zero initialisation, so the adapters are not the identity
+    _ADAPTER.fc2.weight.normal_(generator=_G)
+    _LOCAL.up.weight.normal_(generator=_G)
+
+# name → (call with good input, call with input the checks reject)
+FACADES = {
+    "sparsemax": (lambda: sparsemax(_X, k="auto"), lambda: sparsemax(_X.mul(9).int())),
+    "sparsemax_threshold": (
+        lambda: sparsemax_threshold(_X, dim=0),
+        lambda: sparsemax_threshold(_X.mul(9).int()),
+    ),
+    "radial_distance": (lambda: radial_distance(3, 4), lambda: radial_distance(3, 0)),
+    "radial_penalty": (
+        lambda: radial_penalty(_R, _R.repeat(2)),
+        lambda: radial_penalty(_R, _R, gamma=-1.0),
+    ),
+    "retrieve": (
+        lambda: retrieve(_FEATS, _BANK, query_radius=_R, bank_radius=_BANK[:, 0].abs()),
+        lambda: retrieve(_FEATS, _BANK, query_radius=_R, bank_radius=_R.repeat(2)[:10], gamma=-1),
+    ),
+    "knn_distance": (lambda: knn_distance(_FEATS, _BANK, k=2), lambda: knn_distance(_NAN, _NAN)),
+    "prompt_ensemble_mean": (
+        lambda: prompt_ensemble_mean(_FEATS, normalize_each=True),
+        lambda: prompt_ensemble_mean(_NAN),
+    ),
+    "text_residual": (
+        lambda: text_residual(_X[0], _X[1], unit=True),
+        lambda: text_residual(_NAN[0], _NAN[1]),
+    ),
+    "visual_residual": (
+        lambda: visual_residual(_FEATS, _FEATS[0]),
+        lambda: visual_residual(_NAN, _NAN),
+    ),
+    "global_residual": (
+        lambda: global_residual(_FEATS[:, 0], _FEATS),
+        lambda: global_residual(_NAN[0], _NAN[None]),
+    ),
+    "projection_score": (
+        lambda: projection_score(_FEATS, _BANK[0]),
+        lambda: projection_score(_NAN, _NAN[1]),
+    ),
+    "cosine_score": (lambda: cosine_score(_FEATS, _BANK[0]), lambda: cosine_score(_NAN, _NAN[1])),
+    "magnitude_score": (lambda: magnitude_score(_FEATS), lambda: magnitude_score(_NAN)),
+    "top_fraction_mean": (
+        lambda: top_fraction_mean(_MAP, 0.2),
+        lambda: top_fraction_mean(_NAN_MAP),
+    ),
+    "fuse": (
+        lambda: fuse({"a": _MAP, "b": _MAP * 2}, {"a": 0.5, "b": 2.0}),
+        lambda: fuse([_MAP, _NAN_MAP], [1.0, 1.0]),
+    ),
+    "gaussian_blur": (lambda: gaussian_blur(_MAP, sigma=1.5), lambda: gaussian_blur(_NAN_MAP)),
+    "upsample_patches": (
+        lambda: upsample_patches(_PATCHES[..., 0], 7),
+        lambda: upsample_patches(_NAN, (3, 3), grid=(2, 2)),
+    ),
+    "global_hinge_loss": (
+        lambda: L.global_hinge_loss(_SCORES, _LABELS, target=0.7),
+        lambda: L.global_hinge_loss(_SCORES, _LABELS * 2),
+    ),
+    "local_hinge_loss": (
+        lambda: L.local_hinge_loss(_MAP, _MAP > 0.5, reduction="per_sample"),
+        lambda: L.local_hinge_loss(_MAP, (_MAP > 0.5).int() * 2),
+    ),
+    "magnitude_loss": (
+        lambda: L.magnitude_loss(_MAP, _MAP.flip(0), _MAP > 0.5),
+        lambda: L.magnitude_loss(-_MAP, _MAP, _MAP > 0.5),
+    ),
+    "direction_regularizer": (
+        lambda: L.direction_regularizer(_FEATS, _BANK[0]),
+        lambda: L.direction_regularizer(_NAN, _NAN[0]),
+    ),
+    "magnitude_regularizer": (
+        lambda: L.magnitude_regularizer(_MAP, _MAP.flip(0)),
+        lambda: L.magnitude_regularizer(-_MAP, _MAP),
+    ),
+    "stop_gradient_projection": (
+        lambda: L.stop_gradient_projection(_FEATS, _BANK[0], update="visual"),
+        lambda: L.stop_gradient_projection(_NAN, _NAN[0], update="text"),
+    ),
+    "binary_focal_loss": (
+        lambda: L.binary_focal_loss(_PROBS, _TARGETS, alpha=0.25),
+        lambda: L.binary_focal_loss(_PROBS, _TARGETS, alpha=2.0),
+    ),
+    "l1_loss": (lambda: L.l1_loss(_PROBS, _TARGETS), lambda: L.l1_loss(_PROBS + 1, _TARGETS)),
+    "dice_loss": (lambda: L.dice_loss(_PROBS, _TARGETS), lambda: L.dice_loss(_PROBS + 1, _TARGETS)),
+    "ResidualAdapter": (lambda: _ADAPTER(_FEATS), lambda: _ADAPTER(_NAN.repeat(1, 2))),
+    "LocalConvAdapter": (lambda: _LOCAL(_PATCHES), lambda: _LOCAL(_PATCHES * float("nan"))),
+}
+
+
+def _tensors(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for part in out for t in _tensors(part)] if isinstance(out, tuple) else []
+
+
+@pytest.mark.parametrize("name", list(FACADES))
+def test_facade_checks_only_when_switched_on(name):
+    good, bad = FACADES[name]
+    with pytest.raises((ValueError, TypeError)):
+        bad()
+    with torch.no_grad():
+        checked = _tensors(good())
+        with resad_kit.checks(False):
+            unchecked = _tensors(good())
+            bad()  # not validated: garbage in, garbage out, but no error
+    assert checked
+    assert len(checked) == len(unchecked)
+    for a, b in zip(checked, unchecked, strict=True):
+        assert a.dtype == b.dtype
+        assert torch.equal(a, b)
+
+
+def test_every_public_op_is_in_the_table():
+    """A new public op must be added to FACADES (and so get a checked façade)."""
+    from resad_kit import nn, ops
+
+    ops_names = {n for n in ops.__all__ if callable(getattr(ops, n)) and n[0].islower()}
+    loss_names = {n for n in L.__all__ if n[0].islower()}
+    nn_names = set(nn.__all__) - {"Res2CLIPAdapters", "GlobalAdapter"}  # container, preset
+    assert ops_names | loss_names | nn_names <= set(FACADES)
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile and the Res²CLIP hot path
+# --------------------------------------------------------------------------------------------
+
+
+def test_value_checks_are_skipped_while_compiling():
+    """A ``bool(tensor)`` in a traced function breaks a fullgraph trace: none may run (here the
+    finite checks of ``magnitude_score`` and the binary-label check of the hinge)."""
+    torch._dynamo.reset()
+
+    def step(x, labels):
+        return L.global_hinge_loss(magnitude_score(x).mean(-1), labels, target=2.0)
+
+    compiled = torch.compile(step, backend="eager", fullgraph=True)
+    labels = torch.tensor([0, 1])
+    torch.testing.assert_close(compiled(_FEATS, labels), step(_FEATS, labels))
+    VALUE_CHECKS_RUN.clear()
+    compiled(_FEATS, labels)
+    assert dict(VALUE_CHECKS_RUN) == {}
+
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    backbone = ClipBackbone.tiny(seed=0, image_size=SIZE)
+    g = torch.Generator().manual_seed(0)
+    refs, queries = torch.randn(2, 3, SIZE, SIZE, generator=g), torch.randn(2, 3, SIZE, SIZE)
+    masks = torch.zeros(2, SIZE, SIZE)
+    masks[1, 4:12, 8:20] = 1
+    batch = TrainingBatch(backbone(queries), backbone(refs[:2]), masks)
+    return backbone, refs, queries, batch
+
+
+def _hot_path(tiny, device="cpu"):
+    backbone, refs, queries, batch = tiny
+    free = Res2CLIP(backbone).fit_references(refs.to(device))
+    tuned = Res2CLIP(backbone, Res2CLIPConfig.official_code("fine_tuned")).to(device)
+    tuned.fit_references(refs.to(device))
+    with torch.no_grad():
+        free(queries.to(device))
+        tuned(queries.to(device))
+    tuned.losses(batch, "visual")["total"].backward()
+    tuned.losses(batch, "text")["total"].backward()
+
+
+def test_res2clip_hot_path_runs_no_value_check_with_checks_off(tiny):
+    """Counts the checks that read tensor values (device syncs) by calling function."""
+    VALUE_CHECKS_RUN.clear()
+    _hot_path(tiny)
+    assert VALUE_CHECKS_RUN, "with checks on the counter sees value checks (it can fail)"
+    VALUE_CHECKS_RUN.clear()
+    with resad_kit.checks(False):
+        _hot_path(tiny)
+    assert dict(VALUE_CHECKS_RUN) == {}
+
+
+@pytest.mark.gpu
+def test_no_synchronising_check_on_cuda_with_checks_off(tiny):
+    """With checks off no check synchronises; the maths of the sync-free ops runs under
+    ``set_sync_debug_mode("error")`` (sparsemax's support search and retrieval's chunking
+    need the support size on the host: those syncs are the algorithm's, not checks)."""
+    backbone, refs, queries, batch = tiny
+    backbone = backbone.to("cuda")
+    check_files = {"_validation.py", "_loss_checks.py"}
+    with resad_kit.checks(False), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            _hot_path((backbone, refs, queries, batch), device="cuda")
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert not [w for w in syncs if Path(w.filename).name in check_files]
+    q, r = _FEATS.cuda(), _FEATS.flip(0).cuda()
+    m, mask = _MAP.cuda(), (_MAP > 0.5).cuda()
+    with resad_kit.checks(False):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            res = visual_residual(q, r)
+            maps = upsample_patches(magnitude_score(res), 6, grid=(2, 2))
+            fuse([gaussian_blur(maps), top_fraction_mean(maps)[..., None, None] + maps], [1, 1])
+            cosine_score(q, r[0]), projection_score(res, r[0, 0])
+            L.local_hinge_loss(m, mask) + L.magnitude_loss(m, m.flip(0), mask)
+            _ADAPTER.cuda()(q)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
