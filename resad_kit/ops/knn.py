@@ -39,6 +39,13 @@ class Neighbors(NamedTuple):
     Attributes:
         distance: ``(..., N, k)`` cosine distances ``(1 − cos)/2``, ascending.
         index: ``(..., N, k)`` bank rows (``0 … M−1``) of those neighbours (int64).
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.ops import Neighbors, knn_distance
+        >>> out = knn_distance(torch.eye(2), torch.eye(2).flip(0), return_index=True)
+        >>> isinstance(out, Neighbors), out.index.tolist(), out.distance.tolist()
+        (True, [[1], [0]], [[0.0], [0.0]])
     """
 
     distance: torch.Tensor
