@@ -360,3 +360,49 @@ def test_no_synchronising_check_on_cuda_with_checks_off(tiny):
             _ADAPTER.cuda()(q)
         finally:
             torch.cuda.set_sync_debug_mode(0)
+
+
+# --------------------------------------------------------------------------------------------
+# One number check, one sparsemax threshold
+# --------------------------------------------------------------------------------------------
+
+
+def test_check_number_is_the_one_finite_number_check():
+    """Real (numpy scalars too, not bool), finite, optionally ≥ a minimum; float out."""
+    import numpy as np
+
+    from resad_kit.ops._validation import check_number
+
+    assert check_number("f", "x", np.float32(0.5), minimum=0.0) == 0.5
+    assert type(check_number("f", "x", 3)) is float
+    with pytest.raises(TypeError, match="f: `x` must be a real number"):
+        check_number("f", "x", True)
+    with pytest.raises(ValueError, match="`x` must be a number"):
+        check_number("f", "x", "1", what="a number", non_number=ValueError)
+    with pytest.raises(ValueError, match="`x` must be finite"):
+        check_number("f", "x", float("nan"))
+    with pytest.raises(ValueError, match="`x` must be finite and ≥ 0"):
+        check_number("f", "x", -1e-9, minimum=0.0)
+    with pytest.raises(ValueError, match="`x` must be positive and finite"):
+        check_number("f", "x", 0.0, minimum=0.0, strict=True)
+    with pytest.raises(ValueError, match="`lr` must be a finite number >= 0"):
+        check_number("f", "lr", float("inf"), minimum=0.0, requirement="a finite number >= 0")
+
+
+def test_retrieve_forms_the_threshold_with_the_simplex_function(monkeypatch):
+    """retrieve's differentiable weights use simplex's ``support_threshold`` (no copy of the
+    formula), and the weights equal dense sparsemax of the similarities."""
+    import resad_kit.ops._retrieval_core as core
+    from resad_kit.ops._sorted_support import support_threshold
+
+    calls = []
+
+    def spy(cumsum, support):
+        calls.append(cumsum.shape)
+        return support_threshold(cumsum, support)
+
+    monkeypatch.setattr(core, "support_threshold", spy)
+    q, bank = _FEATS[0], _BANK
+    out = retrieve(q, bank, normalize=False)
+    assert calls
+    assert torch.equal(out.weights.to_dense(), sparsemax(q @ bank.T))
