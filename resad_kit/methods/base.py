@@ -64,7 +64,9 @@ class Prediction(NamedTuple):
         anomaly_map: ``(B, H, W)`` fused pixel map.
         branches: branch name → :class:`BranchOutput` (empty for a single-branch method).
         intermediates: with ``return_intermediates=True``, the method's named inner tensors
-            (each method documents its keys); otherwise ``None``.
+            (each method documents its keys, e.g. ``Res2CLIP.forward``: per-layer maps,
+            retrieval weights, matched references, residuals, directions, global terms);
+            otherwise ``None``.
 
     Example:
         >>> import torch
