@@ -38,7 +38,7 @@ from harness import (
     timed,
 )
 
-import resad_kit.ops.retrieval as retrieval_module
+import resad_kit.ops._retrieval_core as retrieval_module
 from resad_kit.ops import SparseWeights, retrieve
 
 SHOTS = (1, 2, 4, 8, 16)
