@@ -237,3 +237,33 @@ def test_a_model_keyed_by_another_mode_is_refused(backbone, root, cache):
         evaluate_category({"training_free": tuned}, "synth", test, train_split, cache)
     with pytest.raises(TypeError, match=r"must be a resad_kit\.methods\.Method"):
         run_evaluation({("training_free", "synth"): nn.Linear(2, 2)}, [], cache)
+
+
+def test_res2clip_groups_build_the_official_four_optimisers(backbone):
+    """The optimisers built from Res2CLIP's declared groups are the official code's four:
+    the adapter families' parameters in the same order, their lrs × lr_scale, their phases."""
+    model = Res2CLIP(backbone, Res2CLIPConfig.official_code(mode="fine_tuned"))
+    config = TrainConfig.paper(epochs=3, lr_scale=2.0)
+    opt = build_optimization(model, config, steps_per_epoch=2)
+    c = model.config
+    families = {
+        g["name"]: g
+        for g in model.adapters.parameter_groups(
+            lr_local=2 * c.lr_local, lr_text=2 * c.lr_text, lr_global_visual=2 * c.lr_global_visual
+        )
+    }
+    official = {
+        "visual": (("visual",), ("visual", "text")),
+        "residual_visual": (("residual_local", "residual_global"), ("visual",)),
+        "residual_text": (("residual_text",), ("text",)),
+        "text": (("text",), ("visual", "text")),
+    }
+    assert list(opt.optimizers) == list(official)
+    for name, (members, phases) in official.items():
+        groups = opt.optimizers[name].param_groups
+        assert [g["params"] for g in groups] == [families[f]["params"] for f in members]
+        assert [g["initial_lr"] for g in groups] == [families[f]["lr"] for f in members]
+        assert opt.phases[name] == phases
+    # Each counts its own active steps: 3 epochs → visual/text 6 steps, residual 4 / 2.
+    totals = {n: s.lr_lambdas[0].total_steps for n, s in opt.schedulers.items()}
+    assert totals == {"visual": 6, "residual_visual": 4, "residual_text": 2, "text": 6}

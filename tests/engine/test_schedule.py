@@ -128,8 +128,21 @@ def test_scheduler_state_round_trip_keeps_the_curve():
         (lambda: active_epochs(4, {"residual"}), "`phases`"),
         (lambda: active_epochs(4, set()), "`phases`"),
         (lambda: active_epochs(-1, {"text"}), "`epochs`"),
+        (lambda: phase_of_epoch(0, ()), "`schedule`"),
+        (lambda: phase_of_epoch(0, "train"), "`schedule`"),
+        (lambda: active_epochs(4, {"visual"}, ("train",)), "`phases`"),
     ],
 )
 def test_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@given(st.integers(0, 40), st.lists(st.sampled_from("abc"), min_size=1, max_size=4))
+def test_any_schedule_cycles_and_active_epochs_count_it(epochs, schedule):
+    """A method's phases cycle epoch by epoch; active_epochs counts the epochs of a subset."""
+    phases = [phase_of_epoch(e, schedule) for e in range(epochs)]
+    assert phases == [schedule[e % len(schedule)] for e in range(epochs)]
+    for subset in ({schedule[0]}, set(schedule)):
+        assert active_epochs(epochs, subset, schedule) == sum(p in subset for p in phases)
+    assert phase_of_epoch(0, ("train",)) == phase_of_epoch(epochs, ("train",)) == "train"
