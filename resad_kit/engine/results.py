@@ -64,7 +64,7 @@ _CSV_FIELDS = (
 def summary_table(results: Iterable[CategoryResult], *, trained: bool) -> str:
     """A plain-text table of the aggregated numbers (percent), for printing.
 
-    One line per ``(dataset, shots, mode)`` with ``mean±std`` over seeds, and a line with
+    One line per ``(method, dataset, shots, mode)`` with ``mean±std`` over seeds, and a line with
     the paper's numbers below each comparable group. With ``trained=False`` the first line
     is the :data:`UNTRAINED_WARNING`.
 
@@ -75,8 +75,8 @@ def summary_table(results: Iterable[CategoryResult], *, trained: bool) -> str:
         >>> r = CategoryResult("toy", "a", 1, 0, "fine_tuned", m, ("r.png",), 4)
         >>> print(summary_table([r], trained=False))
         WARNING: backbone untrained (random weights) — numbers are NOT comparable to the paper
-        dataset  shots  mode         seeds  cats  I-AUROC  I-AP  I-F1max  ...  PRO
-        toy      1      fine_tuned   1      1     50.0     50.0  50.0     ...  50.0
+        method    dataset  shots  mode        seeds  cats  I-AUROC  I-AP  ...  PRO
+        res2clip  toy      1      fine_tuned  1      1     50.0     50.0  ...  50.0
         percent; mean±std over seeds (population std, ddof=0); paper = Tables 6–10
     """
     by_method = aggregate_by_method(results)
