@@ -101,23 +101,31 @@ class Profile:
         backbone: the backbone preset (``BackboneConfig.paper()`` / ``.official_code()``).
         method: the Res2CLIP preset by mode (``Res2CLIPConfig.paper`` / ``.official_code``).
         metrics: the metric preset (``MetricConfig.exact()`` / ``.official_code()``).
-        mask_interpolation: how the training masks are resized (``AnomalyDataset``):
-            nearest neighbour, or the official code's bilinear resize thresholded at 0.5.
+        mask_interpolation: how the training and test masks are resized
+            (``AnomalyDataset``): nearest neighbour, or the official code's bilinear resize
+            thresholded at 0.5.
+        self_reference: a training category with a single normal image uses it as its own
+            reference (``TrainConfig.self_reference``, the official code's fallback, with a
+            logged warning) instead of stopping with a usage error.
     """
 
     backbone: BackboneConfig
     method: Callable[..., Res2CLIPConfig]
     metrics: MetricConfig
     mask_interpolation: str
+    self_reference: bool
 
 
 PROFILES = {
-    "paper": Profile(BackboneConfig.paper(), Res2CLIPConfig.paper, MetricConfig.exact(), "nearest"),
+    "paper": Profile(
+        BackboneConfig.paper(), Res2CLIPConfig.paper, MetricConfig.exact(), "nearest", False
+    ),
     "official": Profile(
         BackboneConfig.official_code(),
         Res2CLIPConfig.official_code,
         MetricConfig.official_code(),
         "bilinear",
+        True,
     ),
 }
 
@@ -465,14 +473,18 @@ def plan(
                 )
             if aux not in auxes:
                 auxes.append(aux)
+    profile = PROFILES[args.profile]
     for aux in auxes:  # each training query's reference is another normal image
         spec = specs[aux]
         for category in spec.categories:
             normals = _normals(spec, category, "test")
+            if normals == 1 and profile.self_reference:
+                continue  # the official code's fallback; train() logs a warning
             if normals < 2:
                 raise UsageError(
                     f"training on {aux}/{category} needs at least two normal test images "
                     f"(each query's reference is another normal image); it has {normals}"
+                    + (" (--profile official uses a single one as its own)" if normals else "")
                 )
     k = max(args.shots)
     for target in targets:
@@ -492,7 +504,7 @@ def training_sets(
     spec: DatasetSpec, backbone: ClipBackbone, profile: Profile
 ) -> list[AnomalyDataset]:
     """The auxiliary data set's test split, one data set per category, with the profile's
-    mask resize (official: bilinear + threshold 0.5, as the official code's training)."""
+    mask resize (official: bilinear + threshold 0.5, as the official code)."""
     datasets = [
         AnomalyDataset(
             spec.root,
@@ -544,14 +556,16 @@ def run(args: argparse.Namespace, dist: DistContext) -> None:
     if not backbone.trained:
         logger.warning(UNTRAINED)
     logger.info("backbone: %r", backbone)
-    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size)
+    train_config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, self_reference=profile.self_reference
+    )
     config = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "backbone": repr(backbone),
         "backbone_config": dataclasses.asdict(backbone.config),
         "method": {m: profile.method(m).to_dict() for m in modes},
         "metrics": dataclasses.asdict(profile.metrics),
-        "training_masks": profile.mask_interpolation,
+        "mask_interpolation": profile.mask_interpolation,
         "train": dataclasses.asdict(train_config),
         "world_size": dist.world_size,
     }
@@ -613,6 +627,7 @@ def run(args: argparse.Namespace, dist: DistContext) -> None:
             shots=args.shots,
             seeds=args.seeds,
             eval_size=args.eval_size,
+            mask_interpolation=profile.mask_interpolation,
             batch_size=args.eval_batch_size,
             metric_config=profile.metrics,
             heatmap_dir=args.out / "heatmaps",

@@ -142,9 +142,10 @@ class _Stop(BaseException):
 @pytest.mark.parametrize("profile", ["paper", "official"])
 def test_profile_settings_reach_data_method_and_metrics(profile, tmp_path, monkeypatch):
     """Every setting of `--profile` comes from the library's presets and reaches the run:
-    the training data sets' mask resize (official: bilinear + threshold 0.5, as the
-    official code; the old example used nearest neighbour), the Res2CLIP config of both
-    modes and the metric config of the evaluation."""
+    the mask resize of the training and the test data sets (official: bilinear +
+    threshold 0.5, as the official code; the old example used nearest neighbour), the
+    Res2CLIP config of both modes, the single-normal-image fallback of the training and the
+    metric config of the evaluation."""
     from resad_kit.clip import BackboneConfig
     from resad_kit.methods import Res2CLIPConfig
     from resad_kit.metrics import MetricConfig
@@ -152,11 +153,11 @@ def test_profile_settings_reach_data_method_and_metrics(profile, tmp_path, monke
     example = _example()
     preset = {
         "paper": (
-            BackboneConfig.paper(), Res2CLIPConfig.paper, MetricConfig.exact(), "nearest"
+            BackboneConfig.paper(), Res2CLIPConfig.paper, MetricConfig.exact(), "nearest", False
         ),
         "official": (
             BackboneConfig.official_code(), Res2CLIPConfig.official_code,
-            MetricConfig.official_code(), "bilinear",
+            MetricConfig.official_code(), "bilinear", True,
         ),
     }[profile]  # fmt: skip
     assert example.PROFILES[profile] == example.Profile(*preset)
@@ -165,11 +166,13 @@ def test_profile_settings_reach_data_method_and_metrics(profile, tmp_path, monke
     def fake_train(model, datasets, cache, config, **kwargs):
         seen.setdefault("fine_tuned", []).append(model.config)
         seen.setdefault("masks", set()).update(ds.mask_interpolation for ds in datasets)
+        seen["self_reference"] = config.self_reference
         return "trained"
 
     def fake_evaluation(models, specs, cache, **kwargs):
         seen["models"] = {key: m.config for key, m in models.items()}
         seen["metric_config"] = kwargs["metric_config"]
+        seen["test_masks"] = kwargs["mask_interpolation"]
         raise _Stop
 
     monkeypatch.setattr(example, "train", fake_train)
@@ -177,8 +180,10 @@ def test_profile_settings_reach_data_method_and_metrics(profile, tmp_path, monke
     argv = ["--backbone", "tiny", "--image-size", "32", "--device", "cpu", "--no-progress"]
     with pytest.raises(_Stop):
         example.main([*argv, "--profile", profile, "--out", str(tmp_path / "run")])
-    method, metrics, masks = preset[1], preset[2], preset[3]
+    method, metrics, masks, self_reference = preset[1:]
     assert seen["masks"] == {masks}
+    assert seen["test_masks"] == masks
+    assert seen["self_reference"] is self_reference
     assert seen["fine_tuned"] == [method("fine_tuned")] * 2
     assert seen["metric_config"] == metrics
     assert seen["models"] == {
@@ -187,7 +192,8 @@ def test_profile_settings_reach_data_method_and_metrics(profile, tmp_path, monke
         for target in ("sample", "synthetic")
     }
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["training_masks"] == masks
+    assert config["mask_interpolation"] == masks
+    assert config["train"]["self_reference"] is self_reference
     assert config["metrics"]["pixel_bins"] == metrics.pixel_bins
 
 
@@ -200,7 +206,7 @@ def test_profile_backbone_config_reaches_the_pretrained_backbone(profile, tmp_pa
     example = _example()
     seen = {}
 
-    def fake_from_pretrained(name, pretrained, config, device=None):
+    def fake_from_pretrained(name, pretrained, config, device=None, trust_checkpoint=False):
         seen.update(name=name, pretrained=pretrained, config=config)
         raise _Stop
 

@@ -8,6 +8,7 @@ cached features of any mix of data sets in the order asked, and reads the loss m
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 
@@ -17,16 +18,20 @@ from torch import Tensor
 
 from resad_kit.clip import Features
 from resad_kit.data import AnomalyDataset
+from resad_kit.data.sampling import training_reference
 from resad_kit.engine.features import FeatureCache
 
 __all__ = ["Queries"]
+
+logger = logging.getLogger("resad_kit.engine.training")
 
 
 class Queries:
     """Query list, reference draws and masks over several data sets (paper App. F.2)."""
 
-    def __init__(self, datasets: Sequence[AnomalyDataset]) -> None:
+    def __init__(self, datasets: Sequence[AnomalyDataset], *, self_reference: bool = False) -> None:
         fn = "train"
+        self.self_reference = bool(self_reference)
         if isinstance(datasets, AnomalyDataset) or not isinstance(datasets, Sequence):
             raise TypeError(f"{fn}: `datasets` must be a sequence of AnomalyDataset")
         if not datasets:
@@ -47,25 +52,34 @@ class Queries:
         if not self.items:
             raise ValueError(f"{fn}: the data sets hold no image")
         self.normals = [[i for i, y in enumerate(ds.labels) if y == 0] for ds in datasets]
-        self._position = [{i: p for p, i in enumerate(n)} for n in self.normals]
         for ds, normals in zip(datasets, self.normals, strict=True):
-            if len(normals) < 2:  # a normal query needs another normal image
+            if len(normals) == 1 and self.self_reference:
+                logger.warning(
+                    "%s: category %r (%s split) has a single normal image; as in the official "
+                    "code it is its own training reference",
+                    fn,
+                    ds.category,
+                    ds.split,
+                )
+            elif len(normals) < 2:  # a normal query needs another normal image
                 raise ValueError(
                     f"{fn}: category {ds.category!r} ({ds.split} split) has "
                     f"{len(normals)} normal image(s); every query needs another normal "
                     "image of its category as its 1-shot reference"
+                    + (
+                        " (TrainConfig(self_reference=True): the official code's fallback)"
+                        if normals
+                        else ""
+                    )
                 )
         self._masks: dict[tuple[int, int], np.ndarray] = {}
 
     def reference(self, rng: random.Random, item: tuple[int, int]) -> tuple[int, int]:
-        """One normal image of the query's data set, the query excluded, uniformly."""
+        """One normal image of the query's data set, the query excluded, uniformly
+        (:func:`~resad_kit.data.sampling.training_reference`)."""
         d, i = item
-        normals = self.normals[d]
-        pos = self._position[d].get(i)
-        if pos is None:
-            return d, normals[rng.randrange(len(normals))]
-        j = rng.randrange(len(normals) - 1)
-        return d, normals[j + 1 if j >= pos else j]
+        ref = training_reference(rng, self.normals[d], i, self_reference=self.self_reference)
+        return d, ref
 
     def features(self, cache: FeatureCache, items: Sequence[tuple[int, int]]) -> Features:
         """Cached features of ``items`` (any mix of data sets), in the order of ``items``.

@@ -244,11 +244,20 @@ def _evaluate_unit(
     cache: FeatureCache,
     *,
     eval_size: int | None,
+    mask_interpolation: str,
     **options: Any,
 ) -> list[CategoryResult]:
     image_size = cache.backbone.image_size
     norm = {"mean": cache.backbone.mean, "std": cache.backbone.std}
-    test = AnomalyDataset(spec.root, category, "test", image_size, mask_size=eval_size, **norm)
+    test = AnomalyDataset(
+        spec.root,
+        category,
+        "test",
+        image_size,
+        mask_size=eval_size,
+        mask_interpolation=mask_interpolation,
+        **norm,
+    )
     train = AnomalyDataset(spec.root, category, "train", image_size, **norm)
     results = evaluate_category(models, spec.name, test, train, cache, **options, **norm)
     first = results[0]
@@ -274,6 +283,7 @@ def run_evaluation(
     shots: Sequence[int] = (1, 2, 4),
     seeds: Sequence[int] = (111, 222, 333),
     eval_size: int | None = None,
+    mask_interpolation: str = "nearest",
     batch_size: int = 8,
     metric_config: MetricConfig | None = None,
     heatmap_dir: str | Path | None = None,
@@ -295,6 +305,9 @@ def run_evaluation(
         shots, seeds: few-shot settings (paper: 1, 2, 4 shots; three seeds).
         eval_size: mask (and map) side for the metrics; ``None``: the backbone's input
             size (paper: 518).
+        mask_interpolation: how the test masks are resized to ``eval_size``:
+            ``"nearest"`` (default) or ``"bilinear"`` (bilinear + threshold 0.5, the official
+            code's; see :class:`~resad_kit.data.AnomalyDataset`).
         batch_size, metric_config, heatmap_dir, heatmaps, reference_method: see
             :func:`evaluate_category`.
         dist: distributed context; categories are sharded across ranks and gathered.
@@ -358,6 +371,7 @@ def run_evaluation(
                     category,
                     cache,
                     eval_size=eval_size,
+                    mask_interpolation=mask_interpolation,
                     shots=shots,
                     seeds=seeds,
                     batch_size=batch_size,

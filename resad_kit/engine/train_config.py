@@ -40,13 +40,17 @@ class TrainConfig:
             (code: 111).
         keep_epoch_checkpoints: also keep ``checkpoint_epoch{NNN}.safetensors`` for
             every epoch (the latest is always ``checkpoint.safetensors``).
+        self_reference: a category with a single normal image uses it as its own
+            reference when it is the query (the official code's fallback, with a logged
+            warning); ``False`` (paper: each query's reference is *another* normal image)
+            makes such a category an error.
 
     Example:
         >>> from resad_kit.engine.training import TrainConfig
         >>> TrainConfig.paper()
         TrainConfig(epochs=10, batch_size=16, warmup_epochs=1, betas=(0.5, 0.999),
                     weight_decay=0.0, grad_clip=1.0, lr_scale=1.0, seed=111,
-                    keep_epoch_checkpoints=False)
+                    keep_epoch_checkpoints=False, self_reference=False)
         >>> TrainConfig.paper(epochs=2, warmup_epochs=0).epochs
         2
     """
@@ -60,9 +64,12 @@ class TrainConfig:
     lr_scale: float = 1.0
     seed: int = 111
     keep_epoch_checkpoints: bool = False
+    self_reference: bool = False
 
     def __post_init__(self) -> None:
         fn = "TrainConfig"
+        if not isinstance(self.self_reference, bool):
+            raise ValueError(f"{fn}: `self_reference` must be a bool; got {self.self_reference!r}")
         for name, low in (("epochs", 1), ("batch_size", 1), ("warmup_epochs", 0), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

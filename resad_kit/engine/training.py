@@ -268,7 +268,7 @@ def train(
         raise TypeError(f"{fn}: `config` must be a TrainConfig; got {type(config).__name__}")
     if resume not in (True, False, "auto") or not isinstance(resume, (bool, str)):
         raise ValueError(f"{fn}: `resume` must be True, False or 'auto'; got {resume!r}")
-    queries = _Queries(datasets)
+    queries = _Queries(datasets, self_reference=config.self_reference)
     data = data_fingerprint(queries.datasets)  # hashes every image and mask once
     n = len(queries.items)
     _check_dist(dist, model, n, config.batch_size)
