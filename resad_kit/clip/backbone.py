@@ -30,7 +30,6 @@ from typing import Any
 import open_clip
 import torch
 from einops import rearrange
-from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
 from resad_kit.clip import checkpoints
@@ -43,9 +42,9 @@ from resad_kit.clip.loading import (
     resolve_layers,
     resolve_vv_blocks,
 )
-from resad_kit.clip.positional import interpolate_pos_embed
+from resad_kit.clip.positional import cached_pos_embed
 from resad_kit.clip.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess
-from resad_kit.clip.tower import project_taps, run_blocks
+from resad_kit.clip.tower import check_vit_tower, project_taps, run_blocks
 from resad_kit.ops._validation import check_finite, check_positive_int, check_tensor
 
 __all__ = ["ClipBackbone", "Features"]
@@ -119,26 +118,8 @@ class ClipBackbone(nn.Module):
         config = BackboneConfig.paper() if config is None else config
         if not isinstance(config, BackboneConfig):
             raise TypeError(f"{fn}: `config` must be a BackboneConfig; got {type(config).__name__}")
-        visual = getattr(model, "visual", None)
-        if not isinstance(visual, VisionTransformer):
-            raise ValueError(
-                f"{fn}: `model` must be an open_clip CLIP with a VisionTransformer image tower; "
-                f"got {type(visual).__name__}"
-            )
+        visual = check_vit_tower(fn, model)
         blocks = visual.transformer.resblocks
-        if (
-            visual.attn_pool is not None
-            or visual.pool_type != "tok"
-            or visual.proj is None
-            or not visual.transformer.batch_first
-            or not all(isinstance(b, ResidualAttentionBlock) and b.attn.batch_first for b in blocks)
-        ):
-            raise ValueError(
-                f"{fn}: the image tower must be OpenAI-style (CLS-token pooling, a `proj` matrix, "
-                "standard batch-first ResidualAttentionBlocks); this one is not"
-            )
-        if visual.patch_size[0] != visual.patch_size[1]:
-            raise ValueError(f"{fn}: square patches needed; got {visual.patch_size}")
 
         self.model = model.eval().requires_grad_(False)
         self.config = config
@@ -330,27 +311,13 @@ class ClipBackbone(nn.Module):
 
         Shape: ``(1 + h·w, C)``.
         """
-        table = self.model.visual.positional_embedding
-        key = (tuple(grid), table.device, table.dtype, table._version)
-        cached = self._pos_cache.get(key)
-        if cached is None:
-            device_type = table.device.type
-            no_autocast = (
-                torch.autocast(device_type, enabled=False)
-                if device_type in ("cpu", "cuda")
-                else contextlib.nullcontext()
-            )
-            with torch.inference_mode(False), torch.no_grad(), no_autocast:
-                cached = interpolate_pos_embed(
-                    table,
-                    grid,
-                    source_grid=self.native_grid,
-                    mode=self.config.pos_interpolation,
-                ).detach()
-            if len(self._pos_cache) >= 8:
-                self._pos_cache.clear()
-            self._pos_cache[key] = cached
-        return cached
+        return cached_pos_embed(
+            self._pos_cache,
+            self.model.visual.positional_embedding,
+            grid,
+            self.native_grid,
+            self.config.pos_interpolation,
+        )
 
     def _check_images(self, images: object) -> Tensor:
         fn = "ClipBackbone.forward"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
@@ -78,3 +79,30 @@ def interpolate_pos_embed(
     resized = F.interpolate(image, size=(h, w), mode=mode, align_corners=False)
     patches = rearrange(resized, "1 c h w -> (h w) c").to(pe.dtype)
     return torch.cat([pe[:1], patches], dim=0)
+
+
+def cached_pos_embed(
+    cache: dict, table: Tensor, grid: tuple[int, int], native_grid: tuple[int, int], mode: str
+) -> Tensor:
+    """:func:`interpolate_pos_embed` of ``table`` for ``grid``, memoised in ``cache``.
+
+    The key holds the grid and the table's device, dtype and version, so new weights or a
+    move invalidate it; at most 8 grids are kept. Computed in float32 outside autocast and
+    inference mode, without gradient. Shape: ``(1 + h·w, C)``.
+    """
+    key = (tuple(grid), table.device, table.dtype, table._version)
+    cached = cache.get(key)
+    if cached is None:
+        device_type = table.device.type
+        no_autocast = (
+            torch.autocast(device_type, enabled=False)
+            if device_type in ("cpu", "cuda")
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(False), torch.no_grad(), no_autocast:
+            cached = interpolate_pos_embed(table, grid, source_grid=native_grid, mode=mode)
+            cached = cached.detach()
+        if len(cache) >= 8:
+            cache.clear()
+        cache[key] = cached
+    return cached

@@ -9,12 +9,37 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from open_clip.transformer import ResidualAttentionBlock
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
 from resad_kit.clip.attention import dual_attention, self_attention
 
-__all__ = ["project_taps", "run_blocks", "standard_block"]
+__all__ = ["check_vit_tower", "project_taps", "run_blocks", "standard_block"]
+
+
+def check_vit_tower(fn: str, model: nn.Module) -> VisionTransformer:
+    """The OpenAI-style ViT image tower of an open_clip ``model``; a clear error otherwise."""
+    visual = getattr(model, "visual", None)
+    if not isinstance(visual, VisionTransformer):
+        raise ValueError(
+            f"{fn}: `model` must be an open_clip CLIP with a VisionTransformer image tower; "
+            f"got {type(visual).__name__}"
+        )
+    blocks = visual.transformer.resblocks
+    if (
+        visual.attn_pool is not None
+        or visual.pool_type != "tok"
+        or visual.proj is None
+        or not visual.transformer.batch_first
+        or not all(isinstance(b, ResidualAttentionBlock) and b.attn.batch_first for b in blocks)
+    ):
+        raise ValueError(
+            f"{fn}: the image tower must be OpenAI-style (CLS-token pooling, a `proj` matrix, "
+            "standard batch-first ResidualAttentionBlocks); this one is not"
+        )
+    if visual.patch_size[0] != visual.patch_size[1]:
+        raise ValueError(f"{fn}: square patches needed; got {visual.patch_size}")
+    return visual
 
 
 def standard_block(block: ResidualAttentionBlock, x: Tensor, kernel: str = "sdpa") -> Tensor:
