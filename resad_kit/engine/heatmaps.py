@@ -21,6 +21,7 @@ maps: then a colour means the same score on every image of the category.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Sequence
 from pathlib import Path, PurePath
@@ -32,6 +33,7 @@ from einops import rearrange
 from PIL import Image
 
 from resad_kit._image import check_normalization
+from resad_kit.engine.atomic import atomic_write
 from resad_kit.ops._validation import check_finite, check_tensor
 
 __all__ = ["jet", "overlay", "save_heatmaps"]
@@ -247,6 +249,7 @@ def save_heatmaps(
         mask = None if masks is None else masks[i]
         pic = overlay(images[i], maps[i], mask, mean=mean, std=std, vmin=lo, vmax=hi)
         target = out / f"{name}.png"
-        pic.save(target)
-        written.append(target)
+        png = io.BytesIO()
+        pic.save(png, format="PNG")
+        written.append(atomic_write(target, png.getvalue()))  # never a half-written PNG
     return written

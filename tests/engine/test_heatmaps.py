@@ -228,3 +228,23 @@ def test_real_sample_overlays_undo_the_dataset_normalisation(tmp_path: Path) -> 
     assert np.abs(image_panel.astype(float) - expected).max() <= 1.0
     np.testing.assert_array_equal(mask_panel[..., 0] > 0, item["mask"][0].numpy() > 0)
     assert (mask_panel[..., 0] > 0).any()
+
+
+def test_heatmap_files_are_written_atomically(tmp_path, monkeypatch):
+    """A failed write leaves the previous PNG intact and no partial file (issue 18)."""
+
+    import resad_kit.engine.atomic as atomic
+
+    images, maps = torch.rand(1, 3, 16, 16), torch.rand(1, 16, 16)
+    kwargs = {"mean": OPENAI_CLIP_MEAN, "std": OPENAI_CLIP_STD, "vmin": 0.0, "vmax": 1.0}
+    (first,) = save_heatmaps(images, maps, None, ["good/x.png"], tmp_path, **kwargs)
+    before = first.read_bytes()
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        save_heatmaps(images, 1 - maps, None, ["good/x.png"], tmp_path, **kwargs)
+    assert first.read_bytes() == before
+    assert sorted(p.name for p in first.parent.iterdir()) == [first.name]
