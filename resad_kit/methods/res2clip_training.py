@@ -19,6 +19,7 @@ from resad_kit.methods import res2clip_losses as RL
 from resad_kit.methods.res2clip_residuals import compute_residuals, unit_patches
 from resad_kit.ops import losses as L
 from resad_kit.ops import magnitude_score, radial_distance, upsample_patches
+from resad_kit.ops.scores import _unit_cosine_core
 
 if TYPE_CHECKING:
     from resad_kit.methods.res2clip import Res2CLIP
@@ -32,19 +33,18 @@ def _text_cosines(
     """``⟨f^q, A_t(R_t)⟩`` ``(B,)`` and ``⟨F^q_l, A_t(R_t)⟩`` ``(B, N)`` per text tap (eqs. 6–7).
 
     The values of :func:`~resad_kit.ops.cosine_score` (without its clamp to ``[−1, 1]``, a
-    no-op here), written out on purpose: ``cosine_score`` normalises its direction in every
-    call, so two calls would run the gradient of ``A_t`` through two normalisations and add
-    the results, where the official code (and the stored golden outputs of
-    tests/methods/test_res2clip_golden.py) adds the gradients of the cosines first and
-    normalises once. Both are the same maths but round differently (measured: the text
-    adapter's weights after three steps move by up to 1.5e-8). It is the one exception of
-    tests/methods/test_layering.py, until the ops expose a cosine of unit vectors.
+    no-op here), but with ``A_t(R_t)`` normalised once and shared: ``cosine_score``
+    normalises its direction in every call, so two calls would run the gradient of ``A_t``
+    through two normalisations and add the results, where the official code (and the stored
+    golden outputs of tests/methods/test_res2clip_golden.py) adds the gradients of the
+    cosines first and normalises once (the two round differently: 1.5e-8 in the text
+    adapter after three steps).
     """
     with torch.no_grad():
         q_cls = F.normalize(query.cls, dim=-1)
         q_local = [F.normalize(query.patches[t], dim=-1) for t in taps]
     t_unit = F.normalize(t_text, dim=-1)  # one normalisation, shared by every cosine
-    return q_cls @ t_unit, [q @ t_unit for q in q_local]
+    return _unit_cosine_core(q_cls, t_unit), [_unit_cosine_core(q, t_unit) for q in q_local]
 
 
 def res2clip_losses(

@@ -157,6 +157,16 @@ def cosine_score(
     return _cosine_score_core(features, direction, float(eps))
 
 
+def _unit_cosine_core(f_hat: torch.Tensor, d_hat: torch.Tensor) -> torch.Tensor:
+    """The cosine of already ℓ2-normalised vectors: their dot product (no clamp).
+
+    For a caller that normalises a direction once and scores several feature sets with it
+    (Res²CLIP's text losses), so that autograd sums the cosines' gradients before the one
+    normalisation, as the official code does. Shape: ``(..., D)`` × ``(D,)`` → ``(...)``.
+    """
+    return _dot(f_hat, d_hat)
+
+
 def _cosine_score_core(features: torch.Tensor, direction: torch.Tensor, eps: float) -> torch.Tensor:
     """:func:`cosine_score` without checks."""
     f, d = features, direction
