@@ -20,8 +20,9 @@ One ``.safetensors`` file holds everything needed to evaluate or to resume:
   were altered after it was written (a flipped bit on disk, a bad copy) is refused with a
   ``ValueError`` naming it. Files written before checksums existed load with a warning.
 
-Writes are atomic: the file is written next to its destination and moved into place with
-``os.replace``, so an interrupted save never leaves a truncated checkpoint. Loading into a
+Writes are atomic (:func:`~resad_kit.engine.atomic.atomic_write`: temporary file next to
+the destination, fsync, ``os.replace``), so an interrupted save never leaves a truncated
+checkpoint. Loading into a
 model checks that it is the same method (``"checkpoint of method 'x', model is 'y'"``
 otherwise) with the same configuration and backbone, and, when asked, that the training
 configuration and data match, and raises a ``ValueError`` naming every field that differs.
@@ -38,14 +39,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from resad_kit.engine._checkpoint_checks import (
@@ -55,6 +55,7 @@ from resad_kit.engine._checkpoint_checks import (
     trainable_module,
 )
 from resad_kit.engine._checkpoint_codec import as_dict, checksum, decode, differences, encode
+from resad_kit.engine.atomic import atomic_write
 from resad_kit.methods import Method
 
 __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
@@ -153,7 +154,7 @@ def save_checkpoint(
 
     Args:
         path: destination (``.safetensors``); parent folders are created. Written
-            atomically (temporary file + ``os.replace``).
+            atomically (:func:`~resad_kit.engine.atomic.atomic_write`).
         model: a trainable :class:`~resad_kit.methods.Method` (its ``trainable_module()``
             is stored, with its ``name`` and ``config_dict()``), e.g. a fine-tuned
             ``Res2CLIP``.
@@ -218,14 +219,7 @@ def save_checkpoint(
     }
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, safetensors_bytes(tensors, metadata=metadata))
 
 
 # ---------------------------------------------------------------------------- load

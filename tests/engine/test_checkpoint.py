@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import resad_kit.engine.checkpoint as checkpoint_module
+import resad_kit.engine.atomic as atomic_module
 from resad_kit.clip import ClipBackbone
 from resad_kit.engine._checkpoint_codec import checksum
 from resad_kit.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -194,11 +194,10 @@ def test_atomic_write_keeps_the_old_file_on_failure(backbone, tmp_path, monkeypa
     path = save_checkpoint(tmp_path / "c.safetensors", _perturbed(backbone), epoch=1)
     original = path.read_bytes()
 
-    def broken(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
+    def broken(fd):  # the temporary file is written, then the disk fills before it is synced
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint_module, "save_file", broken)
+    monkeypatch.setattr(atomic_module.os, "fsync", broken)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, _perturbed(backbone, seed=1), epoch=2)
     assert path.read_bytes() == original
