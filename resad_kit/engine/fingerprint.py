@@ -48,6 +48,15 @@ def _signature(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _hash_file(name: str) -> str:
+    """BLAKE2b of the file's bytes, read in 1 MiB blocks (``hashlib.file_digest`` is 3.11+)."""
+    digest = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    with open(name, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_digest(path: str | os.PathLike[str]) -> str:
     """BLAKE2b (32 bytes) of a file's bytes, remembered while the file is unchanged.
 
@@ -77,12 +86,10 @@ def file_digest(path: str | os.PathLike[str]) -> str:
         if memo is not None and memo[0] == before:
             return memo[1]
         started = time.time_ns()
-        with open(name, "rb") as f:
-            digest = hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=_DIGEST_SIZE))
+        hexdigest = _hash_file(name)
         after = os.stat(name)
     except OSError as err:
         raise ValueError(f"file_digest: {name!r} cannot be read: {err}") from err
-    hexdigest = digest.hexdigest()
     settled = max(after.st_mtime_ns, after.st_ctime_ns) < started - RACY_NS
     with _memo_lock:
         if _signature(after) == before and settled:

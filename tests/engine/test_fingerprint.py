@@ -26,13 +26,13 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _count_hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record every file that file_digest reads and hashes."""
     calls: list[str] = []
-    real = hashlib.file_digest
+    real = fingerprint_module._hash_file
 
-    def counting(f, digest):
-        calls.append(f.name)
-        return real(f, digest)
+    def counting(name):
+        calls.append(name)
+        return real(name)
 
-    monkeypatch.setattr(fingerprint_module.hashlib, "file_digest", counting)
+    monkeypatch.setattr(fingerprint_module, "_hash_file", counting)
     return calls
 
 
