@@ -27,9 +27,19 @@ logger = logging.getLogger("resad_kit.engine.training")
 
 
 class Queries:
-    """Query list, reference draws and masks over several data sets (paper App. F.2)."""
+    """Query list, reference draws and masks over several data sets (paper App. F.2).
 
-    def __init__(self, datasets: Sequence[AnomalyDataset], *, self_reference: bool = False) -> None:
+    With ``references=False`` (a method that trains without 1-shot references, e.g.
+    AF-CLIP) the categories need no normal image.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[AnomalyDataset],
+        *,
+        self_reference: bool = False,
+        references: bool = True,
+    ) -> None:
         fn = "train"
         self.self_reference = bool(self_reference)
         if isinstance(datasets, AnomalyDataset) or not isinstance(datasets, Sequence):
@@ -53,6 +63,8 @@ class Queries:
             raise ValueError(f"{fn}: the data sets hold no image")
         self.normals = [[i for i, y in enumerate(ds.labels) if y == 0] for ds in datasets]
         for ds, normals in zip(datasets, self.normals, strict=True):
+            if not references:  # the method draws no 1-shot references
+                break
             if len(normals) == 1 and self.self_reference:
                 logger.warning(
                     "%s: category %r (%s split) has a single normal image; as in the official "

@@ -4,7 +4,8 @@ Built from what the method declares (:meth:`~resad_kit.methods.Method.optimizer_
 one Adam per :class:`~resad_kit.methods.OptimizerGroup` (β and weight decay from
 :class:`~resad_kit.engine.TrainConfig`), one parameter group per ``(module, lr)`` pair at
 ``lr × TrainConfig.lr_scale``, and a warm-up + cosine ``LambdaLR``
-(:mod:`resad_kit.engine.schedule`) counted in that optimiser's own active steps. An
+(:mod:`resad_kit.engine.schedule`) counted in that optimiser's own active steps, or a
+constant learning rate (``TrainConfig.lr_schedule="constant"``, AF-CLIP). An
 optimiser steps only in the epochs of its phases, each step after clipping its gradients
 (``TrainConfig.grad_clip``).
 
@@ -21,12 +22,23 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from resad_kit.engine.schedule import active_epochs, warmup_cosine_scheduler
 from resad_kit.engine.train_config import TrainConfig
 from resad_kit.methods import Method, OptimizerGroup, TrainingBatch
 
 __all__ = ["LossModule", "Optimization", "build_optimization", "step_optimizers"]
+
+
+class ConstantFactor:
+    """The factor 1 for ``LambdaLR`` (``TrainConfig.lr_schedule="constant"``), picklable."""
+
+    def __call__(self, step: int) -> float:
+        return 1.0
+
+    def __repr__(self) -> str:
+        return "ConstantFactor()"
 
 
 class LossModule(nn.Module):
@@ -99,7 +111,8 @@ def build_optimization(model: Method, config: TrainConfig, steps_per_epoch: int)
 
     Returns:
         :class:`Optimization`. Each optimiser warms up over ``warmup_epochs`` epochs of its
-        own steps and decays over all its active steps (at least one epoch's).
+        own steps and decays over all its active steps (at least one epoch's); with
+        ``lr_schedule="constant"`` it keeps the group's learning rate.
 
     Raises:
         ValueError: no groups, duplicate names, phases outside ``model.phases``, a
@@ -137,11 +150,14 @@ def build_optimization(model: Method, config: TrainConfig, steps_per_epoch: int)
         )
         phases[group.name] = tuple(group.phases)
         total = active_epochs(config.epochs, group.phases, model.phases) * steps_per_epoch
-        schedulers[group.name] = warmup_cosine_scheduler(
-            optimizers[group.name],
-            config.warmup_epochs * steps_per_epoch,
-            max(total, steps_per_epoch),
-        )
+        if config.lr_schedule == "constant":
+            schedulers[group.name] = LambdaLR(optimizers[group.name], ConstantFactor())
+        else:
+            schedulers[group.name] = warmup_cosine_scheduler(
+                optimizers[group.name],
+                config.warmup_epochs * steps_per_epoch,
+                max(total, steps_per_epoch),
+            )
     return Optimization(optimizers, schedulers, phases)
 
 

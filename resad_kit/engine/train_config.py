@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["TrainConfig", "TrainResult"]
+
+LR_SCHEDULES = ("warmup_cosine", "constant")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,13 +46,19 @@ class TrainConfig:
             reference when it is the query (the official code's fallback, with a logged
             warning); ``False`` (paper: each query's reference is *another* normal image)
             makes such a category an error.
+        lr_schedule: ``"warmup_cosine"`` (Res²CLIP: linear warm-up over
+            ``warmup_epochs`` then a half cosine to 0) or ``"constant"`` (the method's
+            learning rates throughout; AF-CLIP's official code has no scheduler).
+
+    Presets: :meth:`paper` (Res²CLIP, the default) and :meth:`afclip` (AF-CLIP).
 
     Example:
         >>> from resad_kit.engine.training import TrainConfig
         >>> TrainConfig.paper()
         TrainConfig(epochs=10, batch_size=16, warmup_epochs=1, betas=(0.5, 0.999),
                     weight_decay=0.0, grad_clip=1.0, lr_scale=1.0, seed=111,
-                    keep_epoch_checkpoints=False, self_reference=False)
+                    keep_epoch_checkpoints=False, self_reference=False,
+                    lr_schedule='warmup_cosine')
         >>> TrainConfig.paper(epochs=2, warmup_epochs=0).epochs
         2
     """
@@ -65,9 +73,14 @@ class TrainConfig:
     seed: int = 111
     keep_epoch_checkpoints: bool = False
     self_reference: bool = False
+    lr_schedule: Literal["warmup_cosine", "constant"] = "warmup_cosine"
 
     def __post_init__(self) -> None:
         fn = "TrainConfig"
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"{fn}: `lr_schedule` must be one of {LR_SCHEDULES}; got {self.lr_schedule!r}"
+            )
         if not isinstance(self.self_reference, bool):
             raise ValueError(f"{fn}: `self_reference` must be a bool; got {self.self_reference!r}")
         for name, low in (("epochs", 1), ("batch_size", 1), ("warmup_epochs", 0), ("seed", 0)):
@@ -91,8 +104,35 @@ class TrainConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> TrainConfig:
-        """The paper's (and official code's) settings; ``overrides`` replace fields."""
+        """Res²CLIP's settings (paper + official code); ``overrides`` replace fields."""
         return cls(**overrides)
+
+    @classmethod
+    def afclip(cls, **overrides: Any) -> TrainConfig:
+        """AF-CLIP's training (paper Sec. 4.1 + official code Faustinaqq/AF-CLIP ``main.py``).
+
+        2 epochs, batch 8, Adam β = (0.5, 0.999) (code; the paper says only "Adam"), no
+        weight decay, no warm-up, no scheduler (``lr_schedule="constant"``), no gradient
+        clipping, seed 122 (the code's default). The learning rate (1e-4) is
+        ``AFCLIPConfig.lr``. ``overrides`` replace fields.
+
+        Example:
+            >>> from resad_kit.engine.training import TrainConfig
+            >>> c = TrainConfig.afclip()
+            >>> c.epochs, c.batch_size, c.warmup_epochs, c.grad_clip, c.seed, c.lr_schedule
+            (2, 8, 0, None, 122, 'constant')
+        """
+        values: dict[str, Any] = {
+            "epochs": 2,
+            "batch_size": 8,
+            "warmup_epochs": 0,
+            "betas": (0.5, 0.999),
+            "weight_decay": 0.0,
+            "grad_clip": None,
+            "seed": 122,
+            "lr_schedule": "constant",
+        }
+        return cls(**{**values, **overrides})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,11 +6,13 @@ protocol (paper Sec. 4.1 and App. F.2):
 
 - **Data.** The queries are every image, normal and anomalous, of the given data sets: for
   Res²CLIP the *test* split of the auxiliary data set (:data:`AUXILIARY_DATASET`: VisA
-  for a model tested on MVTec AD, MVTec AD for every other target), one
-  :class:`~resad_kit.data.AnomalyDataset` per category. Training is always 1-shot: each
-  query gets one normal image of its own category and split, drawn uniformly at random
-  with the query itself excluded, fresh for every query in every epoch. Each epoch shuffles
-  the queries (batch 16, last batch kept).
+  for a model tested on MVTec AD, MVTec AD for every other target; AF-CLIP uses the same
+  pairs), one :class:`~resad_kit.data.AnomalyDataset` per category. Res²CLIP trains
+  1-shot: each query gets one normal image of its own category and split, drawn uniformly
+  at random with the query itself excluded, fresh for every query in every epoch; a method
+  with ``uses_training_references = False`` (AF-CLIP) gets no reference
+  (``TrainingBatch.reference`` is ``None``) and its categories need no normal image. Each
+  epoch shuffles the queries (``TrainConfig.batch_size``, last batch kept).
 - **Features** come from a :class:`~resad_kit.engine.FeatureCache`: the backbone is frozen,
   so each image is encoded once and reused in every epoch.
 - **Phases.** Epoch ``e`` trains phase ``model.phases[e % len(model.phases)]``
@@ -23,6 +25,7 @@ protocol (paper Sec. 4.1 and App. F.2):
   learning rates. Only the optimisers of the epoch's phase step, each after clipping its
   gradients to norm 1.0. Each has a linear warm-up over one epoch of its own steps and a
   half cosine to 0 over all its steps; the first step of each runs at lr 0.
+  :meth:`TrainConfig.afclip` (AF-CLIP's code) has no clipping, warm-up or schedule.
 - **Checkpoints** after every epoch (``out_dir/checkpoint.safetensors``, see
   :mod:`resad_kit.engine.checkpoint`), with the method's name and config, a checksum and a
   record of the training data (:func:`~resad_kit.engine.fingerprint.data_fingerprint`);
@@ -51,6 +54,7 @@ from tqdm.auto import tqdm
 
 from resad_kit.data import STANDARD_CATEGORIES, AnomalyDataset
 from resad_kit.engine._queries import Queries as _Queries
+from resad_kit.engine._train_checks import _check_dist, _loss_keys
 from resad_kit.engine.checkpoint import load_checkpoint, save_checkpoint
 from resad_kit.engine.distributed import (
     DistContext,
@@ -112,46 +116,6 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def _check_dist(dist: DistContext | None, model: Method, n: int, batch_size: int) -> None:
-    if dist is None or not dist.enabled:
-        return
-    w = dist.world_size
-    last = n % batch_size or batch_size
-    if min(batch_size, last) < w:
-        raise ValueError(
-            f"train: every batch must hold at least one query per process; with {n} queries "
-            f"and batch_size={batch_size} the smallest batch has {min(batch_size, last)} "
-            f"but world_size={w}"
-        )
-    if getattr(model.config, "loss_reduction", None) == "batch":  # Res2CLIP's batch norm
-        logger.warning(
-            "train: loss_reduction='batch' normalises by the pixel and image counts of each "
-            "process's slice of the batch, so training on %d processes differs slightly from "
-            "one process (which pools the counts over the whole batch); "
-            "loss_reduction='per_sample' with equal slices gives the same gradients",
-            w,
-        )
-    if batch_size % w or last % w:
-        logger.warning(
-            "train: batch_size=%d (last batch %d) does not split evenly over %d processes; "
-            "DDP weighs every slice equally, which differs slightly from one process",
-            batch_size,
-            last,
-            w,
-        )
-
-
-def _loss_keys(losses: object, keys: tuple[str, ...] | None) -> tuple[str, ...]:
-    """The loss terms of a step; the same in every step of a run, ``"total"`` among them."""
-    fn = "train"
-    if not isinstance(losses, dict) or "total" not in losses:
-        raise ValueError(f"{fn}: model.losses must return a dict with a 'total' entry")
-    now = tuple(losses)
-    if keys is not None and now != keys:
-        raise ValueError(f"{fn}: model.losses returned the terms {list(now)}, before {list(keys)}")
-    return now
-
-
 # ---------------------------------------------------------------------------- train
 
 
@@ -199,7 +163,8 @@ def train(
         datasets: the training queries, one :class:`~resad_kit.data.AnomalyDataset` per
             category (paper: the test split of :data:`AUXILIARY_DATASET` ``[target]``), all
             with the same ``image_size`` and ``mask_size`` (the loss resolution; paper 518).
-            Each category needs at least two normal images.
+            Each category needs at least two normal images (none for a method that draws
+            no training references).
         cache: a :class:`~resad_kit.engine.FeatureCache` of the model's backbone.
         config: :class:`TrainConfig`; ``None`` is ``TrainConfig.paper()``.
         out_dir: folder of the checkpoints (created if needed).
@@ -268,7 +233,11 @@ def train(
         raise TypeError(f"{fn}: `config` must be a TrainConfig; got {type(config).__name__}")
     if resume not in (True, False, "auto") or not isinstance(resume, (bool, str)):
         raise ValueError(f"{fn}: `resume` must be True, False or 'auto'; got {resume!r}")
-    queries = _Queries(datasets, self_reference=config.self_reference)
+    queries = _Queries(
+        datasets,
+        self_reference=config.self_reference,
+        references=model.uses_training_references,
+    )
     data = data_fingerprint(queries.datasets)  # hashes every image and mask once
     n = len(queries.items)
     _check_dist(dist, model, n, config.batch_size)
@@ -328,11 +297,12 @@ def train(
             )
             for start in bar:
                 batch = [queries.items[k] for k in order[start : start + config.batch_size]]
-                refs = [queries.reference(reference_rng, q) for q in batch]
-                batch, refs = shard(batch, dist), shard(refs, dist)
+                if model.uses_training_references:
+                    refs = shard([queries.reference(reference_rng, q) for q in batch], dist)
+                batch = shard(batch, dist)
                 inputs = TrainingBatch(
                     queries.features(cache, batch),
-                    queries.features(cache, refs),
+                    queries.features(cache, refs) if model.uses_training_references else None,
                     queries.masks(batch, device),
                 )
                 for optimizer in optimizers.values():

@@ -6,7 +6,8 @@ tables, heat maps) can run without knowing which method it is:
 
 - :meth:`Method.fit_references` takes the ``K`` normal reference images of a few-shot
   setting (images or their backbone :class:`~resad_kit.clip.Features`) and returns
-  ``self``;
+  ``self``; a method that can also run without references (zero-shot, e.g. AF-CLIP) sets
+  :attr:`Method.supports_zero_shot` and implements :meth:`Method.clear_references`;
 - ``forward(inputs, output_size=..., return_intermediates=...)`` returns a
   :class:`Prediction`: the fused map and score, named branch outputs and, on request, the
   method's intermediate tensors (per-layer maps, retrieval weights, …);
@@ -14,7 +15,10 @@ tables, heat maps) can run without knowing which method it is:
   trains phase ``phases[e % len(phases)]``), :meth:`Method.optimizer_groups` declares one
   optimiser per group with its learning rates and the phases in which it steps,
   :meth:`Method.losses` gives the loss terms of one batch in one phase (key ``"total"`` is
-  what is minimised), and :meth:`Method.trainable_module` is what a checkpoint stores;
+  what is minimised), and :meth:`Method.trainable_module` is what a checkpoint stores; a
+  method whose losses need no 1-shot reference per query sets
+  :attr:`Method.uses_training_references` to ``False`` (its batches carry
+  ``reference=None``);
 - :attr:`Method.name` and :attr:`Method.config` (a dataclass with ``to_dict`` /
   ``from_dict``) identify a model in checkpoints and result tables.
 
@@ -85,12 +89,13 @@ class Prediction(NamedTuple):
 
 
 class TrainingBatch(NamedTuple):
-    """One training batch: queries, their 1-shot references and the masks.
+    """One training batch: queries, their 1-shot references (if any) and the masks.
 
     Attributes:
         query: :class:`~resad_kit.clip.Features` of ``B`` query images.
         reference: :class:`~resad_kit.clip.Features` of ``B`` normal images; reference
-            ``b`` is the 1-shot reference of query ``b``.
+            ``b`` is the 1-shot reference of query ``b``. ``None`` for a method with
+            ``uses_training_references = False`` (e.g. AF-CLIP).
         masks: ``(B, H, W)`` binary ground truth (1 = anomalous); the image label is
             the mask's maximum.
 
@@ -108,7 +113,7 @@ class TrainingBatch(NamedTuple):
     """
 
     query: Features
-    reference: Features
+    reference: Features | None
     masks: Tensor
 
 
@@ -155,6 +160,12 @@ class Method(nn.Module, abc.ABC):
 
     #: Short identifier recorded in checkpoints and result tables (e.g. ``"res2clip"``).
     name: ClassVar[str] = ""
+    #: Whether the method predicts without references (0 shots): the protocol then calls
+    #: :meth:`clear_references` instead of :meth:`fit_references`.
+    supports_zero_shot: ClassVar[bool] = False
+    #: Whether :meth:`losses` needs a 1-shot normal reference per training query
+    #: (``TrainingBatch.reference``); ``False``: the engine draws none and passes ``None``.
+    uses_training_references: ClassVar[bool] = True
     backbone: ClipBackbone
     config: Any
 
@@ -176,6 +187,17 @@ class Method(nn.Module, abc.ABC):
     @abc.abstractmethod
     def fit_references(self, references: Tensor | Features) -> Method:
         """Store what the method needs of ``K ≥ 1`` normal references; returns ``self``."""
+
+    def clear_references(self) -> Method:
+        """Forget the fitted references (zero-shot prediction); returns ``self``.
+
+        Raises:
+            ValueError: for a method without a zero-shot mode (the default).
+        """
+        raise ValueError(
+            f"{type(self).__name__}: the {self.name!r} method needs K >= 1 references; it has "
+            "no zero-shot mode (shots=0)"
+        )
 
     def optimizer_groups(self) -> list[OptimizerGroup]:
         """The optimisers to build (empty for a training-free model)."""
