@@ -1,4 +1,4 @@
-"""The Res²CLIP paper's reported numbers (spec §7.1 Table 1 and §7.2 Tables 6–10).
+"""The papers' reported numbers: Res²CLIP (Table 1, Tables 6–10) and AF-CLIP (Tables 1–2).
 
 Two read-only tables, in percent, exactly as printed (one decimal):
 
@@ -17,6 +17,13 @@ The paper's one inconsistency is kept as printed and listed in
 :data:`PAPER_DISCREPANCIES`: DTD-Synthetic, 4-shot, Res²CLIP† P-AP is 78.9 in Table 1 and
 79.2 in Table 10; Table 1's Average (58.5) fits 79.2, which the spec takes as right. The
 tests recompute every Table 1 Average from Tables 6–10 to catch transcription errors.
+
+AF-CLIP (Fang, Lv, Su, ACM MM 2025): :data:`AFCLIP_RESULTS` holds its Table 1 (zero-shot,
+``shots = 0``, eleven data sets: image AUROC/AP, pixel AUROC/PRO, one run, std 0) and its
+Table 2 (AF-CLIP+, 1/2/4 shots on MVTec AD and VisA, mean ± std over five runs), keyed
+``(dataset, shots)``; :data:`AFCLIP_RELEASED_LOGS` the two-decimal numbers of the result
+logs shipped with the official code (Faustinaqq/AF-CLIP, ``weight/*_res.txt``).
+:func:`paper_values` looks up either paper by method name.
 
 Example:
     >>> from resad_kit.engine.paper_results import PAPER_RESULTS, PAPER_TABLE1
@@ -37,11 +44,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from resad_kit.metrics import METRIC_NAMES
 
 __all__ = [
+    "AFCLIP_DATASETS",
+    "AFCLIP_DATASET_NAMES",
+    "AFCLIP_METRICS",
+    "AFCLIP_RELEASED_LOGS",
+    "AFCLIP_RESULTS",
+    "AFCLIP_SHOTS",
     "MODES",
     "PAPER_DATASETS",
     "PAPER_DATASET_NAMES",
@@ -52,6 +65,7 @@ __all__ = [
     "PAPER_TABLES",
     "TABLE1_METRICS",
     "PaperValue",
+    "paper_values",
 ]
 
 MODES: tuple[str, str] = ("training_free", "fine_tuned")
@@ -191,3 +205,144 @@ PAPER_DISCREPANCIES: tuple[str, ...] = (
     "as right (spec §7.1). PAPER_RESULTS holds 79.2, PAPER_TABLE1 holds 78.9 as printed.",
 )
 """Known inconsistencies between the paper's tables (text, one entry each)."""
+
+
+# ---------------------------------------------------------------------------- AF-CLIP
+
+AFCLIP_METRICS: tuple[str, ...] = ("I-AUROC", "I-AP", "P-AUROC", "PRO")
+"""The four metrics AF-CLIP reports (image AUROC, AP; pixel AUROC, PRO at FPR 0.3)."""
+
+AFCLIP_SHOTS: tuple[int, ...] = (0, 1, 2, 4)
+"""0 = AF-CLIP (zero-shot, Table 1); 1, 2, 4 = AF-CLIP+ (Table 2)."""
+
+AFCLIP_DATASET_NAMES: Mapping[str, str] = MappingProxyType(
+    {
+        "mvtec": "MVTec AD",
+        "visa": "VisA",
+        "btad": "BTAD",
+        "dagm": "DAGM",
+        "dtd": "DTD-Synthetic",
+        "brainmri": "BrainMRI",
+        "br35h": "Br35H",
+        "isic": "ISIC",
+        "clinicdb": "ClinicDB",
+        "colondb": "ColonDB",
+        "kvasir": "Kvasir",
+    }
+)
+"""Display names of :data:`AFCLIP_DATASETS`."""
+
+AFCLIP_DATASETS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "industrial": ("mvtec", "visa", "btad", "dagm", "dtd"),
+        "medical": ("brainmri", "br35h", "isic", "clinicdb", "colondb", "kvasir"),
+    }
+)
+"""AF-CLIP Table 1's rows: domain → data-set keys, in the paper's order. BrainMRI and Br35H
+are classification-only (image metrics), ISIC, ClinicDB, ColonDB and Kvasir
+segmentation-only (pixel metrics)."""
+
+# AF-CLIP Table 1 (zero-shot), AF-CLIP column: data set, I-AUROC I-AP P-AUROC PRO ("-": not
+# reported for that set). The MVTec row is the model trained on VisA; every other row the
+# model trained on MVTec AD (AF-CLIP Sec. 4.1).
+_AFCLIP_TABLE_1 = """
+mvtec    92.9 96.8 92.3 85.7
+visa     88.5 90.0 96.2 88.7
+btad     94.3 95.2 94.4 78.3
+dagm     98.7 94.6 97.1 93.1
+dtd      97.9 99.1 98.6 93.8
+brainmri 95.2 96.3 -    -
+br35h    96.7 96.4 -    -
+isic     -    -    94.8 89.6
+clinicdb -    -    87.1 70.0
+colondb  -    -    83.2 67.9
+kvasir   -    -    84.5 57.5
+"""
+
+# AF-CLIP Table 2 (AF-CLIP+, mean±std over 5 runs): data set, shots, the four metrics.
+_AFCLIP_TABLE_2 = """
+mvtec 1 95.5±1.3 98.0±0.5 96.8±0.4 92.6±0.8
+mvtec 2 96.5±1.3 98.4±0.5 97.1±0.3 93.1±0.7
+mvtec 4 97.2±0.9 98.6±0.5 97.6±0.2 93.8±0.6
+visa  1 90.5±2.1 91.2±1.8 98.2±0.1 92.5±0.7
+visa  2 91.2±1.4 91.9±1.4 98.4±0.1 92.9±0.4
+visa  4 92.2±1.3 92.5±1.2 98.5±0.1 93.4±0.5
+"""
+
+# The official code's result logs (weight/train_on_{visa,mvtec}_test_res.txt), zero-shot.
+_AFCLIP_LOGS = """
+mvtec    92.92 96.75 92.34 85.65
+visa     88.48 89.90 96.25 88.72
+btad     94.33 95.26 94.41 78.38
+dagm     98.66 94.61 97.13 93.10
+dtd      97.94 99.15 98.57 93.82
+brainmri 95.22 96.35 -     -
+br35h    96.68 96.48 -     -
+isic     -     -     94.85 89.63
+clinicdb -     -     87.06 69.99
+colondb  -     -     83.16 67.90
+kvasir   -     -     84.48 57.53
+"""
+
+
+def _parse_afclip(text: str, *, with_shots: bool) -> dict[tuple[str, int], Mapping[str, Any]]:
+    out: dict[tuple[str, int], Mapping[str, Any]] = {}
+    for line in text.strip().splitlines():
+        dataset, *cells = line.split()
+        shots = int(cells.pop(0)) if with_shots else 0
+        row: dict[str, Any] = {}
+        for metric, cell in zip(AFCLIP_METRICS, cells, strict=True):
+            if cell == "-":
+                continue
+            mean, _, std = cell.partition("±")
+            row[metric] = PaperValue(float(mean), float(std or 0.0))
+        out[(dataset, shots)] = MappingProxyType(row)
+    return out
+
+
+AFCLIP_RESULTS: Mapping[tuple[str, int], Mapping[str, PaperValue]] = MappingProxyType(
+    {
+        **_parse_afclip(_AFCLIP_TABLE_1, with_shots=False),
+        **_parse_afclip(_AFCLIP_TABLE_2, with_shots=True),
+    }
+)
+"""AF-CLIP Tables 1–2: ``(dataset, shots)`` → metric → :class:`PaperValue` (percent).
+
+``shots = 0`` rows are Table 1 (one run: std 0.0); ``1, 2, 4`` Table 2 (MVTec AD and VisA
+only). A metric the paper does not report for a data set is absent (medical sets).
+Table 2's 0-shot rows repeat Table 1's. Table 4 prints VisA image AP 89.9 for the same
+model (Table 1: 90.0; the released log: 89.90)."""
+
+AFCLIP_RELEASED_LOGS: Mapping[str, Mapping[str, float]] = MappingProxyType(
+    {
+        d: MappingProxyType({m: v.mean for m, v in row.items()})
+        for (d, _), row in _parse_afclip(_AFCLIP_LOGS, with_shots=False).items()
+    }
+)
+"""Zero-shot numbers of the official code's released logs (two decimals): dataset → metric."""
+
+
+def paper_values(
+    method: str, dataset: str, shots: int, mode: str
+) -> Mapping[str, PaperValue] | None:
+    """The paper's numbers for one result group, or ``None`` if its paper has none.
+
+    ``"res2clip"``: :data:`PAPER_RESULTS` (all seven metrics); ``"afclip"``:
+    :data:`AFCLIP_RESULTS` (the metrics AF-CLIP reports; its models are fine-tuned, so
+    ``mode`` must be ``"fine_tuned"``). Whether the group is comparable (the complete
+    category list) is the caller's check.
+
+    Example:
+        >>> from resad_kit.engine.paper_results import paper_values
+        >>> paper_values("afclip", "visa", 1, "fine_tuned")["I-AUROC"]
+        PaperValue(mean=90.5, std=2.1)
+        >>> sorted(paper_values("afclip", "isic", 0, "fine_tuned"))
+        ['P-AUROC', 'PRO']
+        >>> paper_values("afclip", "mvtec", 8, "fine_tuned") is None
+        True
+    """
+    if method == "res2clip":
+        return PAPER_RESULTS.get((dataset, shots, mode))
+    if method == "afclip" and mode == "fine_tuned":
+        return AFCLIP_RESULTS.get((dataset, shots))
+    return None
