@@ -1,30 +1,37 @@
-"""Heat-map overlays of anomaly maps on their images, as PNG panels.
+"""Heat-map figures of anomaly maps on their images, as PNG files people can read.
 
-:func:`overlay` builds one RGB picture of ``P`` panels side by side, each ``H × W``:
+:func:`heatmap_figure` draws one matplotlib :class:`~matplotlib.figure.Figure` with panels
+side by side, each at least 256 px (or the image's own size when larger):
 
-1. the image, with the normalisation undone (``x · std + mean``, clipped to ``[0, 1]``);
-2. the image alpha-blended with the anomaly map in a jet colour map (dark blue = ``vmin``,
-   green/yellow in between, dark red = ``vmax``), with the ground-truth outline in white
-   when a mask is given;
-3. (with a mask) the mask itself, white on black.
+1. **input**: the image, with the normalisation undone (``x · std + mean``, clipped);
+2. **overlay**: the image alpha-blended with the anomaly map in a matplotlib colour map
+   (default ``"turbo"``: dark blue = ``vmin``, red = ``vmax``), with the ground-truth
+   outline in white when a mask is given;
+3. **mask** (when given): the ground truth, white = anomalous;
+4. optionally one panel per branch map (e.g. Res²CLIP's ``text``/``visual``/``residual``),
+   on the same colour scale;
 
-The colour map is the classic "jet" written in NumPy (no matplotlib):
-``r = clip(1.5 − |4t − 3|)``, ``g = clip(1.5 − |4t − 2|)``, ``b = clip(1.5 − |4t − 1|)``
-for ``t = (map − vmin) / (vmax − vmin)`` clipped to ``[0, 1]``.
+with a colour bar labelled with the value range, and a title holding the file, the image
+score, the label (normal / anomalous) and the defect type (the image's folder name). A
+backbone with random weights puts a red "UNTRAINED BACKBONE — not meaningful" mark on the
+figure. :func:`overlay` is the same composition as one plain RGB picture at the image's
+size (no title, no colour bar).
 
-**Colour scale.** Without ``vmin``/``vmax`` each map is stretched to its own min and max,
-which makes every image look anomalous somewhere. :func:`save_heatmaps` instead uses one
-range for all maps it is given (their global min and max, or the ``vmin``/``vmax``
-passed), so call it once per category, ideally with the category's range over all its test
-maps: then a colour means the same score on every image of the category.
+**Colour scale.** Stretching each map to its own min and max makes every image look
+anomalous somewhere. :func:`save_heatmaps` uses one range for all maps it is given
+(``vmin``/``vmax`` when passed, else their global min and max): call it once per category
+with the category's range over all its test maps, so that a colour means the same score on
+every image of that category. Scores are not calibrated across categories, so colours of
+two categories are not comparable; the figure's footer says so.
 """
 
 from __future__ import annotations
 
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,22 +43,18 @@ from resad_kit._image import check_normalization
 from resad_kit.engine.atomic import atomic_write
 from resad_kit.ops._validation import check_finite, check_tensor
 
-__all__ = ["jet", "overlay", "save_heatmaps"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
+__all__ = [
+    "UNTRAINED_MARK", "defect_type", "figure_png", "heatmap_figure", "overlay", "save_heatmaps"
+]  # fmt: skip
 
-def jet(t: np.ndarray) -> np.ndarray:
-    """The jet colour map: values in ``[0, 1]`` (clipped) → ``uint8`` RGB, shape ``(..., 3)``.
-
-    Example:
-        >>> import numpy as np
-        >>> from resad_kit.engine.heatmaps import jet
-        >>> jet(np.array([0.0, 0.5, 1.0])).tolist()  # dark blue, green, dark red
-        [[0, 0, 128], [128, 255, 128], [128, 0, 0]]
-    """
-    t = np.clip(np.asarray(t, dtype=np.float64), 0.0, 1.0)[..., None]
-    centres = np.array([3.0, 2.0, 1.0])  # r, g, b
-    rgb = np.clip(1.5 - np.abs(4.0 * t - centres), 0.0, 1.0)
-    return np.rint(rgb * 255).astype(np.uint8)
+UNTRAINED_MARK = "UNTRAINED BACKBONE — not meaningful"
+"""The mark a heat map of a backbone with random weights carries."""
+MIN_PANEL = 256  # px: the smallest panel side drawn
+DEFAULT_CMAP = "turbo"
+_SCALE_NOTE = "one colour scale per category: a colour is the same score on every image of it"
 
 
 def _to_hw(fn: str, name: str, x: object) -> torch.Tensor:
@@ -78,6 +81,60 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
+def _colormap(fn: str, cmap: str) -> Any:
+    import matplotlib
+
+    try:
+        return matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(f"{fn}: `cmap` {cmap!r} is not a matplotlib colour map") from None
+
+
+def _panels(
+    fn: str,
+    image: torch.Tensor,
+    anomaly_map: torch.Tensor,
+    mask: torch.Tensor | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    vmin: float | None,
+    vmax: float | None,
+    alpha: float,
+    cmap: str,
+) -> tuple[list[np.ndarray], float, float, tuple[int, int]]:
+    """Input, overlay (and mask) as float RGB arrays in ``[0, 1]``; the colour range."""
+    image = check_tensor(fn, "image", image, ndim=3, shape_doc="(3, H, W)", finite=True)
+    if image.shape[0] != 3:
+        raise ValueError(f"{fn}: `image` must be (3, H, W); got {tuple(image.shape)}")
+    norm = check_normalization(fn, mean, std)
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"{fn}: `alpha` must be in [0, 1]; got {alpha}")
+    colours = _colormap(fn, cmap)
+    size = (int(image.shape[1]), int(image.shape[2]))
+    amap = _to_hw(fn, "anomaly_map", anomaly_map)
+    check_finite(fn, "anomaly_map", amap)
+    amap = _resize(amap, size, "bilinear")
+    lo = float(amap.min()) if vmin is None else float(vmin)
+    hi = float(amap.max()) if vmax is None else float(vmax)
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
+        raise ValueError(f"{fn}: need finite vmin ≤ vmax; got vmin={vmin}, vmax={vmax}")
+    t = (amap.numpy() - lo) / (hi - lo) if hi > lo else np.zeros(size)
+    rgb = rearrange(image.detach().to("cpu", torch.float32).numpy(), "c h w -> h w c")
+    if norm is not None:
+        rgb = rgb * np.asarray(norm[1]) + np.asarray(norm[0])
+    rgb = np.clip(rgb.astype(np.float64), 0.0, 1.0)
+    heat = np.asarray(colours(np.clip(t, 0.0, 1.0)))[..., :3]
+    blend = (1.0 - alpha) * rgb + alpha * heat
+    panels = [rgb, blend]
+    if mask is not None:
+        m = _to_hw(fn, "mask", mask)
+        check_finite(fn, "mask", m)
+        m = _resize((m != 0).float(), size, "nearest").numpy() > 0.5
+        blend[_outline(m)] = 1.0
+        panels.append(np.repeat(m[..., None].astype(np.float64), 3, axis=-1))
+    return panels, lo, hi, size
+
+
 def overlay(
     image: torch.Tensor,
     anomaly_map: torch.Tensor,
@@ -88,8 +145,9 @@ def overlay(
     vmin: float | None = None,
     vmax: float | None = None,
     alpha: float = 0.5,
+    cmap: str = DEFAULT_CMAP,
 ) -> Image.Image:
-    """Image | heat-map overlay | mask, side by side (module docstring).
+    """Image | heat-map overlay | mask side by side, as one plain picture (module docstring).
 
     Args:
         image: one normalised image ``(3, H, W)``, as the data set returns it.
@@ -102,13 +160,14 @@ def overlay(
         vmin, vmax: the scores drawn as the cold and hot ends of the colour map; default
             this map's min and max. A constant map with no range given is all cold.
         alpha: weight of the colours in the blend, in ``[0, 1]``.
+        cmap: a matplotlib colour map name.
 
     Returns:
         An RGB :class:`PIL.Image.Image` of size ``(P·W, H)``: ``P = 3`` with a mask, else 2.
 
     Raises:
         ValueError: wrong shapes, non-finite values, ``vmax < vmin``, bad ``alpha``,
-            ``mean``/``std``.
+            ``mean``/``std`` or ``cmap``.
 
     Example:
         >>> import torch
@@ -116,44 +175,148 @@ def overlay(
         >>> image = torch.zeros(3, 16, 24)  # mid grey after undoing mean 0.5, std 0.5
         >>> amap = torch.zeros(16, 24)
         >>> amap[4:8, 4:8] = 1.0
-        >>> mask = (amap > 0).float()
-        >>> pic = overlay(image, amap, mask, mean=(0.5,) * 3, std=(0.5,) * 3)
+        >>> pic = overlay(image, amap, (amap > 0).float(), mean=(0.5,) * 3, std=(0.5,) * 3)
         >>> pic.mode, pic.size
         ('RGB', (72, 16))
-        >>> pic.getpixel((24 + 5, 5)), pic.getpixel((24 + 20, 12))  # hot: red; cold: blue
-        ((128, 64, 64), (64, 64, 128))
+        >>> hot, cold = pic.getpixel((24 + 5, 5)), pic.getpixel((24 + 20, 12))
+        >>> hot[0] > hot[2], cold[2] > cold[0]  # turbo: hot is red, cold is blue
+        (True, True)
     """
-    fn = "overlay"
-    image = check_tensor(fn, "image", image, ndim=3, shape_doc="(3, H, W)", finite=True)
-    if image.shape[0] != 3:
-        raise ValueError(f"{fn}: `image` must be (3, H, W); got {tuple(image.shape)}")
-    norm = check_normalization(fn, mean, std)
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"{fn}: `alpha` must be in [0, 1]; got {alpha}")
-    size = (int(image.shape[1]), int(image.shape[2]))
-    amap = _to_hw(fn, "anomaly_map", anomaly_map)
-    check_finite(fn, "anomaly_map", amap)
-    amap = _resize(amap, size, "bilinear")
-    lo = float(amap.min()) if vmin is None else float(vmin)
-    hi = float(amap.max()) if vmax is None else float(vmax)
-    if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
-        raise ValueError(f"{fn}: need finite vmin ≤ vmax; got vmin={vmin}, vmax={vmax}")
-    t = (amap.numpy() - lo) / (hi - lo) if hi > lo else np.zeros(size)
-
-    rgb = rearrange(image.detach().to("cpu", torch.float32).numpy(), "c h w -> h w c")
-    if norm is not None:
-        rgb = rgb * np.asarray(norm[1]) + np.asarray(norm[0])
-    rgb = np.clip(rgb, 0.0, 1.0) * 255.0
-    blend = (1.0 - alpha) * rgb + alpha * jet(t).astype(np.float64)
-    panels = [rgb, blend]
-    if mask is not None:
-        m = _to_hw(fn, "mask", mask)
-        check_finite(fn, "mask", m)
-        m = _resize((m != 0).float(), size, "nearest").numpy() > 0.5
-        blend[_outline(m)] = 255.0
-        panels.append(np.repeat(m[..., None] * 255.0, 3, axis=-1))
-    out = np.concatenate(panels, axis=1)
+    panels, *_ = _panels("overlay", image, anomaly_map, mask, mean, std, vmin, vmax, alpha, cmap)
+    out = np.concatenate(panels, axis=1) * 255.0
     return Image.fromarray(np.rint(out).astype(np.uint8), mode="RGB")
+
+
+def _title(name: str, score: float | None, label: int | None, defect: str | None) -> str:
+    parts = [name] if name else []
+    if score is not None:
+        parts.append(f"score {score:.4g}")
+    if label is not None:
+        parts.append("anomalous" if label else "normal")
+    if defect:
+        parts.append(f"defect: {defect}")
+    return " · ".join(parts)
+
+
+def heatmap_figure(
+    image: torch.Tensor,
+    anomaly_map: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    score: float | None = None,
+    label: int | None = None,
+    defect: str | None = None,
+    name: str = "",
+    trained: bool = True,
+    branches: Mapping[str, torch.Tensor] | None = None,
+    alpha: float = 0.5,
+    cmap: str = DEFAULT_CMAP,
+) -> Figure:
+    """One readable heat-map figure: panels, colour bar, title, and the untrained mark.
+
+    Args:
+        image, anomaly_map, mask, mean, std, vmin, vmax, alpha, cmap: as :func:`overlay`.
+        score: the image score, shown in the title.
+        label: ``0`` normal, ``1`` anomalous (ground truth), shown in the title.
+        defect: the defect type (e.g. ``"crack"``), shown in the title.
+        name: the image's name, first in the title.
+        trained: ``False`` (random backbone weights) adds :data:`UNTRAINED_MARK`.
+        branches: branch name → ``(H', W')`` map, drawn as extra panels on the same scale.
+
+    Returns:
+        A :class:`matplotlib.figure.Figure` (no pyplot state) with one axes per panel
+        (titled ``input``, ``overlay``, ``mask``, branch names) and a colour-bar axes
+        (label ``"colorbar"``); each panel is ``max(256, H) × max(256, W)`` pixels.
+
+    Raises:
+        ValueError: as :func:`overlay`; a branch map that is not ``(H', W')``.
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.engine.heatmaps import heatmap_figure
+        >>> fig = heatmap_figure(
+        ...     torch.zeros(3, 64, 64),
+        ...     torch.rand(64, 64),
+        ...     mean=None,
+        ...     std=None,
+        ...     score=0.7,
+        ...     label=1,
+        ...     defect="crack",
+        ...     trained=False,
+        ... )
+        >>> [ax.get_title() for ax in fig.axes if ax.get_label() != "colorbar"]
+        ['input', 'overlay']
+        >>> any("UNTRAINED" in t.get_text() for t in fig.texts)
+        True
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    fn = "heatmap_figure"
+    panels, lo, hi, (h, w) = _panels(
+        fn, image, anomaly_map, mask, mean, std, vmin, vmax, alpha, cmap
+    )
+    titles = ["input", "overlay", "mask"][: len(panels)]
+    extra = []
+    for key, bmap in (branches or {}).items():
+        b = _resize(_to_hw(fn, f"branches[{key!r}]", bmap), (h, w), "bilinear").numpy()
+        extra.append((str(key), b))
+    ph, pw = max(MIN_PANEL, h), max(MIN_PANEL, w)
+    gap, left, top, bottom, bar = 12, 12, 72, 34, 90
+    n = len(panels) + len(extra)
+    width, height = left + n * (pw + gap) + bar, top + ph + bottom
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    scale = Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-12)
+
+    def axes(i: int, title: str) -> Any:
+        rect = ((left + i * (pw + gap)) / width, bottom / height, pw / width, ph / height)
+        ax = fig.add_axes(rect)
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=10)
+        return ax
+
+    for i, (panel, title) in enumerate(zip(panels, titles, strict=False)):
+        axes(i, title).imshow(panel, interpolation="nearest", aspect="auto")
+    for j, (key, b) in enumerate(extra):
+        ax = axes(len(panels) + j, f"branch: {key}")
+        ax.imshow(b, cmap=cmap, norm=scale, interpolation="nearest", aspect="auto")
+    cax = fig.add_axes(
+        ((width - bar + 10) / width, bottom / height, 16 / width, ph / height), label="colorbar"
+    )
+    bar_ = fig.colorbar(ScalarMappable(norm=scale, cmap=cmap), cax=cax)
+    bar_.set_label(f"anomaly score [{lo:.3g}, {hi:.3g}]", fontsize=8)
+    bar_.ax.tick_params(labelsize=7)
+    fig.suptitle(_title(name, score, label, defect), fontsize=10, y=1 - 8 / height, va="top")
+    fig.text(0.5, 6 / height, _SCALE_NOTE, ha="center", va="bottom", fontsize=7)
+    if not trained:
+        fig.text(
+            0.5,
+            1 - 30 / height,
+            UNTRAINED_MARK,
+            ha="center",
+            va="top",
+            fontsize=11,
+            weight="bold",
+            color="white",
+            bbox={"facecolor": "red", "edgecolor": "none", "pad": 2},
+        )
+    return fig
+
+
+def figure_png(fig: Figure, metadata: Mapping[str, str] | None = None) -> bytes:
+    """The PNG bytes of ``fig`` at its own size (``metadata``: PNG text chunks)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    png = io.BytesIO()
+    canvas.print_png(png, metadata=dict(metadata or {}))
+    return png.getvalue()
 
 
 def _file_stem(path: str | PurePath) -> str:
@@ -164,6 +327,18 @@ def _file_stem(path: str | PurePath) -> str:
     parts[-1] = PurePath(parts[-1]).stem
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts)).strip("._-")
     return stem or "image"
+
+
+def defect_type(path: str | PurePath) -> str | None:
+    """The folder an image lies in (MVTec: the defect type, ``good`` for normal), if any.
+
+    Example:
+        >>> from resad_kit.engine.heatmaps import defect_type
+        >>> defect_type("hazelnut/test/crack/003.png"), defect_type("x.png")
+        ('crack', None)
+    """
+    parent = PurePath(path).parent.name
+    return parent or None
 
 
 def save_heatmaps(
@@ -178,8 +353,13 @@ def save_heatmaps(
     limit: int | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
+    scores: Sequence[float] | torch.Tensor | None = None,
+    labels: Sequence[int] | torch.Tensor | None = None,
+    trained: bool = True,
+    branches: Mapping[str, torch.Tensor] | None = None,
+    cmap: str = DEFAULT_CMAP,
 ) -> list[Path]:
-    """Write one :func:`overlay` PNG per image, with one colour scale for all of them.
+    """Write one :func:`heatmap_figure` PNG per image, with one colour scale for all of them.
 
     Call it once per category. The colour range is ``[vmin, vmax]`` when given (pass the
     category's range over all its test maps), else the min and max over all ``maps``
@@ -189,17 +369,26 @@ def save_heatmaps(
     replaced by ``.png``, characters other than ``A–Z a–z 0–9 . _ -`` replaced; pass
     paths relative to the data root (``Sample.relative_path``), which include the
     category, for short names that do not collide across categories. Two paths that map
-    to the same name get ``-1``, ``-2``, … suffixes. Existing files are overwritten.
+    to the same name get ``-1``, ``-2``, … suffixes. Existing files are replaced
+    atomically (a failed write keeps the previous PNG). Each PNG carries text chunks
+    ``path``, ``score``, ``label``, ``defect``, ``vmin``, ``vmax`` and ``trained``, which
+    the HTML report (:mod:`resad_kit.engine.report`) reads.
 
     Args:
         images: ``(B, 3, H, W)`` normalised images.
         maps: ``(B, H', W')`` or ``(B, 1, H', W')`` anomaly maps.
         masks: ``(B, H'', W'')`` or ``(B, 1, H'', W'')`` ground truth, or ``None``.
-        paths: ``B`` image paths (names only; nothing is read).
+        paths: ``B`` image paths (names only; nothing is read). The defect type is the
+            path's folder (:func:`defect_type`).
         out_dir: folder to write to (created if missing).
         mean, std: the images' normalisation (see :func:`overlay`).
         limit: write only the first ``limit`` images (``None``: all).
         vmin, vmax: colour range (see above).
+        scores: ``B`` image scores, or ``None``.
+        labels: ``B`` labels (1 = anomalous); default: from the masks when given.
+        trained: ``False`` marks every figure :data:`UNTRAINED_MARK`.
+        branches: branch name → ``(B, H', W')`` maps, drawn as extra panels.
+        cmap: a matplotlib colour map name.
 
     Returns:
         The written files, in input order.
@@ -228,6 +417,9 @@ def save_heatmaps(
     if masks is not None:
         masks = check_tensor(fn, "masks", masks, min_ndim=3, floating=False)
         sizes["masks"] = int(masks.shape[0])
+    for key, values in (("scores", scores), ("labels", labels), *(branches or {}).items()):
+        if values is not None:
+            sizes[key] = len(values)
     if len(set(sizes.values())) != 1:
         raise ValueError(f"{fn}: batch sizes must match; got {sizes}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
@@ -247,9 +439,21 @@ def save_heatmaps(
             name = f"{stem}-{k}"
         used.add(name)
         mask = None if masks is None else masks[i]
-        pic = overlay(images[i], maps[i], mask, mean=mean, std=std, vmin=lo, vmax=hi)
+        label = None
+        if labels is not None:
+            label = int(labels[i])
+        elif mask is not None:
+            label = int(bool((mask != 0).any()))
+        score = None if scores is None else float(scores[i])
+        defect = defect_type(paths[i])
+        fig = heatmap_figure(
+            images[i], maps[i], mask, mean=mean, std=std, vmin=lo, vmax=hi, score=score,
+            label=label, defect=defect, name=PurePath(paths[i]).name, trained=trained,
+            branches={key: b[i] for key, b in (branches or {}).items()}, cmap=cmap,
+        )  # fmt: skip
+        info = {"path": str(PurePath(paths[i]).as_posix()), "vmin": f"{lo!r}", "vmax": f"{hi!r}"}
+        info |= {"score": "" if score is None else f"{score!r}", "defect": defect or ""}
+        info |= {"label": "" if label is None else str(label), "trained": str(bool(trained))}
         target = out / f"{name}.png"
-        png = io.BytesIO()
-        pic.save(png, format="PNG")
-        written.append(atomic_write(target, png.getvalue()))  # never a half-written PNG
+        written.append(atomic_write(target, figure_png(fig, info)))  # never a half-written PNG
     return written

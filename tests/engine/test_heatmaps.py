@@ -1,17 +1,24 @@
-"""Heat-map overlays: panel layout, colours, the per-category colour scale, file names."""
+"""Heat maps: overlay panels and colours, the readable figure (size, colour bar, title,
+untrained mark), the per-category colour scale, file names, atomic writes."""
 
 from __future__ import annotations
 
-import colorsys
-from pathlib import Path
+from pathlib import Path, PurePath
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from resad_kit._image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from resad_kit.engine.heatmaps import jet, overlay, save_heatmaps
+from resad_kit.engine import heatmaps
+from resad_kit.engine.heatmaps import (
+    UNTRAINED_MARK,
+    heatmap_figure,
+    overlay,
+    save_heatmaps,
+)
 
 MEAN, STD = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
@@ -22,26 +29,17 @@ def _normalised(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))).float()
 
 
+def _rgb(t: float) -> tuple[int, int, int]:
+    """The default colour map's colour at ``t`` (matplotlib's own table), as uint8."""
+    return tuple(int(v) for v in np.rint(np.asarray(matplotlib.colormaps["turbo"](t)[:3]) * 255))
+
+
+HOT, COLD = _rgb(1.0), _rgb(0.0)
+
+
 def _panels(pic: Image.Image, n: int) -> list[np.ndarray]:
     arr = np.asarray(pic)
     return np.split(arr, n, axis=1)
-
-
-def test_jet_runs_from_blue_through_green_to_red() -> None:
-    t = np.linspace(0, 1, 101)
-    rgb = jet(t).astype(int)
-    assert rgb.shape == (101, 3)
-    assert rgb.dtype == int
-    assert tuple(rgb[0]) == (0, 0, 128)
-    assert tuple(rgb[50]) == (128, 255, 128)
-    assert tuple(rgb[-1]) == (128, 0, 0)
-    # the hue turns monotonically from blue (240°) to red (0°)
-    hue = np.array([colorsys.rgb_to_hsv(*(c / 255))[0] for c in rgb]) * 360
-    assert hue[0] == pytest.approx(240)
-    assert hue[-1] == pytest.approx(0)
-    assert np.all(np.diff(hue) <= 1e-9)
-    assert tuple(jet(np.array([-5.0]))[0]) == (0, 0, 128)  # clipped
-    assert tuple(jet(np.array([7.0]))[0]) == (128, 0, 0)
 
 
 def test_overlay_layout_image_panel_and_mask_panel() -> None:
@@ -66,13 +64,13 @@ def test_hot_pixel_gets_the_hot_end_and_cold_pixel_the_cold_end() -> None:
     amap[6, 1] = 0.1
     pic = overlay(image, amap, mean=None, std=None, alpha=1.0)
     heat = _panels(pic, 2)[1]
-    assert tuple(heat[2, 5]) == (128, 0, 0)
-    assert tuple(heat[6, 1]) == (0, 0, 128)
+    assert tuple(heat[2, 5]) == HOT
+    assert tuple(heat[6, 1]) == COLD
     # an explicit range: scores at or beyond vmax are hot, at or below vmin cold
     pic = overlay(image, amap, mean=None, std=None, vmin=0.3, vmax=0.5, alpha=1.0)
     heat = _panels(pic, 2)[1]
-    assert tuple(heat[2, 5]) == (128, 0, 0)
-    assert tuple(heat[0, 0]) == (0, 0, 128)
+    assert tuple(heat[2, 5]) == HOT
+    assert tuple(heat[0, 0]) == COLD
 
 
 def test_mask_outline_is_drawn_white_on_the_overlay() -> None:
@@ -99,7 +97,7 @@ def test_maps_and_masks_of_another_size_are_resized() -> None:
 
 def test_constant_map_without_range_is_cold() -> None:
     pic = overlay(torch.zeros(3, 4, 4), torch.full((4, 4), 3.0), mean=None, std=None, alpha=1.0)
-    assert {tuple(p) for p in _panels(pic, 2)[1].reshape(-1, 3)} == {(0, 0, 128)}
+    assert {tuple(p) for p in _panels(pic, 2)[1].reshape(-1, 3)} == {COLD}
 
 
 @pytest.mark.parametrize(
@@ -154,32 +152,101 @@ def test_save_heatmaps_names_are_unique_and_derived_from_paths(tmp_path: Path) -
     assert names[5] == "abs_data_hazelnut_test_odd-name-1.png"
     for f in files:
         with Image.open(f) as pic:
-            assert pic.size == (24, 8)
-            assert pic.mode == "RGB"
+            assert pic.mode in ("RGB", "RGBA")
+            assert pic.text["defect"] == PurePath(str(paths[files.index(f)])).parent.name
 
 
-def test_save_heatmaps_uses_one_colour_scale_and_limit(tmp_path: Path) -> None:
+def _spy_figures(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Record every heat-map figure's arguments (the real figure is still drawn)."""
+    calls: list[dict] = []
+    real = heatmaps.heatmap_figure
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(heatmaps, "heatmap_figure", spy)
+    return calls
+
+
+def test_save_heatmaps_uses_one_colour_scale_and_limit(tmp_path, monkeypatch) -> None:
     images = torch.zeros(3, 3, 6, 6)
-    maps = torch.stack([torch.full((6, 6), 0.2), torch.linspace(0, 1, 36).view(6, 6)])
-    maps = torch.cat([maps, torch.ones(1, 6, 6)])
+    maps = torch.stack([torch.full((6, 6), 0.25), torch.linspace(0, 1, 36).view(6, 6)])
+    maps = torch.cat([maps, torch.full((1, 6, 6), 2.0)])
+    calls = _spy_figures(monkeypatch)
     files = save_heatmaps(
         images, maps, None, ["a.png", "b.png", "c.png"], tmp_path, mean=None, std=None, limit=2
     )
     assert [f.name for f in files] == ["a.png", "b.png"]
-    # the range is over all three maps (0 … 1), so the constant 0.2 map is not "all cold"
-    saved = np.asarray(Image.open(files[0]))
-    expected = np.asarray(overlay(images[0], maps[0], mean=None, std=None, vmin=0.0, vmax=1.0))
-    np.testing.assert_array_equal(saved, expected)
-    alone = np.asarray(overlay(images[0], maps[0], mean=None, std=None))
-    assert not np.array_equal(saved, alone)
+    # the range is over all three maps (0 … 2), not only the ones drawn, nor each map's own
+    assert [(c["vmin"], c["vmax"]) for c in calls] == [(0.0, 2.0)] * 2
+    assert Image.open(files[0]).text["vmin"] == "0.0"
+    assert Image.open(files[0]).text["vmax"] == "2.0"
     # an explicit category range wins
+    calls.clear()
+    save_heatmaps(
+        images, maps, None, ["a.png"] * 3, tmp_path, mean=None, std=None, vmin=0.0, vmax=0.25,
+        limit=1,
+    )  # fmt: skip
+    assert (calls[0]["vmin"], calls[0]["vmax"]) == (0.0, 0.25)
+
+
+def test_save_heatmaps_titles_carry_score_label_defect(tmp_path, monkeypatch) -> None:
+    calls = _spy_figures(monkeypatch)
+    masks = torch.zeros(2, 8, 8)
+    masks[0, 2:4, 2:4] = 1
+    paths = ["pill/test/crack/000.png", "pill/test/good/001.png"]
     files = save_heatmaps(
-        images, maps, None, ["a.png"] * 3, tmp_path, mean=None, std=None, vmin=0.0, vmax=0.2
-    )
-    hot = np.asarray(Image.open(files[0]))[0, 6:]
-    expected = np.asarray(overlay(images[0], maps[0], mean=None, std=None, vmin=0, vmax=0.2))
-    np.testing.assert_array_equal(hot, expected[0, 6:])
-    assert tuple(hot[0]) == (64, 0, 0)  # 0.5 · dark red over black
+        torch.zeros(2, 3, 8, 8), torch.rand(2, 8, 8), masks, paths, tmp_path,
+        mean=None, std=None, scores=torch.tensor([0.75, 0.125]), trained=False,
+    )  # fmt: skip
+    assert [(c["score"], c["label"], c["defect"], c["trained"]) for c in calls] == [
+        (0.75, 1, "crack", False),  # labels from the masks when not given
+        (0.125, 0, "good", False),
+    ]
+    text = Image.open(files[0]).text
+    assert (text["score"], text["label"], text["defect"], text["trained"]) == (
+        "0.75", "1", "crack", "False"
+    )  # fmt: skip
+
+
+def test_heatmap_figure_is_readable() -> None:
+    """Size ≥ 256 px per panel, a colour bar with the value range, the title, the mark."""
+    from resad_kit.clip import ClipBackbone
+
+    tiny = ClipBackbone.tiny()
+    mask = torch.zeros(64, 64)
+    mask[10:20, 10:20] = 1
+    fig = heatmap_figure(
+        torch.zeros(3, 64, 64), torch.linspace(0.5, 3.0, 64 * 64).view(64, 64), mask,
+        mean=None, std=None, score=0.8125, label=1, defect="crack", name="003.png",
+        trained=tiny.trained, branches={"text": torch.rand(16, 16)},
+    )  # fmt: skip
+    panels = [ax for ax in fig.axes if ax.get_label() != "colorbar"]
+    assert [ax.get_title() for ax in panels] == ["input", "overlay", "mask", "branch: text"]
+    dpi = fig.get_dpi()
+    width, height = fig.get_size_inches() * dpi
+    for ax in panels:
+        box = ax.get_position()
+        assert round(box.width * width) >= 256
+        assert round(box.height * height) >= 256
+    (bar,) = [ax for ax in fig.axes if ax.get_label() == "colorbar"]
+    lo, hi = sorted(bar.get_ylim())
+    assert (lo, hi) == pytest.approx((0.5, 3.0))
+    assert "[0.5, 3]" in bar.get_ylabel()
+    title = fig.get_suptitle()
+    for part in ("003.png", "0.8125", "anomalous", "crack"):
+        assert part in title
+    texts = [t.get_text() for t in fig.texts]
+    assert UNTRAINED_MARK in texts  # the tiny backbone has random weights
+    assert any("colour scale" in t for t in texts)
+    trained = heatmap_figure(torch.zeros(3, 300, 280), torch.rand(300, 280), mean=None, std=None)
+    assert UNTRAINED_MARK not in [t.get_text() for t in trained.texts]
+    box = trained.axes[0].get_position()
+    size = trained.get_size_inches() * trained.get_dpi()
+    assert (round(box.width * size[0]), round(box.height * size[1])) == (280, 300)
+    with pytest.raises(ValueError, match="cmap"):
+        heatmap_figure(torch.zeros(3, 8, 8), torch.rand(8, 8), mean=None, std=None, cmap="nope")
 
 
 def test_save_heatmaps_rejects_bad_input(tmp_path: Path) -> None:
@@ -222,7 +289,9 @@ def test_real_sample_overlays_undo_the_dataset_normalisation(tmp_path: Path) -> 
         std=STD,
     )
     assert files[0].name == sample.relative_path.replace("/", "_")
-    image_panel, _, mask_panel = _panels(Image.open(files[0]), 3)
+    assert Image.open(files[0]).text["label"] == "1"
+    pic = overlay(item["image"], torch.rand(32, 32), item["mask"], mean=MEAN, std=STD)
+    image_panel, _, mask_panel = _panels(pic, 3)
     plain = AnomalyDataset(root, "transistor", "test", image_size=32, mean=None, std=None)
     expected = plain[index]["image"].permute(1, 2, 0).numpy() * 255
     assert np.abs(image_panel.astype(float) - expected).max() <= 1.0
