@@ -1,10 +1,11 @@
-"""Pure tensor functions of Res²CLIP: sparsemax, retrieval, residuals, scores, maps.
+"""Pure tensor functions: sparsemax, retrieval, residuals, scores, maps, kNN, aggregation.
 
 The training losses live in :mod:`resad_kit.ops.losses` (imported as a submodule so that
 their names do not crowd this namespace).
 """
 
 from resad_kit.ops import losses
+from resad_kit.ops.aggregation import gaussian_window, spatial_aggregate
 from resad_kit.ops.knn import Neighbors, knn_distance
 from resad_kit.ops.maps import gaussian_blur, upsample_patches
 from resad_kit.ops.residuals import (
@@ -36,6 +37,7 @@ __all__ = [
     "cosine_score",
     "fuse",
     "gaussian_blur",
+    "gaussian_window",
     "global_residual",
     "knn_distance",
     "losses",
@@ -47,6 +49,7 @@ __all__ = [
     "retrieve",
     "sparsemax",
     "sparsemax_threshold",
+    "spatial_aggregate",
     "text_residual",
     "top_fraction_mean",
     "upsample_patches",
