@@ -29,7 +29,19 @@ from resad_kit.ops._validation import (
 
 __all__ = ["gaussian_blur", "upsample_patches"]
 
-_PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}
+_PADDING_MODES = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "replicate": "replicate",
+    "symmetric": "symmetric",
+}
+
+
+def _symmetric_index(n: int, r: int, device: torch.device) -> torch.Tensor:
+    """Indices of a side of ``n`` padded by ``r`` with scipy's ``mode="reflect"``
+    (``d c b a | a b c d | d c b a``, the edge repeated), periodic beyond one reflection."""
+    i = torch.arange(-r, n + r, device=device) % (2 * n)
+    return torch.where(i < n, i, 2 * n - 1 - i)
 
 
 def _gaussian_kernel1d(
@@ -62,13 +74,17 @@ def gaussian_blur(
     convolution with the outer-product kernel ``g gᵀ`` — the official code's
     normalised 5×5 kernel. With ``padding="zeros"`` (default, like the code's
     ``Conv2d``) values near the border are pulled towards 0; ``"reflect"`` and
-    ``"replicate"`` pad with mirrored or repeated border values instead.
+    ``"replicate"`` pad with mirrored or repeated border values instead; ``"symmetric"``
+    mirrors with the edge value repeated, which is ``scipy.ndimage.gaussian_filter``'s
+    default ``mode="reflect"`` (with ``kernel_size = 2·int(4σ + 0.5) + 1``, scipy's
+    default truncation, this is ``gaussian_filter(σ)`` over the last two dims; AF-CLIP's
+    map smoothing).
 
     Args:
         maps: maps to smooth.
         sigma: standard deviation of the Gaussian, in pixels (> 0).
         kernel_size: odd positive kernel side.
-        padding: ``"zeros"``, ``"reflect"`` or ``"replicate"``.
+        padding: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"symmetric"``.
 
     Returns:
         The smoothed maps, same shape and dtype as ``maps`` (computed in float32).
@@ -126,7 +142,10 @@ def _gaussian_blur_core(m: torch.Tensor, sigma: float, k: int, padding: str) -> 
     cdtype = compute_dtype(m)
     x, ps = pack([m.to(cdtype)], "* h w")
     x = rearrange(x, "b h w -> b 1 h w")
-    if r > 0:
+    if r > 0 and padding == "symmetric":
+        x = x[..., _symmetric_index(x.shape[-2], r, x.device), :]
+        x = x[..., _symmetric_index(x.shape[-1], r, x.device)]
+    elif r > 0:
         x = F.pad(x, (r, r, r, r), mode=_PADDING_MODES[padding])
     g = _gaussian_kernel1d(k, float(sigma), cdtype, m.device)
     x = F.conv2d(x, rearrange(g, "k -> 1 1 k 1"))  # along H
