@@ -1,12 +1,22 @@
-"""Standard category names of the five evaluation data sets (paper Table 5).
+"""Standard category names of the evaluation data sets.
 
 The names are the folder names of each data set's official release, so that
-``AnomalyDataset(root, category, ...)`` finds them on disk:
+``AnomalyDataset(root, category, ...)`` finds them on disk.
+
+:data:`STANDARD_CATEGORIES`, the five data sets of the Res²CLIP paper (Table 5):
 
 * MVTec AD (15) and VisA (12): the class lists of the official Res²CLIP code;
 * BTAD (3): ``01``, ``02``, ``03``;
 * MPDD (6) and DTD-Synthetic (12): the release folder names (the official code has no
   loader for them).
+
+:data:`EXTRA_CATEGORIES`, the further data sets of AF-CLIP's Table 1, with the folder
+names of the official AF-CLIP code's data tree (its README): DAGM (``Class1`` …
+``Class10`` of the Kaggle release ``DAGM_KaggleUpload``), and one category per medical
+set, the set's own folder (``BrainMRI``, ``Br35H``, ``ISIC2016``, ``CVC-ClinicDB``,
+``CVC-ColonDB``, ``Kvasir``), so that their ``root`` is the folder holding them all. A
+``meta.json`` prepared for AnomalyCLIP or AdaCLIP names its classes itself (``brain``,
+``colon``, ``skin`` …): list them with :func:`~resad_kit.data.find_categories`.
 
 Each tuple is sorted alphabetically; the order carries no meaning.
 """
@@ -16,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-__all__ = ["STANDARD_CATEGORIES", "standard_categories"]
+__all__ = ["EXTRA_CATEGORIES", "STANDARD_CATEGORIES", "standard_categories"]
 
 STANDARD_CATEGORIES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
@@ -78,11 +88,31 @@ STANDARD_CATEGORIES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 """Category names per data set key (``mvtec``, ``visa``, ``btad``, ``mpdd``, ``dtd``); read-only."""
 
+EXTRA_CATEGORIES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "dagm": tuple(sorted(f"Class{i}" for i in range(1, 11))),
+        "brainmri": ("BrainMRI",),
+        "br35h": ("Br35H",),
+        "isic": ("ISIC2016",),
+        "clinicdb": ("CVC-ClinicDB",),
+        "colondb": ("CVC-ColonDB",),
+        "kvasir": ("Kvasir",),
+    }
+)
+"""Category names of AF-CLIP's further Table 1 sets (``dagm``, ``brainmri``, ``br35h``,
+``isic``, ``clinicdb``, ``colondb``, ``kvasir``); read-only."""
+
 _ALIASES = {
     "mvtec_ad": "mvtec",
     "mvtecad": "mvtec",
     "dtd_synthetic": "dtd",
     "dtd-synthetic": "dtd",
+    "dagm2007": "dagm",
+    "brain_mri": "brainmri",
+    "isic2016": "isic",
+    "cvc-clinicdb": "clinicdb",
+    "cvc-colondb": "colondb",
+    "kvasir-seg": "kvasir",
 }
 
 
@@ -90,8 +120,9 @@ def standard_categories(dataset: str) -> tuple[str, ...]:
     """The standard category names of a data set, sorted alphabetically.
 
     Args:
-        dataset: ``"mvtec"``, ``"visa"``, ``"btad"``, ``"mpdd"`` or ``"dtd"``
-            (case-insensitive; ``"mvtec_ad"`` and ``"dtd_synthetic"`` are accepted too).
+        dataset: a key of :data:`STANDARD_CATEGORIES` or :data:`EXTRA_CATEGORIES`
+            (case-insensitive; ``"mvtec_ad"``, ``"dtd_synthetic"``, ``"cvc-clinicdb"`` …
+            are accepted too).
 
     Returns:
         The category (folder) names.
@@ -105,12 +136,14 @@ def standard_categories(dataset: str) -> tuple[str, ...]:
         ('01', '02', '03')
         >>> [len(standard_categories(d)) for d in ("mvtec", "visa", "btad", "mpdd", "dtd")]
         [15, 12, 3, 6, 12]
+        >>> standard_categories("dagm")[:3], standard_categories("CVC-ClinicDB")
+        (('Class1', 'Class10', 'Class2'), ('CVC-ClinicDB',))
     """
     key = str(dataset).lower()
     key = _ALIASES.get(key, key)
-    if key not in STANDARD_CATEGORIES:
+    known = {**STANDARD_CATEGORIES, **EXTRA_CATEGORIES}
+    if key not in known:
         raise ValueError(
-            f"standard_categories: unknown `dataset` {dataset!r}; "
-            f"expected one of {sorted(STANDARD_CATEGORIES)}"
+            f"standard_categories: unknown `dataset` {dataset!r}; expected one of {sorted(known)}"
         )
-    return STANDARD_CATEGORIES[key]
+    return known[key]

@@ -14,7 +14,7 @@ from typing import TypedDict
 import torch
 from torch.utils.data import Dataset
 
-from resad_kit.data.layouts import Sample, scan_samples
+from resad_kit.data.layouts import METRIC_LEVELS, Sample, metric_levels, scan_samples
 from resad_kit.data.transforms import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
@@ -60,11 +60,13 @@ class AnomalyItem(TypedDict):
 
 
 class AnomalyDataset(Dataset):
-    """Images, masks and labels of one category and split, in the MVTec AD, BTAD or VisA layout.
+    """Images, masks and labels of one category and split of an anomaly-detection data set.
 
     The layout is read from disk (``layout="auto"``, see
     :func:`~resad_kit.data.detect_layout`): MVTec AD (also MPDD, DTD-Synthetic, the
-    synthetic data set and the shipped samples), BTAD, or VisA's ``split_csv/1cls.csv``.
+    synthetic data set and the shipped samples), BTAD, VisA's ``split_csv/1cls.csv``, DAGM,
+    the medical classification (BrainMRI, Br35H) and segmentation (ISIC, ClinicDB,
+    ColonDB, Kvasir) trees, or an AnomalyCLIP/AdaCLIP ``meta.json``.
     Images are converted to RGB, squash-resized to ``image_size`` with bicubic
     interpolation (any input size; no crop) and normalised with ``mean``/``std`` (default
     OpenAI CLIP; pass the backbone's values; 16-bit grey images are scaled by their range).
@@ -74,26 +76,35 @@ class AnomalyDataset(Dataset):
     ``> 0.5``). A mask whose size differs from its image's is an error on every path that
     reads it (items and :meth:`masks`).
 
+    :attr:`levels` declares which metrics the data set supports (see
+    :func:`~resad_kit.data.metric_levels`): both levels, image metrics only (no masks:
+    anomalous items get an all-zero mask) or pixel metrics only (no normal image). The
+    evaluation reports the others as "–".
+
     Args:
         root: the data root (the folder holding the category folders, or VisA's root).
         category: category name, e.g. ``"hazelnut"``, ``"01"``, ``"pcb1"``.
         split: ``"train"`` or ``"test"``.
         image_size: side ``S`` of the square image tensors (paper: 518).
-        layout: ``"auto"``, ``"mvtec"``, ``"btad"`` or ``"visa"``.
+        layout: ``"auto"`` or one of :data:`~resad_kit.data.layouts.LAYOUTS`.
         mean: per-channel normalisation mean; ``None`` with ``std=None`` keeps ``[0, 1]``.
         std: per-channel normalisation std.
         mask_size: side of the mask tensors; default ``image_size`` (e.g. 256 to evaluate
             at a lower resolution than the model input).
         mask_interpolation: ``"nearest"`` (default) or ``"bilinear"`` (official code).
+        levels: ``"auto"`` (the layout declares them) or the metric levels to insist on,
+            a non-empty subset of ``("image", "pixel")``.
 
     Attributes:
         samples: the :class:`~resad_kit.data.Sample` list (no image loaded).
         layout: the layout that was used.
+        levels: the supported metric levels, e.g. ``("image", "pixel")``.
         mean, std: the normalisation of the images (``None`` for ``[0, 1]`` images).
 
     Raises:
         ValueError: unknown layout, split or category (the message lists what exists), a
-            missing file or mask, bad ``image_size``/``mean``/``std``/``mask_interpolation``;
+            missing file or mask, bad ``image_size``/``mean``/``std``/``mask_interpolation``/
+            ``levels``;
             when a file is read: a mask whose size differs from its image's, an ambiguous
             (colour, transparent) mask, a float image.
 
@@ -129,6 +140,7 @@ class AnomalyDataset(Dataset):
         std: Sequence[float] | None = OPENAI_CLIP_STD,
         mask_size: int | None = None,
         mask_interpolation: str = "nearest",
+        levels: str | Sequence[str] = "auto",
     ) -> None:
         fn = "AnomalyDataset"
         self.image_size = check_positive_int(fn, "image_size", image_size)
@@ -142,6 +154,10 @@ class AnomalyDataset(Dataset):
         self.split = split
         samples, self.layout = scan_samples(self.root, self.category, split, layout)
         self.samples: tuple[Sample, ...] = samples
+        if isinstance(levels, str) and levels == "auto":
+            self.levels = metric_levels(self.root, self.layout)
+        else:
+            self.levels = _check_levels(fn, levels)
 
     @property
     def mean(self) -> tuple[float, ...] | None:
@@ -159,17 +175,20 @@ class AnomalyDataset(Dataset):
         return tuple(s.label for s in self.samples)
 
     def check_both_labels(self, dataset: str | None = None) -> None:
-        """Raise unless the split holds both normal and anomalous images.
+        """Raise unless the split holds what the metrics of its :attr:`levels` need.
 
-        Image-level metrics (AUROC, AP) rank anomalous against normal images, so a test split
-        without one of the two cannot be evaluated. Call this before any work so that the
-        error names the data set, category and split rather than coming from the metrics.
+        Image-level metrics (AUROC, AP) rank anomalous against normal images, so a data set
+        with image metrics needs both in its test split; pixel-level metrics need an
+        anomalous image (with its mask). Call this before any work so that the error names
+        the data set, category and split rather than coming from the metrics. A
+        segmentation-only set (no normal image) passes: it declares pixel metrics only.
 
         Args:
             dataset: the data set's name for the message (e.g. ``"mvtec"``), if known.
 
         Raises:
-            ValueError: when every image is normal, or every image is anomalous.
+            ValueError: with image metrics, when every image is normal or every image is
+                anomalous; with pixel metrics only, when no image is anomalous.
 
         Example:
             >>> import shutil, tempfile
@@ -187,14 +206,16 @@ class AnomalyDataset(Dataset):
         """
         n_anomalous = sum(self.labels)
         n_normal = len(self.samples) - n_anomalous
-        if n_anomalous and n_normal:
+        needs_normal = "image" in self.levels
+        if n_anomalous and (n_normal or not needs_normal):
             return
         where = f"data set {dataset!r}, " if dataset is not None else ""
-        missing = "defect images (and their masks)" if n_normal else "normal images"
+        what = "image-level metrics need both" if needs_normal else "pixel metrics need them"
+        missing = "normal images" if n_anomalous else "defect images (and their masks)"
         raise ValueError(
             f"AnomalyDataset: {where}category {self.category!r}, split {self.split!r} (root "
             f"{str(self.root)!r}) has {n_normal} normal and {n_anomalous} anomalous images; "
-            f"image-level metrics need both: add the {missing} or leave {self.category!r} out"
+            f"{what}: add the {missing} or leave {self.category!r} out"
         )
 
     def __len__(self) -> int:
@@ -275,8 +296,23 @@ class AnomalyDataset(Dataset):
         )
 
     def __repr__(self) -> str:
+        levels = "" if self.levels == METRIC_LEVELS else f", levels={self.levels!r}"
         return (
             f"AnomalyDataset(category={self.category!r}, split={self.split!r}, "
             f"layout={self.layout!r}, n={len(self)}, anomalous={sum(self.labels)}, "
-            f"image_size={self.image_size})"
+            f"image_size={self.image_size}{levels})"
         )
+
+
+def _check_levels(fn: str, levels: object) -> tuple[str, ...]:
+    """A non-empty subset of :data:`METRIC_LEVELS`, in that order."""
+    try:
+        chosen = () if isinstance(levels, str) else tuple(levels)  # type: ignore[arg-type]
+    except TypeError:
+        chosen = ()
+    if not chosen or any(level not in METRIC_LEVELS for level in chosen):
+        raise ValueError(
+            f"{fn}: `levels` must be 'auto' or a non-empty subset of {METRIC_LEVELS}; "
+            f"got {levels!r}"
+        )
+    return tuple(level for level in METRIC_LEVELS if level in chosen)

@@ -1,6 +1,7 @@
-"""Folder layouts of the anomaly-detection data sets: listing samples without loading images.
+"""Layouts of the anomaly-detection data sets: listing samples without loading images.
 
-Three layouts cover the five data sets of the paper and the shipped samples:
+Seven layouts cover the five data sets of the Res²CLIP paper, those of AF-CLIP's Table 1
+and the shipped samples:
 
 ``mvtec`` (MVTec AD, MPDD, DTD-Synthetic, ``synthesize_dataset`` output, shipped samples)::
 
@@ -15,83 +16,66 @@ Three layouts cover the five data sets of the paper and the shipped samples:
 ``visa`` (VisA): ``<root>/split_csv/1cls.csv`` with the columns ``object, split, label,
 image, mask``; ``label`` is ``normal`` or ``anomaly``; paths are relative to ``<root>``.
 
+``dagm`` (DAGM 2007), ``classification`` (BrainMRI, Br35H: ``no``/``yes`` folders, no
+masks) and ``segmentation`` (ISIC, CVC-ClinicDB, CVC-ColonDB, Kvasir: image and mask
+folders, every image anomalous): the trees the AF-CLIP code reads, see
+:mod:`resad_kit.data.dagm_medical`.
+
+``meta_json``: any data set described by ``<root>/meta.json`` in the AnomalyCLIP/AdaCLIP
+convention, see :mod:`resad_kit.data.meta_json`.
+
 Mask lookup (folder layouts): for the image ``test/<defect>/<stem>.<ext>`` the mask is the
 file in ``ground_truth/<defect>/`` whose name is ``<stem>_mask`` or ``<stem>`` with any
 image extension (case-insensitive); ``_mask`` wins when both exist. An anomalous image
-without a mask is an error.
+without a mask is an error, except in the sets without masks (``classification``, or a
+``meta.json`` that lists none).
 
-Hidden entries are skipped everywhere folders or files are listed: names that start with
-``.`` (``.ipynb_checkpoints``, ``.DS_Store``, macOS's ``._*`` resource forks) and
-``__MACOSX`` (the folder macOS's zip tool adds), so that they never become categories,
-defect types or images. The VisA CSV may start with a UTF-8 byte-order mark (as Excel and
+Hidden entries (names starting with ``.``, and ``__MACOSX``) are skipped wherever folders
+or files are listed. The VisA CSV may start with a UTF-8 byte-order mark (as Excel and
 Windows editors save it).
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LAYOUTS", "Sample", "detect_layout", "find_categories", "scan_samples"]
+from resad_kit.data.dagm_medical import READERS, folder_layout
+from resad_kit.data.meta_json import (
+    META_JSON,
+    has_meta_json,
+    meta_json_categories,
+    meta_json_levels,
+    scan_meta_json,
+)
+from resad_kit.data.sample import (
+    IMAGE_EXTENSIONS,
+    Sample,
+    entries,
+    find_mask,
+    image_files,
+    listdir,
+    mask_index,
+)
 
-LAYOUTS = ("mvtec", "btad", "visa")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+__all__ = [
+    "LAYOUTS",
+    "METRIC_LEVELS",
+    "Sample",
+    "detect_layout",
+    "find_categories",
+    "metric_levels",
+    "scan_samples",
+]
+
+LAYOUTS = ("mvtec", "btad", "visa", "dagm", "classification", "segmentation", "meta_json")
+#: The metric levels: image metrics (I-AUROC, I-AP, I-F1max) and pixel metrics (P-*, PRO).
+METRIC_LEVELS = ("image", "pixel")
 SPLITS = ("train", "test")
 _NORMAL_FOLDER = {"mvtec": "good", "btad": "ok"}
 _VISA_CSV = Path("split_csv") / "1cls.csv"
 _VISA_COLUMNS = ("object", "split", "label", "image", "mask")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image of a data set, listed without reading it.
-
-    Attributes:
-        path: absolute path of the image file.
-        mask_path: absolute path of the ground-truth mask; ``None`` for normal images.
-        label: ``0`` normal, ``1`` anomalous.
-        defect: defect type — the image's folder name (``good``/``ok`` for normal images of
-            the folder layouts) or, for VisA, the CSV label (``normal``/``anomaly``).
-        category: the category (class) name.
-        relative_path: the image path relative to the data root, POSIX style (stable across
-            machines; used to order samples and to match published reference lists).
-
-    Example:
-        >>> import tempfile
-        >>> from resad_kit.data import scan_samples, synthesize_dataset
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     _ = synthesize_dataset(tmp, categories=["grass"], n_train=1, n_test=2)
-        ...     samples, layout = scan_samples(tmp, "grass", "test")
-        >>> sample = samples[-1]
-        >>> sample.relative_path, sample.label, sample.mask_path.name
-        ('grass/test/scratch/000.png', 1, '000_mask.png')
-    """
-
-    path: Path
-    mask_path: Path | None
-    label: int
-    defect: str
-    category: str
-    relative_path: str
-
-
-def _hidden(name: str) -> bool:
-    """A name to skip: dot files/folders and macOS zip metadata (``__MACOSX``)."""
-    return name.startswith(".") or name == "__MACOSX"
-
-
-def _entries(path: Path) -> list[Path]:
-    """The visible entries of a folder, sorted by name (none if it is not a folder)."""
-    return sorted(p for p in path.iterdir() if not _hidden(p.name)) if path.is_dir() else []
-
-
-def _listdir(path: Path) -> list[str]:
-    return [p.name for p in _entries(path)]
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return [p for p in _entries(folder) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+_LEVELS = {"classification": ("image",), "segmentation": ("pixel",)}
 
 
 def _category_dir(root: Path, category: str) -> Path:
@@ -105,20 +89,33 @@ def _category_dir(root: Path, category: str) -> Path:
         raise ValueError(
             f"AnomalyDataset: category {category!r} not found under `root` {str(root)!r}; "
             f"categories found there: {find_categories(root) or 'none'} "
-            f"(entries: {_listdir(root)[:20]}){hint}"
+            f"(entries: {listdir(root)[:20]}){hint}"
         )
     return cat_dir
 
 
-def detect_layout(root: str | Path, category: str) -> str:
-    """The layout (``"mvtec"``, ``"btad"`` or ``"visa"``) of a data root, read from disk.
+def _native_layout(cat_dir: Path) -> str | None:
+    """The folder layout of a category folder (``None`` if it matches none)."""
+    for layout, normal in _NORMAL_FOLDER.items():
+        if any((cat_dir / split / normal).is_dir() for split in SPLITS):
+            return layout
+    return folder_layout(cat_dir)
 
-    ``visa`` if ``<root>/split_csv/1cls.csv`` exists; otherwise ``mvtec`` if
-    ``<root>/<category>/train/good`` or ``test/good`` exists, ``btad`` if ``train/ok`` or
-    ``test/ok`` does.
+
+def detect_layout(root: str | Path, category: str) -> str:
+    """The layout of a data root (one of :data:`LAYOUTS`), read from disk.
+
+    In this order: ``visa`` if ``<root>/split_csv/1cls.csv`` exists; then the folder
+    layouts of ``<root>/<category>``: ``mvtec`` (``train/good`` or ``test/good``), ``btad``
+    (``train/ok`` or ``test/ok``), ``dagm`` (``Train/Label`` or ``Test/Label``),
+    ``classification`` (``no`` and ``yes``), ``segmentation`` (``images`` and ``masks``, or
+    ISIC 2016's folders); then ``meta_json`` if ``<root>/meta.json`` lists the category.
+    A folder layout wins over ``meta.json``: the MVTec AD and VisA roots prepared for the
+    official codes hold a ``meta.json`` that lists the same files, and they keep being read
+    as before.
 
     Args:
-        root: the data root (the folder that holds the category folders).
+        root: the data root (the folder that holds the category folders or ``meta.json``).
         category: a category name under ``root``.
 
     Returns:
@@ -133,24 +130,31 @@ def detect_layout(root: str | Path, category: str) -> str:
         >>> from resad_kit.data import detect_layout
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     (Path(tmp) / "01" / "train" / "ok").mkdir(parents=True)
-        ...     detect_layout(tmp, "01")
-        'btad'
+        ...     (Path(tmp) / "BrainMRI" / "no").mkdir(parents=True)
+        ...     (Path(tmp) / "BrainMRI" / "yes").mkdir()
+        ...     detect_layout(tmp, "01"), detect_layout(tmp, "BrainMRI")
+        ('btad', 'classification')
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"detect_layout: `root` {str(root)!r} is not a directory")
     if (root / _VISA_CSV).is_file():
         return "visa"
+    cat_dir = root / category
+    native = _native_layout(cat_dir) if cat_dir.is_dir() else None
+    if native is not None:
+        return native
+    if has_meta_json(root) and category in meta_json_categories(root):
+        return "meta_json"
     cat_dir = _category_dir(root, category)
-    for layout, normal in _NORMAL_FOLDER.items():
-        if any((cat_dir / split / normal).is_dir() for split in SPLITS):
-            return layout
-    found = {s: _listdir(cat_dir / s) for s in (*SPLITS, "ground_truth")}
+    found = {s: listdir(cat_dir / s) for s in (*SPLITS, "ground_truth")}
     raise ValueError(
         f"detect_layout: no known layout in {str(cat_dir)!r}: expected train/good or "
-        f"test/good (MVTec AD, MPDD, DTD-Synthetic), train/ok or test/ok (BTAD), or "
-        f"{str(root / _VISA_CSV)!r} (VisA); found {_listdir(cat_dir)} at the category "
-        f"level and {found} below it"
+        f"test/good (MVTec AD, MPDD, DTD-Synthetic), train/ok or test/ok (BTAD), "
+        f"Train/Label or Test/Label (DAGM), no/ and yes/ (BrainMRI, Br35H), images/ and "
+        f"masks/ (ClinicDB, ColonDB, Kvasir, ISIC), {str(root / _VISA_CSV)!r} (VisA) or a "
+        f"{str(root / META_JSON)!r} that lists {category!r}; found {listdir(cat_dir)} at "
+        f"the category level and {found} below it"
     )
 
 
@@ -158,13 +162,17 @@ def find_categories(root: str | Path) -> tuple[str, ...]:
     """The categories present under a data root, sorted.
 
     For VisA (``split_csv/1cls.csv``): the ``object`` values of the CSV. Otherwise: the
-    sub-folders that hold ``train/`` or ``test/`` with a ``good`` or ``ok`` folder.
+    sub-folders in one of the folder layouts (see :func:`detect_layout`) and the classes
+    listed by ``<root>/meta.json``, if any.
 
     Args:
         root: the data root.
 
     Returns:
         The category names (empty when none is found).
+
+    Raises:
+        ValueError: a ``meta.json`` that cannot be read (see :func:`scan_samples`).
 
     Example:
         >>> import tempfile
@@ -173,47 +181,50 @@ def find_categories(root: str | Path) -> tuple[str, ...]:
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     for c in ("wood", "bottle"):
         ...         (Path(tmp) / c / "train" / "good").mkdir(parents=True)
+        ...     (Path(tmp) / "Class1" / "Test" / "Label").mkdir(parents=True)
         ...     (Path(tmp) / "docs").mkdir()
         ...     find_categories(tmp)
-        ('bottle', 'wood')
+        ('Class1', 'bottle', 'wood')
     """
     root = Path(root)
     if (root / _VISA_CSV).is_file():
         return tuple(sorted({row["object"] for row in _read_visa_csv(root)}))
     if not root.is_dir():
         return ()
-    return tuple(
-        p.name
-        for p in _entries(root)
-        if p.is_dir() and any((p / s / n).is_dir() for s in SPLITS for n in _NORMAL_FOLDER.values())
-    )
+    folders = {p.name for p in entries(root) if p.is_dir() and _native_layout(p) is not None}
+    listed = set(meta_json_categories(root)) if has_meta_json(root) else set()
+    return tuple(sorted(folders | listed))
 
 
-def _mask_index(gt_dir: Path) -> dict[str, list[Path]]:
-    """The image files of a ground-truth folder, grouped by file stem."""
-    index: dict[str, list[Path]] = {}
-    for p in _image_files(gt_dir):
-        index.setdefault(p.stem, []).append(p)
-    return index
+def metric_levels(root: str | Path, layout: str) -> tuple[str, ...]:
+    """The metric levels a data set supports: both, ``("image",)`` or ``("pixel",)``.
 
+    The data set declares them through its layout: ``classification`` sets have no masks
+    (image metrics only), ``segmentation`` sets no normal image (pixel metrics only), a
+    ``meta.json`` set by its ``test`` section (normal images → image metrics, masks →
+    pixel metrics); every other layout supports both, so that a category of MVTec AD
+    without normal images stays an error instead of a silent "–".
 
-def _find_mask(masks: dict[str, list[Path]], gt_dir: Path, image: Path) -> Path:
-    """The mask of ``image``: ``<stem>_mask.*`` or else ``<stem>.*`` in ``gt_dir``."""
-    for wanted in (f"{image.stem}_mask", image.stem):
-        hits = masks.get(wanted, [])
-        if len(hits) > 1:
-            raise ValueError(
-                f"AnomalyDataset: several masks for image {str(image)!r}: "
-                f"{[p.name for p in hits]}; keep one"
-            )
-        if hits:
-            return hits[0]
-    where = "" if gt_dir.is_dir() else " (the folder does not exist)"
-    raise ValueError(
-        f"AnomalyDataset: no mask for anomalous image {str(image)!r}: looked for "
-        f"{image.stem}_mask.* and {image.stem}.* "
-        f"({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) in {str(gt_dir)!r}{where}"
-    )
+    Args:
+        root: the data root.
+        layout: a layout name (not ``"auto"``; see :func:`detect_layout`).
+
+    Returns:
+        The supported levels, in :data:`METRIC_LEVELS` order.
+
+    Raises:
+        ValueError: an unknown layout; for ``meta_json``, see :func:`scan_samples`.
+
+    Example:
+        >>> from resad_kit.data import metric_levels
+        >>> metric_levels("/data", "classification"), metric_levels("/data", "mvtec")
+        (('image',), ('image', 'pixel'))
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"metric_levels: `layout` must be one of {LAYOUTS}; got {layout!r}")
+    if layout == "meta_json":
+        return meta_json_levels(Path(root))
+    return _LEVELS.get(layout, METRIC_LEVELS)
 
 
 def _scan_folder(root: Path, category: str, split: str, layout: str) -> list[Sample]:
@@ -221,17 +232,17 @@ def _scan_folder(root: Path, category: str, split: str, layout: str) -> list[Sam
     split_dir = cat_dir / split
     if not split_dir.is_dir():
         raise ValueError(
-            f"AnomalyDataset: no {split!r} folder in {str(cat_dir)!r}; found {_listdir(cat_dir)}"
+            f"AnomalyDataset: no {split!r} folder in {str(cat_dir)!r}; found {listdir(cat_dir)}"
         )
     normal = _NORMAL_FOLDER[layout]
     samples = []
-    for defect_dir in (p for p in _entries(split_dir) if p.is_dir()):
+    for defect_dir in (p for p in entries(split_dir) if p.is_dir()):
         defect = defect_dir.name
         label = 0 if defect == normal else 1
         gt_dir = cat_dir / "ground_truth" / defect
-        masks = _mask_index(gt_dir) if label else {}
-        for image in _image_files(defect_dir):
-            mask = _find_mask(masks, gt_dir, image) if label else None
+        masks = mask_index(gt_dir) if label else {}
+        for image in image_files(defect_dir):
+            mask = find_mask(masks, gt_dir, image) if label else None
             samples.append(
                 Sample(
                     path=image.absolute(),
@@ -306,22 +317,24 @@ def scan_samples(
     """List the samples of one category and split, without reading any image.
 
     Folder layouts are ordered by (defect folder, file name); VisA keeps the CSV's row order
-    (the official code's metadata order). Image extensions are matched case-insensitively;
-    hidden files and folders (names starting with ``.``, and ``__MACOSX``) and non-image
-    files are ignored.
+    (the official code's metadata order) and ``meta_json`` the file's order. Image
+    extensions are matched case-insensitively; hidden files and folders (names starting
+    with ``.``, and ``__MACOSX``) and non-image files are ignored.
 
     Args:
         root: the data root.
         category: the category name.
-        split: ``"train"`` or ``"test"``.
-        layout: ``"auto"`` (see :func:`detect_layout`), ``"mvtec"``, ``"btad"`` or ``"visa"``.
+        split: ``"train"`` or ``"test"`` (the ``classification`` and ``segmentation``
+            layouts have a test split only).
+        layout: ``"auto"`` (see :func:`detect_layout`) or one of :data:`LAYOUTS`.
 
     Returns:
         ``(samples, layout)`` — the samples and the layout used.
 
     Raises:
         ValueError: unknown ``split``/``layout``, missing folders or files, an anomalous
-            image without its mask, or no image at all.
+            image without its mask (where the layout has masks), a ``meta.json`` that is
+            missing, not JSON, lacks keys or points outside ``root``, or no image at all.
 
     Example:
         >>> import tempfile
@@ -361,6 +374,10 @@ def scan_samples(
         if not (root / _VISA_CSV).is_file():
             raise ValueError(f"{fn}: layout 'visa' needs {str(root / _VISA_CSV)!r}; it is missing")
         samples = _scan_visa(root, category, split)
+    elif layout == "meta_json":
+        samples = scan_meta_json(root, category, split)
+    elif layout in READERS:
+        samples = READERS[layout](root, _category_dir(root, category), category, split)
     else:
         samples = _scan_folder(root, category, split, layout)
     if not samples:

@@ -9,10 +9,17 @@ metrics come from the image scores. :func:`evaluate` does the same for tensors i
 
 The official Res²CLIP code evaluates one class at a time and reports the unweighted
 mean over the classes of a data set; use one accumulator per class.
+
+``levels`` restricts the metrics to what a data set supports (AF-CLIP, Sec. 4.1: BrainMRI
+and Br35H have no masks, so image metrics only; ISIC, ClinicDB, ColonDB and Kvasir have no
+normal image, so pixel metrics only). The metrics of a level left out are ``None`` (tables
+print "–"), and that level's one-class check is skipped; with both levels (the default) a
+one-class input stays an error.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +41,20 @@ __all__ = ["METRIC_NAMES", "MetricAccumulator", "MetricConfig", "evaluate"]
 
 #: The keys of the dict returned by :func:`evaluate` and :meth:`MetricAccumulator.compute`.
 METRIC_NAMES = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "PRO")
+
+#: The metrics of each level: ``"image"`` (from scores and labels) and ``"pixel"`` (maps, masks).
+_LEVEL_NAMES = {"image": METRIC_NAMES[:3], "pixel": METRIC_NAMES[3:]}
+
+
+def _check_levels(fn: str, levels: object) -> tuple[str, ...]:
+    """A non-empty subset of ``("image", "pixel")``."""
+    ok = not isinstance(levels, str) and isinstance(levels, Collection)
+    chosen = set(levels) if ok else set()  # type: ignore[arg-type]
+    if not chosen or not chosen <= set(_LEVEL_NAMES):
+        raise ValueError(
+            f"{fn}: `levels` must be a non-empty subset of ('image', 'pixel'); got {levels!r}"
+        )
+    return tuple(level for level in _LEVEL_NAMES if level in chosen)
 
 
 @dataclass(frozen=True)
@@ -96,6 +117,8 @@ class MetricAccumulator:
         dtype: storage dtype of the pixel scores: ``torch.float32`` (default),
             ``torch.float16`` or ``torch.float64``.
         config: exact (default) or :meth:`MetricConfig.official_code`.
+        levels: the metric levels to compute, ``("image", "pixel")`` (default) or one of
+            them; without ``"pixel"`` no pixel is stored and masks are not read.
 
     Example:
         >>> import torch
@@ -120,8 +143,10 @@ class MetricAccumulator:
         *,
         dtype: torch.dtype = torch.float32,
         config: MetricConfig | None = None,
+        levels: Collection[str] = ("image", "pixel"),
     ) -> None:
         fn = "MetricAccumulator"
+        self.levels = _check_levels(fn, levels)
         for name, value in (("num_images", num_images), ("height", height), ("width", width)):
             check_positive_int(fn, name, value)
         np_dtype = check_storage_dtype(fn, dtype)
@@ -129,7 +154,8 @@ class MetricAccumulator:
         if not isinstance(self.config, MetricConfig):
             raise ValueError(f"{fn}: `config` must be a MetricConfig; got {config!r}")
         self.num_images, self.height, self.width = num_images, height, width
-        self._pixels = PixelStore(num_images * height * width, np_dtype, regions=True)
+        capacity = num_images * height * width if "pixel" in self.levels else 0
+        self._pixels = PixelStore(capacity, np_dtype, regions=True)
         self._scores = np.empty(num_images, dtype=np.float64)
         self._labels = np.empty(num_images, dtype=bool)
         self._count = 0
@@ -150,7 +176,8 @@ class MetricAccumulator:
         Raises:
             ValueError: on shapes other than below, more images than ``num_images``,
                 non-finite scores or maps (or maps that overflow a float16 buffer), and
-                labels or masks that are not 0/1. Nothing is added then.
+                labels or masks that are not 0/1 (maps and masks: only checked for shape
+                without the ``"pixel"`` level). Nothing is added then.
 
         Shape:
             - image_scores: ``(b,)``
@@ -179,32 +206,46 @@ class MetricAccumulator:
                 f"{fn}: the accumulator holds num_images={self.num_images}; it has "
                 f"{self._count} and got {b} more"
             )
-        fill(fn, self._pixels, m, g)
+        if "pixel" in self.levels:
+            fill(fn, self._pixels, m, g)
         self._scores[self._count : self._count + b] = s.detach().cpu().double().numpy()
         self._labels[self._count : self._count + b] = to_bool(fn, "labels", y)
         self._count += b
 
-    def compute(self) -> dict[str, float]:
+    def compute(self) -> dict[str, float | None]:
         """The seven metrics of everything added so far, keyed by :data:`METRIC_NAMES`.
 
         Sorts the stored pixel scores in place; calling it again (after more updates or
-        not) is allowed and gives the metrics of all images added.
+        not) is allowed and gives the metrics of all images added. The metrics of a level
+        not in :attr:`levels` are ``None``.
 
         Raises:
-            ValueError: if no image was added, or the labels or masks hold one class only.
+            ValueError: if no image was added, or, for a computed level, the labels (image)
+                or masks (pixel) hold one class only.
         """
         fn = "MetricAccumulator.compute"
         if self._count == 0:
             raise ValueError(f"{fn}: no image was added; call update() first")
-        cfg = self.config
+        values: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
+        if "image" in self.levels:
+            values.update(self._image_metrics(fn))
+        if "pixel" in self.levels:
+            values.update(self._pixel_metrics(fn))
+        return values
+
+    def _image_metrics(self, fn: str) -> dict[str, float]:
         labels = self._labels[: self._count]
         neg_i, pos_i = self._scores[: self._count][~labels], self._scores[: self._count][labels]
         check_both_classes(fn, "labels", pos_i.size, neg_i.size)
-        store = self._pixels
-        check_both_classes(fn, "masks", store.num_pos, store.num_neg)
         sort_inplace(neg_i)
         sort_inplace(pos_i)
-        image = rank_stats(neg_i, pos_i, f1_eps=cfg.f1_eps)
+        image = rank_stats(neg_i, pos_i, f1_eps=self.config.f1_eps)
+        values = (image.auroc, image.ap, image.f1max)
+        return dict(zip(_LEVEL_NAMES["image"], map(float, values), strict=True))
+
+    def _pixel_metrics(self, fn: str) -> dict[str, float]:
+        cfg, store = self.config, self._pixels
+        check_both_classes(fn, "masks", store.num_pos, store.num_neg)
         binned = None if cfg.pixel_bins is None else binned_curves(store, cfg.pixel_bins)
         neg, pos, areas = store.sort()
         pixel = rank_stats(
@@ -220,8 +261,8 @@ class MetricAccumulator:
         else:
             p_auroc, p_ap = curve_auroc(binned), curve_ap(binned)
             pro = curve_aupro(binned, cfg.fpr_limit)
-        values = (image.auroc, image.ap, image.f1max, p_auroc, p_ap, pixel.f1max, pro)
-        return dict(zip(METRIC_NAMES, (float(v) for v in values), strict=True))
+        values = (p_auroc, p_ap, pixel.f1max, pro)
+        return dict(zip(_LEVEL_NAMES["pixel"], map(float, values), strict=True))
 
 
 def evaluate(
@@ -232,7 +273,8 @@ def evaluate(
     *,
     config: MetricConfig | None = None,
     dtype: torch.dtype | None = None,
-) -> dict[str, float]:
+    levels: Collection[str] = ("image", "pixel"),
+) -> dict[str, float | None]:
     """I-AUROC, I-AP, I-F1max, P-AUROC, P-AP, P-F1max and PRO of one test set.
 
     The pixel threshold metrics and AUPRO share one sort of the pixel scores (see
@@ -240,7 +282,8 @@ def evaluate(
     (:data:`METRIC_NAMES`): ``I-`` image level from ``image_scores`` and ``labels``; ``P-``
     pixel level from ``anomaly_maps`` and ``masks`` pooled over all images; ``PRO`` the
     normalised AUPRO up to ``config.fpr_limit``. Values are floats in ``[0, 1]`` (the
-    paper prints them ×100).
+    paper prints them ×100), or ``None`` for the metrics of a level left out of
+    ``levels`` (a data set without masks, or without normal images; tables print "–").
 
     Args:
         image_scores: one anomaly score per image.
@@ -250,6 +293,10 @@ def evaluate(
         config: :meth:`MetricConfig.exact` (default) or :meth:`MetricConfig.official_code`.
         dtype: storage dtype of the pixel copy (default: float64 for float64 maps, else
             float32; ``torch.float16`` halves the memory and rounds the maps).
+        levels: ``("image", "pixel")`` (default), ``("image",)`` or ``("pixel",)``: the
+            levels the data set supports (``AnomalyDataset.levels``). Only a left-out level
+            may have one class: with both levels, all-anomalous labels or all-zero masks
+            stay an error.
 
     Returns:
         ``{"I-AUROC": ..., "I-AP": ..., "I-F1max": ..., "P-AUROC": ..., "P-AP": ...,
@@ -257,7 +304,8 @@ def evaluate(
 
     Raises:
         ValueError: on shape mismatches, non-finite scores or maps, labels or masks that
-            are not 0/1, or labels or masks with one class only.
+            are not 0/1, labels (with ``"image"``) or masks (with ``"pixel"``) with one
+            class only, or bad ``levels``.
 
     Shape:
         - image_scores: ``(B,)``
@@ -276,13 +324,23 @@ def evaluate(
         >>> {k: round(v, 3) for k, v in evaluate(scores, maps, labels, masks).items()}
         {'I-AUROC': 1.0, 'I-AP': 1.0, 'I-F1max': 1.0, 'P-AUROC': 0.964, 'P-AP': 0.8,
          'P-F1max': 0.889, 'PRO': 0.881}
+
+        A segmentation-only set (every image anomalous) has pixel metrics only:
+
+        >>> both = torch.ones(2, dtype=torch.long)
+        >>> evaluate(scores, maps, both, masks, levels=("pixel",))["I-AUROC"] is None
+        True
+        >>> evaluate(scores, maps, both, masks)
+        Traceback (most recent call last):
+        ...
+        ValueError: evaluate: labels must contain both classes; got 2 positive and 0 ...
     """
     fn = "evaluate"
     m = check_tensor(fn, "anomaly_maps", anomaly_maps, ndim=3, shape_doc="(B, H, W)", finite=False)
     if dtype is None:
         dtype = torch.float64 if m.dtype == torch.float64 else torch.float32
-    acc = MetricAccumulator(m.shape[0], m.shape[1], m.shape[2], dtype=dtype, config=config)
     try:
+        acc = MetricAccumulator(*m.shape, dtype=dtype, config=config, levels=levels)
         acc.update(image_scores, anomaly_maps, labels, masks)
         return acc.compute()
     except ValueError as err:  # name this function, not the accumulator, in the message
@@ -290,4 +348,5 @@ def evaluate(
             str(err)
             .replace("MetricAccumulator.update", fn, 1)
             .replace("MetricAccumulator.compute", fn, 1)
+            .replace("MetricAccumulator:", f"{fn}:", 1)
         ) from None
