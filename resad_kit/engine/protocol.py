@@ -14,9 +14,11 @@ category's train split with :func:`~resad_kit.data.sample_references` (seeded; t
 references for every model, as the paper compares methods on the same references), every
 model is fitted to them and predicts all test images in batches, and the seven metrics
 are computed per category with :func:`~resad_kit.metrics.evaluate` on maps at the masks'
-resolution (the paper's 518 px by default). Categories are the unit of work: under
-``torchrun`` each rank evaluates its share (:func:`~resad_kit.engine.distributed.shard`)
-and the results are gathered, so they are the same as in one process.
+resolution (the paper's 518 px by default). ``K = 0`` (zero-shot, for methods that
+support it, such as AF-CLIP) draws no references and runs one seed. Categories are the
+unit of work: under ``torchrun`` each rank evaluates its share
+(:func:`~resad_kit.engine.distributed.shard`) and the results are gathered, so they are
+the same as in one process.
 """
 
 from __future__ import annotations
@@ -30,12 +32,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from resad_kit.clip import Features
 from resad_kit.data import AnomalyDataset, sample_references
+from resad_kit.engine._protocol_parts import (
+    _check_models,
+    _check_shots,
+    _heatmap_folder,
+    _heatmap_indices,
+    _slice,
+)
 from resad_kit.engine.distributed import DistContext, gather, shard
 from resad_kit.engine.features import FeatureCache
 from resad_kit.engine.heatmaps import save_heatmaps
-from resad_kit.engine.paper_results import MODES
 from resad_kit.engine.results import CategoryResult
 from resad_kit.methods import Method
 from resad_kit.metrics import MetricConfig, evaluate
@@ -73,53 +80,6 @@ class DatasetSpec:
         object.__setattr__(self, "categories", tuple(self.categories))
 
 
-def _slice(features: Features, start: int, stop: int) -> Features:
-    return Features(
-        [p[start:stop] for p in features.patches], features.cls[start:stop], features.grid
-    )
-
-
-def _heatmap_indices(labels: Sequence[int], count: int) -> list[int]:
-    """Up to ``count`` test images, anomalous and normal alternating (anomalous first)."""
-    anomalous = [i for i, y in enumerate(labels) if y]
-    normal = [i for i, y in enumerate(labels) if not y]
-    picked = [i for pair in zip(anomalous, normal, strict=False) for i in pair]
-    longer = anomalous if len(anomalous) > len(normal) else normal
-    picked += longer[min(len(anomalous), len(normal)) :]
-    return sorted(picked[:count])
-
-
-def _check_models(fn: str, models: Mapping[Any, Any]) -> None:
-    if not isinstance(models, Mapping) or not models:
-        raise ValueError(f"{fn}: `models` must be a non-empty mapping of label → Method")
-    seen: dict[tuple[Any, ...], Any] = {}
-    for key, model in models.items():
-        if not isinstance(model, Method):
-            raise TypeError(
-                f"{fn}: `models[{key!r}]` must be a resad_kit.methods.Method; "
-                f"got {type(model).__name__}"
-            )
-        label = key[0] if isinstance(key, tuple) else key
-        if label in MODES and label != model.mode:
-            raise ValueError(
-                f"{fn}: `models[{key!r}]` is keyed {label!r} but the {model.name!r} model's "
-                f"mode is {model.mode!r}; key every model by its own mode"
-            )
-        which = (model.name, model.mode, *(key[1:] if isinstance(key, tuple) else ()))
-        if which in seen:
-            raise ValueError(
-                f"{fn}: `models[{seen[which]!r}]` and `models[{key!r}]` are both "
-                f"{model.name!r} in mode {model.mode!r}; their results would be confused"
-            )
-        seen[which] = key
-
-
-def _heatmap_folder(root: str | Path, model: Method, dataset: str, category: str) -> Path:
-    """``root/<mode>/…`` for Res²CLIP (the paper's method), ``root/<method>/<mode>/…`` else."""
-    base = Path(root) if model.name == "res2clip" else Path(root) / model.name
-    return base / model.mode / dataset / category
-
-
 def evaluate_category(
     models: Mapping[str, Method],
     dataset: str,
@@ -149,7 +109,10 @@ def evaluate_category(
             split's ``mask_size`` is the evaluation resolution).
         cache: the feature cache of the models' (shared) backbone.
         shots, seeds: the few-shot settings; the references of ``(K, seed)`` are the same
-            for every model.
+            for every model. ``K = 0`` is zero-shot (methods with
+            ``supports_zero_shot``, e.g. AF-CLIP): no reference is drawn,
+            ``clear_references()`` replaces ``fit_references``, and only the first seed
+            is run (the prediction does not depend on it).
         batch_size: query images per forward pass.
         metric_config: exact metrics (default) or ``MetricConfig.official_code()``.
         heatmap_dir: write heat-map overlays of the first ``heatmaps`` test images (for
@@ -166,7 +129,8 @@ def evaluate_category(
     Raises:
         TypeError: a model that is not a :class:`~resad_kit.methods.Method`.
         ValueError: no model, a mode label that is not the model's mode, two models of one
-            method and mode, or a test split without both normal and anomalous images.
+            method and mode, a test split without both normal and anomalous images, a
+            negative shot count, or ``0`` in ``shots`` with a method that needs references.
 
     Example:
         >>> from resad_kit.clip import ClipBackbone
@@ -189,6 +153,7 @@ def evaluate_category(
         [(2, 7, 4)]
     """
     _check_models("evaluate_category", models)
+    _check_shots("evaluate_category", models, shots)
     test.check_both_labels(dataset)  # before any work; the message names the category
     queries = cache.features(test)
     n = len(test)
@@ -197,11 +162,16 @@ def evaluate_category(
     labels = torch.tensor(test.labels)
     results = []
     for k in shots:
-        for seed_index, seed in enumerate(seeds):
-            refs = sample_references(train, k, seed, method=reference_method)
-            ref_features = cache.features(train, refs.indices)
+        for seed_index, seed in enumerate(seeds if k else seeds[:1]):  # 0 shots: one seed
+            if k:
+                refs = sample_references(train, k, seed, method=reference_method)
+                ref_features, ref_paths = cache.features(train, refs.indices), refs.paths
             for model in models.values():
-                model.fit_references(ref_features)
+                if k:
+                    model.fit_references(ref_features)
+                else:  # zero-shot: no references are drawn
+                    model.clear_references()
+                    ref_paths = ()
                 scores, maps = [], []
                 with torch.inference_mode():
                     for start in range(0, n, batch_size):
@@ -218,7 +188,7 @@ def evaluate_category(
                         seed,
                         model.mode,
                         metrics,
-                        refs.paths,
+                        ref_paths,
                         n_images=n,
                         method=model.name,
                     )
@@ -233,6 +203,11 @@ def evaluate_category(
                         _heatmap_folder(heatmap_dir, model, dataset, test.category),
                         mean=mean,
                         std=std,
+                        vmin=float(amap.min()),  # the category's range: one colour scale
+                        vmax=float(amap.max()),
+                        scores=score[picked],
+                        labels=labels[picked],
+                        trained=cache.backbone.trained,
                     )
     return results
 
@@ -302,7 +277,8 @@ def run_evaluation(
             convention ``model.mode``.
         datasets: what to evaluate.
         cache: feature cache of the backbone shared by all models.
-        shots, seeds: few-shot settings (paper: 1, 2, 4 shots; three seeds).
+        shots, seeds: few-shot settings (paper: 1, 2, 4 shots; three seeds); ``0`` is
+            zero-shot, run with the first seed only (see :func:`evaluate_category`).
         eval_size: mask (and map) side for the metrics; ``None``: the backbone's input
             size (paper: 518).
         mask_interpolation: how the test masks are resized to ``eval_size``:
@@ -351,6 +327,7 @@ def run_evaluation(
          (1, 'nearest_neighbor', 'training_free'), (1, 'res2clip', 'training_free')]
     """
     _check_models("run_evaluation", models)
+    _check_shots("run_evaluation", models, shots)
     units = [(spec, category) for spec in datasets for category in spec.categories]
     for spec in datasets:
         if not any(name == spec.name for _, name in models):
