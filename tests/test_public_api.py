@@ -28,7 +28,7 @@ EXTRA_OPS = {
     "knn_distance", "Neighbors",
 }  # fmt: skip
 ARCHITECTURE_NN = {"ResidualAdapter", "GlobalAdapter", "LocalConvAdapter"}
-EXTRA_NN = {"Res2CLIPAdapters"}
+EXTRA_NN = {"Res2CLIPAdapters", "AttentionAdapter", "self_attention_adapter"}
 LOSSES = {
     "Reduction", "global_hinge_loss", "local_hinge_loss", "magnitude_loss",
     "direction_regularizer", "magnitude_regularizer", "stop_gradient_projection",

@@ -1,6 +1,14 @@
-"""Thin ``nn.Module`` wrappers that hold parameters: the residual adapters of Res²CLIP."""
+"""Thin ``nn.Module`` wrappers that hold parameters: the adapters of Res²CLIP and AF-CLIP."""
 
 from resad_kit.nn.adapters import GlobalAdapter, LocalConvAdapter, ResidualAdapter
+from resad_kit.nn.attention_adapter import AttentionAdapter, self_attention_adapter
 from resad_kit.nn.res2clip_adapters import Res2CLIPAdapters
 
-__all__ = ["GlobalAdapter", "LocalConvAdapter", "Res2CLIPAdapters", "ResidualAdapter"]
+__all__ = [
+    "AttentionAdapter",
+    "GlobalAdapter",
+    "LocalConvAdapter",
+    "Res2CLIPAdapters",
+    "ResidualAdapter",
+    "self_attention_adapter",
+]
