@@ -281,6 +281,11 @@ class ClipBackbone(nn.Module):
         return self.model.visual.conv1.weight.dtype
 
     @property
+    def tap_dim(self) -> int:
+        """Channels of the tapped patches: ``D`` (``tap_output="projected"``) or ``C``."""
+        return self.width if self.config.tap_output == "residual" else self.embed_dim
+
+    @property
     def vv_block_indices(self) -> tuple[int, ...]:
         """The 1-based blocks with V-V attention: ``L − vv_blocks + 1 … L``."""
         return tuple(range(self.depth - self.vv_blocks + 1, self.depth + 1))
@@ -301,7 +306,8 @@ class ClipBackbone(nn.Module):
         return (
             f"ClipBackbone(model={self.model_name!r}, weights={self.weights!r}, "
             f"image_size={self.image_size}, grid={self.grid}, layers={self.layers}, "
-            f"vv_blocks={vv}, global_ln_post={self.config.global_ln_post})"
+            f"vv_blocks={vv}, global_ln_post={self.config.global_ln_post}"
+            + (", tap_output='residual')" if self.config.tap_output == "residual" else ")")
         )
 
     # ------------------------------------------------------------------ image tower
@@ -358,7 +364,8 @@ class ClipBackbone(nn.Module):
         taps, x_o = run_blocks(
             x, visual.transformer.resblocks, self.layers, self.vv_blocks, c.attention
         )
-        patches, tap_cls = project_taps(visual, [taps[layer] for layer in self.layers], c.tap_cls)
+        taps = [taps[layer] for layer in self.layers]
+        patches, tap_cls = project_taps(visual, taps, c.tap_cls, c.tap_output)
         cls = x_o[:, 0]
         if c.global_ln_post:
             cls = visual.ln_post(cls)
@@ -373,12 +380,14 @@ class ClipBackbone(nn.Module):
                 multiples of the patch size (the positional table follows the grid).
 
         Returns:
-            :class:`Features` ``(patches, cls, grid)``, float32.
+            :class:`Features` ``(patches, cls, grid, tap_cls)``, float32.
 
         Shape:
             - images: ``(B, 3, H, W)``
-            - patches: ``len(layers)`` × ``(B, N, D)`` with ``N = (H/p)·(W/p)``
+            - patches: ``len(layers)`` × ``(B, N, D)`` with ``N = (H/p)·(W/p)``; ``(B, N, C)``
+              with ``tap_output="residual"``
             - cls: ``(B, D)``
+            - tap_cls: ``len(layers)`` × ``(B, D)`` (``(B, C)`` with ``"residual"``) or ``None``
 
         Paper: sec. 3.1 (``F_v``, ``f_v``), sec. 4.1; spec 1.2–1.5.
         """
@@ -389,6 +398,45 @@ class ClipBackbone(nn.Module):
         if tap_cls is not None:
             tap_cls = self._finish(tap_cls)
         return Features(patches, cls, grid, tap_cls)
+
+    def project_tokens(self, tokens: Tensor) -> Tensor:
+        """``LN_post(tokens) @ proj``: residual-stream tokens into the joint embedding space.
+
+        For taps of ``tap_output="residual"`` and anything computed from them (AF-CLIP
+        Eq. 7 projects its adapter's output so). Never runs under ``inference_mode``:
+        gradients reach ``tokens`` while the frozen CLIP weights get none. Projecting the
+        residual taps gives the ``"projected"`` taps.
+
+        Args:
+            tokens: residual-stream tokens, any leading dims; cast to the model's dtype.
+
+        Returns:
+            The projected tokens, float32.
+
+        Shape:
+            - tokens: ``(..., C)``
+            - output: ``(..., D)``
+
+        Raises:
+            ValueError: ``tokens`` is not a tensor with last dimension ``C``.
+
+        Example:
+            >>> import torch
+            >>> from resad_kit.clip import ClipBackbone
+            >>> backbone = ClipBackbone.tiny(vv_blocks=0, tap_output="residual")
+            >>> raw = backbone(torch.randn(1, 3, 64, 64)).patches[0]
+            >>> raw.shape, backbone.project_tokens(raw).shape
+            (torch.Size([1, 64, 64]), torch.Size([1, 64, 32]))
+        """
+        fn = "ClipBackbone.project_tokens"
+        x = check_tensor(fn, "tokens", tokens, min_ndim=1, shape_doc="(..., C)")
+        if x.shape[-1] != self.width:
+            raise ValueError(
+                f"{fn}: `tokens` must have shape (..., {self.width}) (the residual width C); "
+                f"got shape {tuple(x.shape)}"
+            )
+        visual = self.model.visual
+        return (visual.ln_post(x.to(self.dtype)) @ visual.proj).float()
 
     # ------------------------------------------------------------------ text tower
 

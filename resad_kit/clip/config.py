@@ -12,6 +12,7 @@ from resad_kit.ops._validation import check_positive_int
 __all__ = ["BackboneConfig"]
 
 POS_MODES = ("bilinear", "bicubic")
+TAP_OUTPUTS = ("projected", "residual")
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,13 @@ class BackboneConfig:
             ``scaled_dot_product_attention``, the fast default) or ``"math"`` (the explicit
             ``softmax(q·kᵀ/sqrt(d))·v`` of the official code; the two differ by float32
             rounding, measured in docs/backbone.md).
-        tap_cls: also return the CLS token of every tapped layer (``LN_post`` + ``proj``,
-            as the patches) in :attr:`Features.tap_cls`.
+        tap_cls: also return the CLS token of every tapped layer (in the form of the
+            patches, see ``tap_output``) in :attr:`Features.tap_cls`.
+        tap_output: what a tap returns. ``"projected"`` (default, Res²CLIP):
+            ``LN_post(tap) @ proj``, ``(B, N, D)``. ``"residual"`` (AF-CLIP, Sec. 3.2):
+            the raw residual stream of the tapped block, before ``LN_post``, ``(B, N, C)``;
+            :meth:`ClipBackbone.project_tokens` projects such tokens later (AF-CLIP
+            Eq. 7, after its adapter). The global feature is projected either way.
 
     Example:
         >>> from resad_kit.clip import BackboneConfig
@@ -53,6 +59,7 @@ class BackboneConfig:
     pos_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     attention: Literal["sdpa", "math"] = "sdpa"
     tap_cls: bool = False
+    tap_output: Literal["projected", "residual"] = "projected"
 
     def __post_init__(self) -> None:
         fn = "BackboneConfig"
@@ -89,6 +96,10 @@ class BackboneConfig:
             )
         if not isinstance(self.tap_cls, bool):
             raise ValueError(f"{fn}: `tap_cls` must be a bool; got {self.tap_cls!r}")
+        if self.tap_output not in TAP_OUTPUTS:
+            raise ValueError(
+                f"{fn}: `tap_output` must be one of {TAP_OUTPUTS}; got {self.tap_output!r}"
+            )
 
     @classmethod
     def paper(cls) -> BackboneConfig:
@@ -99,3 +110,28 @@ class BackboneConfig:
     def official_code(cls) -> BackboneConfig:
         """The official code's setting: as :meth:`paper` but V-V on the last 19 blocks."""
         return cls(vv_blocks=19)
+
+    @classmethod
+    def afclip(cls) -> BackboneConfig:
+        """AF-CLIP's setting (AF-CLIP Sec. 3.2, 4.1; official code Faustinaqq/AF-CLIP).
+
+        For OpenAI's ViT-L/14-336 weights
+        (``ClipBackbone.from_pretrained("ViT-L-14-336", "openai", BackboneConfig.afclip())``):
+        518 px input with the positional table resized bilinearly, taps of the raw
+        residual stream (before ``LN_post``, width ``C``) after blocks 6, 12, 18, 24, the
+        CLS token of every tap, and no V-V attention (the original attention is kept).
+
+        Example:
+            >>> from resad_kit.clip import BackboneConfig
+            >>> c = BackboneConfig.afclip()
+            >>> c.image_size, c.layers, c.vv_blocks, c.tap_output, c.tap_cls
+            (518, (6, 12, 18, 24), 0, 'residual', True)
+        """
+        return cls(
+            image_size=518,
+            layers=(6, 12, 18, 24),
+            vv_blocks=0,
+            pos_interpolation="bilinear",
+            tap_cls=True,
+            tap_output="residual",
+        )

@@ -15,12 +15,15 @@ class Features(NamedTuple):
     Attributes:
         patches: one ``(B, N, D)`` tensor per tapped layer, in the order of
             ``backbone.layers``: projected patch tokens, CLS row dropped, row-major
-            over the ``h×w`` grid. Not normalised.
-        cls: ``(B, D)`` global image feature. Not normalised.
+            over the ``h×w`` grid. Not normalised. With
+            ``BackboneConfig(tap_output="residual")`` the raw residual-stream tokens of
+            the tapped blocks instead (no ``LN_post``, no ``proj``): ``(B, N, C)``.
+        cls: ``(B, D)`` global image feature (projected in both tap modes). Not normalised.
         grid: the patch grid ``(h, w)`` with ``h·w = N``.
-        tap_cls: with ``BackboneConfig(tap_cls=True)``, one ``(B, D)`` tensor per tapped
-            layer: that layer's CLS token through ``LN_post`` and ``proj`` (as the
-            patches); otherwise ``None``.
+        tap_cls: with ``BackboneConfig(tap_cls=True)``, one tensor per tapped layer: that
+            layer's CLS token in the form of the patches (``(B, D)`` through ``LN_post``
+            and ``proj``, or the raw ``(B, C)`` with ``tap_output="residual"``);
+            otherwise ``None``.
 
     Example:
         >>> import torch

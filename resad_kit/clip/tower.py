@@ -100,13 +100,17 @@ def run_blocks(
 
 
 def project_taps(
-    visual: nn.Module, taps: Sequence[Tensor], with_cls: bool
+    visual: nn.Module, taps: Sequence[Tensor], with_cls: bool, output: str = "projected"
 ) -> tuple[list[Tensor], list[Tensor] | None]:
-    """``LN_post(tap) @ proj`` of every tap: the patches (CLS row dropped) and the CLS rows.
+    """The tap outputs: the patches (CLS row dropped) and, with ``with_cls``, the CLS rows.
 
-    Returns float32 ``(B, N, D)`` patches per tap, and with ``with_cls`` the ``(B, D)``
-    CLS tokens per tap (else ``None``).
+    ``output="projected"``: ``LN_post(tap) @ proj``, ``(B, N, D)`` patches and ``(B, D)``
+    CLS tokens per tap. ``output="residual"``: the raw tapped stream, ``(B, N, C)`` and
+    ``(B, C)``. Float32; the CLS list is ``None`` without ``with_cls``.
     """
+    if output == "residual":
+        patches = [t[:, 1:].float() for t in taps]
+        return patches, [t[:, 0].float() for t in taps] if with_cls else None
     patches = [(visual.ln_post(t[:, 1:]) @ visual.proj).float() for t in taps]
     if not with_cls:
         return patches, None
