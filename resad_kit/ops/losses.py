@@ -6,7 +6,8 @@ projection. Methods compose them; Res²CLIP's branch sums (eqs. 13–15) live ne
 method, in :mod:`resad_kit.methods.res2clip_losses`. Each public loss validates its inputs
 and calls an unchecked core (:mod:`resad_kit.ops._loss_core`). The probability losses of
 the other methods (focal, L1, Dice) are defined in :mod:`resad_kit.ops.segmentation_losses`
-and re-exported here.
+and AF-CLIP's patch alignment loss in :mod:`resad_kit.ops.alignment_loss`; all are
+re-exported here.
 
 Shape legend: ``B`` batch, ``S`` the spatial dims of one map (``H×W`` after upsampling to the
 mask, or ``N`` patches), ``D`` channels.
@@ -60,6 +61,7 @@ from resad_kit.ops._loss_core import (
 )
 from resad_kit.ops._phases import PHASES, Phase
 from resad_kit.ops._validation import check_same_shape, check_tensor, checks_enabled
+from resad_kit.ops.alignment_loss import patch_alignment_loss
 from resad_kit.ops.segmentation_losses import binary_focal_loss, dice_loss, l1_loss
 
 __all__ = [
@@ -72,6 +74,7 @@ __all__ = [
     "local_hinge_loss",
     "magnitude_loss",
     "magnitude_regularizer",
+    "patch_alignment_loss",
     "stop_gradient_projection",
 ]
 
