@@ -2,7 +2,7 @@
 
 One :class:`CategoryResult` holds the seven metrics of one category for one
 ``(shots, seed, mode)``. :func:`aggregate` turns a run's records into the paper's
-numbers (spec §6.3): for each ``(dataset, shots, mode)`` and each seed, the unweighted
+numbers (paper Sec. 4.1): for each ``(dataset, shots, mode)`` and each seed, the unweighted
 mean over the categories; then the mean and the **population** standard deviation
 (``numpy.std``, ``ddof=0``; :data:`STD_DDOF`) of those class means over the seeds. The
 paper says "mean ± standard deviation over three random runs" and does not say which
@@ -10,8 +10,11 @@ standard deviation; with three seeds the sample std (``ddof=1``) is √1.5 ≈ 1
 larger.
 
 :func:`write_results` writes ``metrics.csv`` (one row per record, percent with two
-decimals), ``metrics.json`` (full-precision records, aggregates and metadata; read back by
-:func:`load_results`) and ``table.md`` (the layout of the paper's Table 1, then one
+decimals; the column ``backbone_pretrained`` says whether the backbone had pretrained
+weights — ``False`` for random weights, whatever the adapters' training; a metric the data
+cannot support is "–"), ``metrics.json`` (full-precision records, aggregates and
+metadata; read back by :func:`load_results`) and ``table.md`` (the layout of the paper's
+Table 1, then one
 Tables 6–10 style table per data set, each with the paper's number and the difference
 Δ = ours − paper in percentage points). A group gets paper numbers only when its data set
 is one of the paper's five with the complete standard category list
@@ -40,7 +43,12 @@ from resad_kit.engine.results_records import (
     aggregate,
     aggregate_by_method,
 )
-from resad_kit.engine.results_render import UNTRAINED_WARNING, render_summary, render_table_md
+from resad_kit.engine.results_render import (
+    NA,
+    UNTRAINED_WARNING,
+    render_summary,
+    render_table_md,
+)
 from resad_kit.metrics import METRIC_NAMES
 
 __all__ = [
@@ -57,7 +65,8 @@ __all__ = [
 
 SCHEMA = "resad_kit.results/1"
 _CSV_FIELDS = (
-    "method", "dataset", "category", "shots", "seed", "mode", "n_images", "backbone", "trained"
+    "method", "dataset", "category", "shots", "seed", "mode", "n_images", "backbone",
+    "backbone_pretrained",
 )  # fmt: skip
 
 
@@ -77,7 +86,8 @@ def summary_table(results: Iterable[CategoryResult], *, trained: bool) -> str:
         WARNING: backbone untrained (random weights) — numbers are NOT comparable to the paper
         method    dataset  shots  mode        seeds  cats  I-AUROC  I-AP  ...  PRO
         res2clip  toy      1      fine_tuned  1      1     50.0     50.0  ...  50.0
-        percent; mean±std over seeds (population std, ddof=0); paper = Tables 6–10
+        percent; mean±std over seeds (population std, ddof=0)
+        no paper numbers: these data sets or category subsets are not in the paper ...
     """
     by_method = aggregate_by_method(results)
     aggs = [a for group in by_method.values() for a in group.values()]
@@ -154,7 +164,8 @@ def write_results(
     trained = bool(trained)
     metadata = {
         "backbone": backbone_label,
-        "trained": trained,
+        "backbone_pretrained": trained,
+        "trained": trained,  # the same, under its former name (files before issue 17)
         "warning": None if trained else UNTRAINED_WARNING,
         "created": created,
         "metric_units": "fractions in [0, 1] (metrics.csv and table.md: percent)",
@@ -171,7 +182,7 @@ def write_results(
             [r.method, r.dataset, r.category, r.shots, r.seed, r.mode, r.n_images]
             + [backbone_label]
             + [trained]
-            + [f"{100 * r.metrics[m]:.2f}" for m in METRIC_NAMES]
+            + [NA if r.metrics[m] is None else f"{100 * r.metrics[m]:.2f}" for m in METRIC_NAMES]
             + [";".join(r.references)]
         )
     document = {

@@ -1,4 +1,4 @@
-"""Per-category result records and their aggregation over seeds (spec §6.3).
+"""Per-category result records and their aggregation over seeds (paper Sec. 4.1).
 
 Part of :mod:`resad_kit.engine.results`, which re-exports every public name; see its
 docstring for the conventions.
@@ -37,7 +37,8 @@ class CategoryResult:
         seed: the seed that drew the references.
         mode: ``"training_free"`` (Res²CLIP\\*) or ``"fine_tuned"`` (Res²CLIP†).
         metrics: the keys of :data:`resad_kit.metrics.METRIC_NAMES`, fractions in
-            ``[0, 1]`` (stored in that key order).
+            ``[0, 1]`` (stored in that key order), or ``None`` for a metric the data
+            cannot support (e.g. pixel metrics without masks; shown as "–").
         references: the ``K`` reference image paths (relative to the data root).
         n_images: number of test images evaluated.
         method: the :attr:`~resad_kit.methods.Method.name` of the model (default
@@ -45,7 +46,8 @@ class CategoryResult:
 
     Raises:
         ValueError: an unknown mode, missing/extra metric keys, a metric outside
-            ``[0, 1]`` or NaN, ``shots`` or ``n_images`` < 1, or ``len(references) != shots``.
+            ``[0, 1]`` or NaN (``None`` is allowed: not available), ``shots`` or
+            ``n_images`` < 1, or ``len(references) != shots``.
 
     Example:
         >>> from resad_kit.engine.results import CategoryResult
@@ -94,8 +96,10 @@ class CategoryResult:
         if not isinstance(self.metrics, Mapping) or set(self.metrics) != set(METRIC_NAMES):
             got = sorted(self.metrics) if isinstance(self.metrics, Mapping) else self.metrics
             raise ValueError(f"{fn}: `metrics` must have the keys {METRIC_NAMES}; got {got!r}")
-        metrics = {k: float(self.metrics[k]) for k in METRIC_NAMES}
-        bad = {k: v for k, v in metrics.items() if not 0.0 <= v <= 1.0}  # NaN fails too
+        metrics = {
+            k: None if self.metrics[k] is None else float(self.metrics[k]) for k in METRIC_NAMES
+        }
+        bad = {k: v for k, v in metrics.items() if v is not None and not 0.0 <= v <= 1.0}
         if bad:
             raise ValueError(f"{fn}: metrics must be fractions in [0, 1]; got {bad}")
         object.__setattr__(self, "metrics", metrics)
@@ -140,11 +144,13 @@ class DatasetAggregate:
         dataset, shots, mode: the group's key.
         method: the method whose records these are (the paper's numbers exist for
             ``"res2clip"`` only).
-        mean: metric → mean over seeds of the per-seed unweighted class mean (fractions).
-        std: metric → standard deviation of the same over seeds (``ddof`` = :data:`STD_DDOF`).
+        mean: metric → mean over seeds of the per-seed unweighted class mean (fractions);
+            ``None`` when a record of the group has no value for it.
+        std: metric → standard deviation of the same over seeds (``ddof`` = :data:`STD_DDOF`),
+            or ``None``.
         seeds: the seeds, sorted; ``n_seeds = len(seeds)``.
         categories: the categories, sorted (every seed has all of them).
-        per_seed: seed → metric → unweighted class mean.
+        per_seed: seed → metric → unweighted class mean (``None``: not available).
 
     Example:
         >>> from resad_kit.data import standard_categories
@@ -217,6 +223,16 @@ class DatasetAggregate:
         }
 
 
+def _mean(values: list[float | None]) -> float | None:
+    """The mean, or ``None`` when a value is missing."""
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def _std(values: list[float | None]) -> float | None:
+    """The std over seeds (``ddof`` = :data:`STD_DDOF`), or ``None`` when a value is missing."""
+    return None if any(v is None for v in values) else float(np.std(values, ddof=STD_DDOF))
+
+
 def _dataset_order(dataset: str) -> tuple[int, str]:
     return (PAPER_DATASETS.index(dataset) if dataset in PAPER_DATASETS else 99, dataset)
 
@@ -234,10 +250,11 @@ def _check_results(fn: str, results: object) -> list[CategoryResult]:
 
 
 def aggregate(results: Iterable[CategoryResult]) -> dict[tuple[str, int, str], DatasetAggregate]:
-    """Aggregate per-category records into per-data-set numbers (spec §6.3).
+    """Aggregate per-category records into per-data-set numbers (paper Sec. 4.1).
 
     For each ``(dataset, shots, mode)`` and seed: the unweighted mean over categories;
-    then mean and population std (``ddof=0``) over the seeds.
+    then mean and population std (``ddof=0``) over the seeds. A metric that one record
+    of the group lacks (``None``) is ``None`` for the whole group.
 
     Args:
         results: the run's records.
@@ -298,15 +315,15 @@ def aggregate(results: Iterable[CategoryResult]) -> dict[tuple[str, int, str], D
                     f"{categories}, seed {seed} has {sorted(by_cat)}"
                 )
             per_seed[seed] = {
-                m: float(np.mean([by_cat[c].metrics[m] for c in categories])) for m in METRIC_NAMES
+                m: _mean([by_cat[c].metrics[m] for c in categories]) for m in METRIC_NAMES
             }
-        table = np.array([[per_seed[s][m] for m in METRIC_NAMES] for s in seeds])
+        columns = {m: [per_seed[s][m] for s in seeds] for m in METRIC_NAMES}
         out[key] = DatasetAggregate(
             dataset=key[0],
             shots=key[1],
             mode=key[2],
-            mean=dict(zip(METRIC_NAMES, table.mean(axis=0).tolist(), strict=True)),
-            std=dict(zip(METRIC_NAMES, table.std(axis=0, ddof=STD_DDOF).tolist(), strict=True)),
+            mean={m: _mean(v) for m, v in columns.items()},
+            std={m: _std(v) for m, v in columns.items()},
             seeds=tuple(seeds),
             categories=tuple(categories),
             per_seed=per_seed,

@@ -22,7 +22,7 @@ from resad_kit.engine.paper_results import (
 from resad_kit.engine.results_records import STD_DDOF, DatasetAggregate, _dataset_order
 from resad_kit.metrics import METRIC_NAMES
 
-__all__ = ["UNTRAINED_WARNING", "render_summary", "render_table_md"]
+__all__ = ["NA", "UNTRAINED_WARNING", "render_summary", "render_table_md"]
 
 UNTRAINED_WARNING = "backbone untrained (random weights) — numbers are NOT comparable to the paper"
 """The sentence every output carries when the backbone has random weights."""
@@ -33,19 +33,25 @@ _MARK = {"training_free": "Res²CLIP*", "fine_tuned": "Res²CLIP†"}
 METHOD_TITLES = {"res2clip": "Res²CLIP"}
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
+NA = "–"
+"""What a table shows for a number that does not exist (no paper value, a metric the data
+cannot support)."""
+
+
+def _pct(x: float | None) -> str:
+    return NA if x is None else f"{100 * x:.1f}"
 
 
 def _mean_std(agg: DatasetAggregate, metric: str) -> str:
-    if agg.n_seeds == 1:
-        return _pct(agg.mean[metric])
-    return f"{_pct(agg.mean[metric])}±{_pct(agg.std[metric])}"
+    mean, std = agg.mean[metric], agg.std[metric]
+    if agg.n_seeds == 1 or mean is None or std is None:
+        return _pct(mean)
+    return f"{_pct(mean)}±{_pct(std)}"
 
 
-def _delta(ours: float, paper: float | None) -> str:
-    if paper is None:
-        return "–"
+def _delta(ours: float | None, paper: float | None) -> str:
+    if paper is None or ours is None:
+        return NA
     return f"{round(100 * ours - paper, 1) + 0.0:+.1f}"  # + 0.0 turns -0.0 into 0.0
 
 
@@ -69,12 +75,13 @@ def _md_mark(mode: str, method: str = "res2clip") -> str:
 
 def _average(
     aggs: Sequence[DatasetAggregate], shots: int, mode: str
-) -> tuple[dict[str, float] | None, Mapping[str, float] | None]:
+) -> tuple[dict[str, float | None] | None, Mapping[str, float] | None]:
     """Ours and the paper's Table 1 Average row for (shots, mode), over the data sets present."""
     group = [a for a in aggs if a.shots == shots and a.mode == mode]
     if not group:
         return None, None
-    ours = {m: float(np.mean([a.mean[m] for a in group])) for m in TABLE1_METRICS}
+    values = {m: [a.mean[m] for a in group] for m in TABLE1_METRICS}
+    ours = {m: None if None in v else float(np.mean(v)) for m, v in values.items()}
     complete = sorted(a.dataset for a in group if a.paper is not None) == sorted(PAPER_DATASETS)
     paper = PAPER_TABLE1.get(("average", shots, mode)) if complete and len(group) == 5 else None
     return ours, paper
@@ -235,7 +242,14 @@ def render_summary(aggs: Sequence[DatasetAggregate], *, trained: bool) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [] if trained else [f"WARNING: {UNTRAINED_WARNING}"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.append(
-        f"percent; mean±std over seeds (population std, ddof={STD_DDOF}); paper = Tables 6–10"
-    )
+    lines.append(f"percent; mean±std over seeds (population std, ddof={STD_DDOF})")
+    tables = sorted({PAPER_TABLES[a.dataset] for a in aggs if a.paper is not None})
+    if tables:
+        names = ", ".join(f"T{t} = paper Table {t}" for t in tables)
+        lines.append(f"paper rows: the paper's mean over its three runs ({names})")
+    else:
+        lines.append(
+            "no paper numbers: these data sets or category subsets are not in the paper "
+            "(table.md says why for each)"
+        )
     return "\n".join(lines)

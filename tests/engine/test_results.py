@@ -234,7 +234,7 @@ def test_write_results_files_and_round_trip(tmp_path: Path) -> None:
 
     document = json.loads(paths["json"].read_text())
     meta = document["metadata"]
-    assert meta["trained"] is False
+    assert meta["backbone_pretrained"] is False
     assert meta["warning"] == UNTRAINED_WARNING
     assert meta["config"] == config
     assert meta["extra"] == {"device": "cpu"}
@@ -251,7 +251,8 @@ def test_write_results_files_and_round_trip(tmp_path: Path) -> None:
     assert rows[0]["I-AUROC"] == "10.00"
     assert rows[3]["PRO"] == "20.00"
     assert rows[0]["references"] == "hazelnut/train/good/000.png;hazelnut/train/good/001.png"
-    assert rows[0]["trained"] == "False"
+    assert rows[0]["backbone_pretrained"] == "False"
+    assert "trained" not in rows[0]  # ambiguous: backbone weights or adapters?
 
     table = paths["table"].read_text()
     assert table.splitlines()[0] == f"**WARNING: {UNTRAINED_WARNING}.**"
@@ -334,6 +335,52 @@ def test_summary_table_warns_when_untrained_and_shows_paper_rows() -> None:
     row = ["res2clip", "btad", "1", "training_free", "2", "3", "95.5±0.0"]
     assert trained[1].split()[:7] == row
     assert trained[2].split()[:3] == ["paper", "(T8)", "95.5"]
+    assert trained[-1] == "paper rows: the paper's mean over its three runs (T8 = paper Table 8)"
+    # no comparable group: the footer says there are no paper numbers instead of naming tables
+    toy = summary_table([_rec()], trained=True).splitlines()
+    assert toy[-1].startswith("no paper numbers")
+    assert not any("Table" in line for line in toy)
+
+
+def _without(record: CategoryResult, names: tuple[str, ...]) -> CategoryResult:
+    metrics = {m: None if m in names else v for m, v in record.metrics.items()}
+    return CategoryResult(
+        record.dataset, record.category, record.shots, record.seed, record.mode, metrics,
+        record.references, record.n_images,
+    )  # fmt: skip
+
+
+def test_metric_a_data_set_cannot_support_is_a_dash_everywhere(tmp_path: Path) -> None:
+    """A ``None`` metric (e.g. pixel metrics without masks) is ``None`` in the aggregate of
+    its group (one missing value is enough) and "–" in table.md, metrics.csv and the
+    summary; the other metrics are unaffected."""
+    pixel = ("P-AUROC", "P-AP", "P-F1max", "PRO")
+    records = [
+        _without(_rec(category="a", seed=0, value=0.5), pixel),
+        _rec(category="b", seed=0, value=0.75),  # b has masks, a has not: still None
+        _without(_rec(category="a", seed=1, value=0.25), pixel),
+        _rec(category="b", seed=1, value=0.75),
+    ]
+    (agg,) = aggregate(records).values()
+    assert all(agg.mean[m] is None and agg.std[m] is None for m in pixel)
+    assert agg.per_seed[0]["PRO"] is None
+    assert agg.mean["I-AUROC"] == pytest.approx(0.5625)  # (0.625 + 0.5) / 2
+    assert agg.std["I-AUROC"] == pytest.approx(0.0625)
+    paths = write_results(records, tmp_path, backbone_label="x", trained=True, config={})
+    assert load_results(tmp_path) == records
+    with paths["csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["PRO"] for r in rows] == ["–", "75.00", "–", "75.00"]
+    assert rows[0]["I-AUROC"] == "50.00"
+    table = paths["table"].read_text()
+    assert (
+        "| 1 | Res²CLIP\\* | ours (2 seeds) | 56.2±6.2 | 56.2±6.2 | 56.2±6.2 | – | – | – | – |"
+        in table
+    )
+    summary = summary_table(records, trained=True).splitlines()
+    assert summary[1].split()[6:] == ["56.2±6.2"] * 3 + ["–"] * 4
+    with pytest.raises(ValueError, match="fractions"):
+        CategoryResult("t", "a", 1, 0, "training_free", _metrics(1.5), ("r",), 1)
 
 
 @pytest.mark.parametrize("fail_on", ["write", "fsync", "replace"])
