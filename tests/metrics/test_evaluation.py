@@ -237,3 +237,74 @@ def test_constructor_and_config_checks():
     with pytest.raises(ValueError, match="`fpr_limit` must be a number in"):
         MetricConfig(fpr_limit=0.0)
     assert MetricConfig.official_code() == MetricConfig(pixel_bins=200, f1_eps=1e-7, fpr_limit=0.3)
+
+
+# --------------------------------------------------------------------------- levels
+
+
+@pytest.mark.parametrize("config", [MetricConfig.exact(), MetricConfig.official_code()])
+def test_one_level_equals_that_level_of_both_and_the_other_is_none(config):
+    scores, maps, labels, masks = synthetic_set(seed=10)
+    both = evaluate(scores, maps, labels, masks, config=config)
+    image = evaluate(scores, maps, labels, masks, config=config, levels=("image",))
+    pixel = evaluate(scores, maps, labels, masks, config=config, levels=["pixel"])
+    assert tuple(image) == tuple(pixel) == METRIC_NAMES
+    for name in METRIC_NAMES:
+        on_image = name.startswith("I-")
+        assert image[name] == (both[name] if on_image else None)
+        assert pixel[name] == (None if on_image else both[name])
+    # reference: the single metrics (independent code paths)
+    assert image["I-AUROC"] == pytest.approx(image_auroc(scores, labels), abs=TOL)
+    if config.pixel_bins is None:
+        assert pixel["PRO"] == pytest.approx(aupro(maps, masks), abs=TOL)
+
+
+def test_segmentation_only_set_every_image_anomalous():
+    """ClinicDB-like: all labels 1; pixel metrics computed, image metrics None."""
+    scores, maps, _, masks = synthetic_set(seed=11)
+    masks[: masks.shape[0] // 2, 2:4, 2:4] = True  # every image has a lesion
+    labels = torch.ones(masks.shape[0], dtype=torch.long)
+    out = evaluate(scores, maps, labels, masks, levels=("pixel",))
+    assert [k for k, v in out.items() if v is None] == ["I-AUROC", "I-AP", "I-F1max"]
+    assert out["P-AUROC"] == pytest.approx(pixel_auroc(maps, masks), abs=TOL)
+    assert out["P-AP"] == pytest.approx(pixel_ap(maps, masks), abs=TOL)
+    assert out["PRO"] == pytest.approx(aupro(maps, masks), abs=TOL)
+    with pytest.raises(ValueError, match="evaluate: labels must contain both classes"):
+        evaluate(scores, maps, labels, masks)  # not declared: still an error
+
+
+def test_classification_only_set_without_masks():
+    """BrainMRI-like: masks all zero; image metrics computed, pixel metrics None."""
+    scores, maps, labels, _ = synthetic_set(seed=12)
+    masks = torch.zeros_like(maps)
+    out = evaluate(scores, maps, labels, masks, levels=("image",))
+    assert [k for k, v in out.items() if v is None] == ["P-AUROC", "P-AP", "P-F1max", "PRO"]
+    assert out["I-AP"] == pytest.approx(image_ap(scores, labels), abs=TOL)
+    assert out["I-F1max"] == pytest.approx(image_f1max(scores, labels), abs=TOL)
+    with pytest.raises(ValueError, match="evaluate: masks must contain both classes"):
+        evaluate(scores, maps, labels, masks)
+
+
+def test_accumulator_without_pixel_level_stores_no_pixel():
+    scores, maps, labels, _ = synthetic_set(n=6, h=64, w=64, seed=13)
+    acc = MetricAccumulator(6, 64, 64, levels=("image",))
+    assert acc.levels == ("image",) and acc._pixels.buffer.size == 0
+    acc.update(scores[:3], maps[:3], labels[:3], torch.zeros(3, 64, 64))
+    acc.update(scores[3:], maps[3:], labels[3:], torch.zeros(3, 64, 64))
+    out = acc.compute()
+    assert out["I-AUROC"] == pytest.approx(image_auroc(scores, labels), abs=TOL)
+    assert out["PRO"] is None
+    # shapes are still checked without the pixel level
+    with pytest.raises(ValueError, match="shapes must match"):
+        MetricAccumulator(2, 4, 4, levels=("image",)).update(
+            torch.rand(2), torch.rand(2, 4, 4), torch.tensor([0, 1]), torch.zeros(2, 4, 5)
+        )
+
+
+@pytest.mark.parametrize("levels", [(), "image", ("image", "voxel"), None, ["Pixel"]])
+def test_bad_levels_are_refused(levels):
+    scores, maps, labels, masks = synthetic_set(n=4, seed=14)
+    with pytest.raises(ValueError, match=r"evaluate: `levels` must be a non-empty subset"):
+        evaluate(scores, maps, labels, masks, levels=levels)
+    with pytest.raises(ValueError, match=r"MetricAccumulator: `levels` must be"):
+        MetricAccumulator(4, 20, 24, levels=levels)
