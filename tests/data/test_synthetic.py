@@ -18,7 +18,8 @@ from resad_kit.data import (
     draw_defect,
     synthesize_dataset,
 )
-from resad_kit.data.synthetic import MANIFEST_NAME, _render_normal, _seeded
+from resad_kit.data.synthetic import MANIFEST_NAME
+from resad_kit.data.synthetic_images import render_normal, seeded_rng
 
 SIZE = 48
 
@@ -94,7 +95,7 @@ def test_defects_lie_inside_their_masks(synthetic: Path):
         # the j-th anomalous image has defect DEFECT_KINDS[j % 5] and stem f"{j // 5:03d}"
         for j in range(5):
             s = next(x for x in anomalous if x.defect == DEFECT_KINDS[j])
-            clean = _render_normal(category, SIZE, _seeded(5, category, 2, j))
+            clean = render_normal(category, SIZE, seeded_rng(5, category, 2, j))
             image = np.asarray(Image.open(s.path))
             mask = np.asarray(Image.open(s.mask_path)) > 0
             assert np.array_equal(image[~mask], clean[~mask])
