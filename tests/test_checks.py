@@ -11,21 +11,25 @@ What the tests prove:
 * checks that read tensor values (a device-to-host sync) are skipped while ``torch.compile``
   traces: a ``fullgraph`` trace would fail on the ``bool(tensor)`` of such a check;
 * with checks off, a Res²CLIP forward and training step on the tiny CLIP run no value check
-  at all (counted on CPU by ``VALUE_CHECKS_RUN``, and, on a GPU, no synchronising check
-  under ``torch.cuda.set_sync_debug_mode``).
+  at all (counted on CPU by ``VALUE_CHECKS_RUN``);
+* with checks off and ``retrieval_k="dense"`` the same hot path reads no tensor value on the
+  host at all (counted on CPU by ``_count_host_reads``, which sees the sparse retrieval's
+  reads with the default ``"auto"``), and, on a GPU, runs under
+  ``torch.cuda.set_sync_debug_mode("error")``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import resad_kit
 from resad_kit.clip import ClipBackbone
@@ -307,10 +311,12 @@ def tiny():
     return backbone, refs, queries, batch
 
 
-def _hot_path(tiny, device="cpu"):
+def _hot_path(tiny, device="cpu", retrieval_k="auto"):
     backbone, refs, queries, batch = tiny
-    free = Res2CLIP(backbone).fit_references(refs.to(device))
-    tuned = Res2CLIP(backbone, Res2CLIPConfig.official_code("fine_tuned")).to(device)
+    free = Res2CLIP(backbone, Res2CLIPConfig(retrieval_k=retrieval_k))
+    free.fit_references(refs.to(device))
+    tuned_config = Res2CLIPConfig.official_code("fine_tuned", retrieval_k=retrieval_k)
+    tuned = Res2CLIP(backbone, tuned_config).to(device)
     tuned.fit_references(refs.to(device))
     with torch.no_grad():
         free(queries.to(device))
@@ -330,23 +336,148 @@ def test_res2clip_hot_path_runs_no_value_check_with_checks_off(tiny):
     assert dict(VALUE_CHECKS_RUN) == {}
 
 
+def test_res2clip_hot_path_reads_nothing_on_the_host_with_dense_retrieval(tiny, monkeypatch):
+    """With checks off and ``retrieval_k="dense"``, the Res²CLIP hot path (training-free and
+    fine-tuned forward, both phases' losses and backward) makes no host read at all (see
+    ``_count_host_reads``); with the default ``"auto"`` the counter sees the support search."""
+    with resad_kit.checks(False):
+        with _count_host_reads(monkeypatch) as calls:
+            _hot_path(tiny)
+        assert calls, "the default sparse retrieval reads support sizes (the counter can fail)"
+        with _count_host_reads(monkeypatch) as calls:
+            _hot_path(tiny, retrieval_k="dense")
+    assert calls == []
+
+
+def test_config_accepts_dense_retrieval_and_names_a_bad_value():
+    import numpy as np
+
+    assert Res2CLIPConfig(retrieval_k="dense").retrieval_k == "dense"
+    assert Res2CLIPConfig(retrieval_k=np.int64(16)).retrieval_k == 16
+    stored = Res2CLIPConfig.from_dict(Res2CLIPConfig(retrieval_k="dense").to_dict())
+    assert stored.retrieval_k == "dense"
+    for bad in ("sparse", 0, True, 2.0):
+        with pytest.raises(ValueError, match="`retrieval_k` must be None, 'auto', 'dense'"):
+            Res2CLIPConfig(retrieval_k=bad)
+
+
+# Host reads: what would be a device-to-host sync on a GPU, counted on CPU. Python level: the
+# Tensor methods that turn a value into a Python object (``bool``/``int``/``float``/``index``,
+# ``item``, ``tolist``, ``cpu``, ``numpy``) or size a result by the data (``nonzero``,
+# ``torch.equal``); ``is None`` tests and shape arithmetic call none of them. ATen level (a
+# dispatch mode, so C++ callers are seen too: ``x[bool_mask]`` runs ``nonzero`` inside):
+# ``_local_scalar_dense`` (behind every scalar conversion), ``nonzero``, ``equal``,
+# ``masked_select`` and indexing by a boolean mask. Meta tensors (no data) are not counted.
+_HOST_READ_METHODS = (
+    "__bool__",
+    "item",
+    "__int__",
+    "__float__",
+    "__index__",
+    "tolist",
+    "nonzero",
+    "cpu",
+    "numpy",
+)
+_HOST_READ_OPS = ("_local_scalar_dense", "nonzero", "aten.equal", "masked_select")
+
+
+class _AtenHostReads(TorchDispatchMode):
+    def __init__(self, calls: list[str]):
+        super().__init__()
+        self.calls = calls
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        indices = args[1] if name.startswith("aten.index.Tensor") else ()
+        bool_index = any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ()
+        )
+        if bool_index or any(op in name for op in _HOST_READ_OPS):
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _count_host_reads(monkeypatch):
+    """Yields the list of host reads made inside the block (method or op names)."""
+    calls: list[str] = []
+
+    def spy(name, original):
+        def wrapper(*args, **kwargs):
+            if not any(isinstance(a, torch.Tensor) and a.is_meta for a in args):
+                calls.append(name)
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    with monkeypatch.context() as patch:
+        for name in _HOST_READ_METHODS:
+            patch.setattr(torch.Tensor, name, spy(name, getattr(torch.Tensor, name)))
+        patch.setattr(torch, "nonzero", spy("torch.nonzero", torch.nonzero))
+        patch.setattr(torch, "equal", spy("torch.equal", torch.equal))
+        with _AtenHostReads(calls):
+            yield calls
+
+
+def test_host_read_counter_sees_every_kind_of_read(monkeypatch):
+    """The counter can fail: each kind of read is seen (and shape arithmetic is not)."""
+    x = torch.tensor([0.5, -1.0, 2.0])
+    reads = [
+        lambda: bool(x.sum() > 0),
+        lambda: x.max().item(),
+        lambda: int(x[0]),
+        lambda: float(x[0]),
+        lambda: [0, 1, 2][torch.tensor(1)],
+        lambda: x.tolist(),
+        lambda: x.nonzero(),
+        lambda: torch.nonzero(x),
+        lambda: torch.equal(x, x),
+        lambda: x[x > 0],
+        lambda: x.numpy(),
+    ]
+    for read in reads:
+        with _count_host_reads(monkeypatch) as calls:
+            read()
+        assert calls, read
+    with _count_host_reads(monkeypatch) as calls:
+        y = (x * 2).sort(stable=True).values.cumsum(0)
+        assert y is not None  # an `is None` test reads nothing
+        assert x.shape[0] == 3  # nor does shape arithmetic
+    assert calls == []
+
+
+def test_retrieval_dense_reads_nothing_on_the_host_auto_does(monkeypatch):
+    """``k="dense"`` (retrieve, sparsemax, sparsemax_threshold) sizes everything by shapes;
+    ``k="auto"`` reads the support sizes (and tests the radii's period) on the host."""
+    g = torch.Generator().manual_seed(1)
+    q, bank = torch.randn(2, 3, 16, 8, generator=g), torch.randn(2, 1, 48, 8, generator=g)
+    r = radial_distance(4, 4)
+    with resad_kit.checks(False):
+        for k, expect_reads in (("auto", True), ("dense", False)):
+            with _count_host_reads(monkeypatch) as calls:
+                retrieve(q, bank, query_radius=r, bank_radius=r.repeat(3), k=k, chunk_size=40)
+                sparsemax(q, k=k)
+                sparsemax_threshold(q, dim=-2, k=k)
+            assert bool(calls) == expect_reads, (k, calls)
+
+
 @pytest.mark.gpu
 def test_no_synchronising_check_on_cuda_with_checks_off(tiny):
-    """With checks off no check synchronises; the maths of the sync-free ops runs under
-    ``set_sync_debug_mode("error")`` (sparsemax's support search and retrieval's chunking
-    need the support size on the host: those syncs are the algorithm's, not checks)."""
+    """With checks off and ``retrieval_k="dense"`` the whole Res²CLIP hot path (both modes'
+    forward, both phases' losses and backward) runs under ``set_sync_debug_mode("error")``:
+    no check and no op synchronises (with ``"auto"`` the support search does)."""
     backbone, refs, queries, batch = tiny
     backbone = backbone.to("cuda")
-    check_files = {"_validation.py", "_loss_checks.py"}
-    with resad_kit.checks(False), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
+    batch = TrainingBatch(
+        backbone(queries.to("cuda")), backbone(refs[:2].to("cuda")), batch.masks.to("cuda")
+    )
+    with resad_kit.checks(False):
+        torch.cuda.set_sync_debug_mode("error")
         try:
-            _hot_path((backbone, refs, queries, batch), device="cuda")
+            _hot_path((backbone, refs, queries, batch), device="cuda", retrieval_k="dense")
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    assert not [w for w in syncs if Path(w.filename).name in check_files]
     q, r = _FEATS.cuda(), _FEATS.flip(0).cuda()
     m, mask = _MAP.cuda(), (_MAP > 0.5).cuda()
     with resad_kit.checks(False):

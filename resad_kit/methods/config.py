@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -68,6 +69,18 @@ def _check_number(name: str, value: object, *, low: float, closed: bool = True) 
     return float(value)  # type: ignore[arg-type]
 
 
+def _check_retrieval_k(value: object) -> int | str | None:
+    """``None``, ``"auto"``, ``"dense"`` or a positive int (numpy integers stored as int)."""
+    if value is None or value in ("auto", "dense"):
+        return value  # type: ignore[return-value]
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    raise ValueError(
+        "Res2CLIPConfig: `retrieval_k` must be None, 'auto', 'dense' or a positive int; "
+        f"got {value!r}"
+    )
+
+
 @dataclass(frozen=True)
 class Res2CLIPConfig:
     """Every setting of the Res²CLIP composer, with its source (paper, official code).
@@ -99,7 +112,11 @@ class Res2CLIPConfig:
             training-free {24}, fine-tuned {6, 12, 18, 24}).
         gamma: radial penalty γ of eq. 8 (paper + code: 0.01, per patch unit).
         retrieval_k: sparsemax support search of :func:`~resad_kit.ops.retrieve`
-            (``"auto"``, an int, or ``None`` for the full sort; all exact and identical).
+            (``"auto"``, an int, or ``None`` for the full sort; all exact and identical), or
+            ``"dense"``: the full stable sort and a dense ``W·B̂`` product, with no
+            device-to-host sync (with ``resad_kit.checks(False)`` the whole forward and the
+            losses then run sync-free on a GPU; same weights, references equal to float
+            rounding; the weights are stored ``M`` wide).
         chunk_size: query rows per similarity block of :func:`~resad_kit.ops.retrieve`
             (rounded up to a multiple of 64; bounds its memory to O(chunk_size·M));
             ``None``: ``retrieve``'s default, blocks of about 2²³ similarities (32 MiB in
@@ -207,6 +224,7 @@ class Res2CLIPConfig:
         if self.blur_kernel % 2 == 0:
             raise ValueError(f"{fn}: `blur_kernel` must be odd; got {self.blur_kernel}")
         check_positive_int(fn, "chunk_size", self.chunk_size, optional=True)
+        resolved["retrieval_k"] = _check_retrieval_k(self.retrieval_k)
         if self.loss_reduction not in ("batch", "per_sample"):
             raise ValueError(
                 f"{fn}: `loss_reduction` must be 'batch' or 'per_sample'; "

@@ -1,5 +1,9 @@
 """The blocked retrieval engine behind :func:`resad_kit.ops.retrieve` (private, unchecked).
 
+With ``k="dense"`` (:func:`_dense_block`) no step reads a tensor value on the host: the full
+stable sort replaces the support search, a dense GEMM the gather-and-sum, and the radial table
+spans all ``M`` radii (no period test).
+
 Eq. 8 similarity blocks (GEMM written in place, the radial penalty as a per-period table),
 the sparse sparsemax of each block (the support found by
 :func:`resad_kit.ops._sorted_support.sorted_support`, the weights by the one threshold
@@ -52,7 +56,9 @@ def retrieve_core(
     if query_radius is not None and bank_radius is not None and gamma > 0:
         # γ folded into the radii: |γ·r_q − γ·r_ref| (the table is then one sub and one abs)
         row_radius = (gamma * query_radius.to(dtype)).repeat(rows.shape[1] // n)
-        penalty = (row_radius, _period(gamma * bank_radius.to(dtype), n))
+        bank_radius = gamma * bank_radius.to(dtype)
+        # the period test reads the radii on the host: the sync-free "dense" path takes all M
+        penalty = (row_radius, bank_radius if k == "dense" else _period(bank_radius, n))
     reference, indices, values = _retrieve_groups(rows, banks, penalty, k, chunk_size, compile)
     return restore(reference).to(query.dtype), restore(indices), restore(values), m
 
@@ -108,8 +114,10 @@ def _retrieve_groups(
     of 64; by default ``_BLOCK_ENTRIES`` similarities or ``_MIN_BLOCK_ROWS`` rows, whole
     groups where a group fits in twice that): one ``chunk × M``
     similarity block at a time, which may span groups (each group's rows against its own
-    bank), so that the sparsemax and the gather-and-sum run once per block. Returns
-    ``reference (G, R, D)``, ``indices (G, R, S)`` and ``values (G, R, S)``.
+    bank), so that the sparsemax and the gather-and-sum run once per block (``k="dense"``:
+    the dense sparsemax and product of :func:`_dense_block`, ``S = M``). The chunks are
+    computed from the shapes alone. Returns ``reference (G, R, D)``, ``indices (G, R, S)`` and
+    ``values (G, R, S)``.
     """
     groups, total, d = rows.shape
     m = banks.shape[1]
@@ -128,11 +136,17 @@ def _retrieve_groups(
     for start in range(0, groups * total, step):
         stop = min(start + step, groups * total)
         sim = _similarity_block(flat_rows, banks, penalty, start, stop, compile, tables)
-        idx, w = _sparse_sparsemax(sim, k, compile)
+        if k == "dense":
+            ref, idx, w = _dense_block(sim, banks, start, stop, total, compile)
+            references.append(ref)
+        else:
+            idx, w = _sparse_sparsemax(sim, k, compile)
+            flat_idx = idx + bank_offset[start:stop]  # one gather-and-sum over all the banks
+            flat_bank = banks.reshape(groups * m, d)
+            references.append(
+                F.embedding_bag(flat_idx, flat_bank, per_sample_weights=w, mode="sum")
+            )
         del sim  # free this block before the next one is allocated
-        flat_idx = idx + bank_offset[start:stop]  # one gather-and-sum over all the banks
-        flat_bank = banks.reshape(groups * m, d)
-        references.append(F.embedding_bag(flat_idx, flat_bank, per_sample_weights=w, mode="sum"))
         indices.append(idx)
         values.append(w)
     reference = references[0] if len(references) == 1 else torch.cat(references)
@@ -243,6 +257,38 @@ def _sparse_sparsemax(
             idx = idx.gather(-1, vals.argsort(dim=-1, descending=True, stable=True))
     weights_fn = _COMPILED_SUPPORT_WEIGHTS if compile else _support_weights
     return weights_fn(sim, idx, top.support)
+
+
+def _dense_block(
+    sim: torch.Tensor,
+    banks: torch.Tensor,
+    start: int,
+    stop: int,
+    total: int,
+    compile: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``k="dense"``: sparsemax and Eq. 34 of the similarity block of rows ``[start, stop)``
+    with every width taken from the shapes (no device-to-host sync).
+
+    The full stable sort lists every row's entries by similarity descending, ties in bank
+    order: the canonical order of the sparse path without its tie check. The weights are
+    :func:`_support_weights` over all ``M`` slots (index 0, weight 0 past the support), and the
+    reference is the dense product ``W·B̂`` with each group's bank (a GEMM of at least 64 rows,
+    as in :func:`_similarity_block`). Returns ``(reference (R, D), indices (R, M), values
+    (R, M))``.
+    """
+    with torch.no_grad():
+        top = sorted_support(sim, "dense")
+    weights_fn = _COMPILED_SUPPORT_WEIGHTS if compile else _support_weights
+    idx, weights = weights_fn(sim, top.indices, top.support)
+    dense = torch.zeros_like(weights).scatter(-1, top.indices, weights)  # W in bank order
+    parts = []
+    for group in range(start // total, (stop - 1) // total + 1):
+        first, last = max(start, group * total), min(stop, (group + 1) * total)
+        segment = dense[first - start : last - start]
+        pad = max(0, _MIN_GEMM_ROWS - (last - first))
+        parts.append((F.pad(segment, (0, 0, 0, pad)) @ banks[group])[: last - first])
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)), idx, weights
 
 
 def _ties_out_of_order(values: torch.Tensor, indices: torch.Tensor, support: torch.Tensor) -> bool:

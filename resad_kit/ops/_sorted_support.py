@@ -1,8 +1,9 @@
 """The exact sorted support of sparsemax rows (private; the engine of :mod:`resad_kit.ops.simplex`).
 
 :func:`sorted_support` finds, for every row, the sorted prefix that holds its sparsemax
-support by one of the three exact ways described in :mod:`resad_kit.ops.simplex` (full sort,
-top-k with widening, or the screen by block maxima), and :func:`support_threshold` is the one
+support by one of the exact ways described in :mod:`resad_kit.ops.simplex` (full sort,
+top-k with widening, the screen by block maxima, or the sync-free full stable sort
+``"dense"``), and :func:`support_threshold` is the one
 place where the threshold ``τ = (Σ_{j≤k} z_(j) − 1)/k`` is formed (App. C, step 3).
 No input checks here: callers validate.
 """
@@ -17,8 +18,9 @@ from resad_kit.ops._validation import check_positive_int
 
 __all__: list[str] = []
 
-SparsemaxK = int | Literal["auto"] | None
-"""How the sorted prefix is found: ``None`` full sort, an int start width, ``"auto"``."""
+SparsemaxK = int | Literal["auto", "dense"] | None
+"""How the sorted prefix is found: ``None`` full sort, an int start width, ``"auto"``, or
+``"dense"`` (the full stable sort, every row kept ``M`` wide: no device-to-host sync)."""
 
 AUTO_K = 64
 """Start width of the top-k path of ``k="auto"`` (rows shorter than ``SCREEN_MIN_COLUMNS``).
@@ -38,10 +40,13 @@ _SCREEN_FINE_STEPS = 1  # and of the bound on the gathered entries
 
 
 def check_k(fn: str, k: object) -> SparsemaxK:
-    """Return ``k`` if it is ``None``, ``"auto"`` or a positive int; else raise ``ValueError``."""
+    """Return ``k`` if it is ``None``, ``"auto"``, ``"dense"`` or a positive int; else raise
+    ``ValueError``."""
     if isinstance(k, str):
-        if k != "auto":
-            raise ValueError(f'{fn}: `k` must be None, "auto" or a positive int; got {k!r}')
+        if k not in ("auto", "dense"):
+            raise ValueError(
+                f'{fn}: `k` must be None, "auto", "dense" or a positive int; got {k!r}'
+            )
         return k
     return check_positive_int(fn, "k", k, optional=True)
 
@@ -84,7 +89,8 @@ class SortedSupport(NamedTuple):
 
     Attributes:
         values: ``(R, W)`` the ``W`` largest entries of each row, descending, ``W`` the largest
-            support of all rows (entries past a row's own support are unspecified).
+            support of all rows (``W = M`` for ``k="dense"``; entries past a row's own support
+            are unspecified, except with ``"dense"``: the rest of the sorted row).
         indices: ``(R, W)`` int64 column of each value.
         tau: ``(R, 1)`` the threshold relative to the row maximum (``z − max(z)`` coordinates:
             the prefix is shifted by its first value, so every ``k`` computes τ from the same
@@ -247,15 +253,21 @@ def sorted_support(z: torch.Tensor, k: SparsemaxK) -> SortedSupport:
     Args:
         z: ``(R, M)`` rows of finite-or-``-inf`` entries in the compute dtype, each with a
             finite entry (not necessarily shifted by the row maximum).
-        k: ``None`` (full sort), a start width, or ``"auto"`` (the screen, or ``AUTO_K``); see
-            the module doc.
+        k: ``None`` (full sort), a start width, ``"auto"`` (the screen, or ``AUTO_K``), or
+            ``"dense"``: the full *stable* sort (ties in column order), returned ``M`` wide
+            whatever the supports, with no data-dependent width, so no device-to-host sync
+            (``nonzero``, ``int(tensor)``); see the module doc.
 
     Returns:
         :class:`SortedSupport`. Its values are the same floats, in the same order, as a prefix of
         the full descending sort, whatever ``k``, so ``tau`` and ``support`` are bit-identical
-        for every ``k``. Only the order of tied entries (and so ``indices``) may differ.
+        for every ``k``. Only the order of tied entries (and so ``indices``) may differ; with
+        ``"dense"`` the values and indices are the whole sorted row (``W = M``).
     """
     m = z.shape[-1]
+    if k == "dense":  # shapes only: every width is M
+        values, indices = z.sort(dim=-1, descending=True, stable=True)
+        return SortedSupport(values, indices, *_prefix_threshold(values))
     values, indices, length = _first_pass(z, k)
     width = values.shape[-1]
     tau, support = _prefix_threshold(values)

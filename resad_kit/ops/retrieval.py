@@ -17,6 +17,11 @@ directly; the radial penalty of a ``K``-shot bank (radii repeating every ``N`` e
 images and one bank per layer are handled in one call, in similarity blocks of bounded size
 (``chunk_size``). docs/benchmarks.md measures all of this against a re-implementation of the
 official code.
+
+Finding a support of data-dependent size reads it on the host (a device-to-host sync on a
+GPU). ``k="dense"`` is the sync-free alternative: a full stable sort of every row, the weights
+over all ``M`` entries and the reference as the dense product ``W·B̂`` (a GEMM), every width
+taken from the shapes, for hot paths run with ``resad_kit.checks(False)``.
 """
 
 from __future__ import annotations
@@ -45,7 +50,10 @@ class SparseWeights(NamedTuple):
     """Row-sparse retrieval weights: the support of every query row, largest weight first.
 
     Rows with a support smaller than ``S`` (the largest support in the call) are padded with
-    weight 0 (and index 0), so every row sums to one over its ``S`` slots.
+    weight 0 (and index 0), so every row sums to one over its ``S`` slots. With
+    ``retrieve(..., k="dense")`` ``S = M``: the same support in the same order (weight
+    descending, ties by bank index), then weight 0, index 0 in the other ``M − |support|``
+    slots.
 
     Attributes:
         indices: ``(..., N, S)`` int64 bank indices in ``[0, M)``.
@@ -217,7 +225,13 @@ def retrieve(
             :func:`resad_kit.ops.sparsemax`): ``"auto"`` (default, the fastest measured: a
             screen by block maxima, or the adaptive top-k for banks under 2,048 entries), an
             int start width for the adaptive top-k, or ``None`` for the full sort. All give
-            identical results.
+            identical results. ``"dense"``: no device-to-host sync (the others read the support
+            sizes on the host): the full stable sort, weights over all ``M`` slots (``S = M``)
+            and the reference as the dense GEMM ``W·B̂``; the radial radii are taken whole
+            (the others test, on the host, whether they repeat every ``N`` entries). Weights
+            bit-identical to ``"auto"``'s once densified (tested on CPU), reference equal to
+            float rounding (GEMM against gather-and-sum), same gradients; costs a sort of
+            every row and ``S = M`` output slots (docs/primitives.md measures it).
         chunk_size: process this many query rows (flattened over the leading dims and ``N``;
             rounded up to a multiple of 64) at a time, so that the similarity block (one at a
             time) takes O(chunk_size·M) memory. ``None`` (default): blocks of about 2²³
@@ -240,7 +254,8 @@ def retrieve(
         :class:`Retrieval` with ``reference`` ``(..., N, D)`` in the query's dtype and sparse
         ``weights`` ``(..., N, S)``. Similarities, thresholds and aggregation are float32
         (float64 for float64 inputs). The support of every row is listed largest weight first,
-        ties in bank order, so every ``k`` and ``chunk_size`` gives the same tensors.
+        ties in bank order, so every ``k`` and ``chunk_size`` gives the same tensors (``k="dense"``:
+        the same weights, padded to ``S = M``, and a reference equal to float rounding).
 
     Shape:
         ``query (..., N, D)``, ``bank (M, D) | (..., M, D)`` → ``reference (..., N, D)``.
@@ -264,6 +279,14 @@ def retrieve(
         >>> both = retrieve(layers, torch.stack([bank, -bank])[:, None])
         >>> both.reference.shape, torch.equal(both.reference[0, 0], retrieve(query, bank).reference)
         (torch.Size([2, 1, 16, 8]), True)
+        >>> dense = retrieve(query, bank, k="dense")  # sync-free: S = M slots, a GEMM
+        >>> (
+        ...     dense.weights.values.shape,
+        ...     torch.equal(dense.weights.to_dense(), retrieve(query, bank).weights.to_dense()),
+        ... )
+        (torch.Size([16, 32]), True)
+        >>> torch.allclose(dense.reference, retrieve(query, bank).reference, atol=1e-6)
+        True
     """
     if checks_enabled():
         gamma = _check_retrieve(

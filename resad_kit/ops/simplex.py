@@ -18,10 +18,13 @@ Three exact ways to get that sorted prefix are offered (argument ``k``):
   of the row's τ, so only the entries above it can be in the support, and only the blocks
   whose maximum reaches it need to be opened. The few tens of entries left (out of thousands
   in retrieval) are sorted; a row whose support takes them all gets a wider pass. Shorter rows
-  (or rows the screen cannot narrow down) take the top-``k`` path from ``AUTO_K``.
+  (or rows the screen cannot narrow down) take the top-``k`` path from ``AUTO_K``;
+* ``k="dense"``: the full sort, stable (ties in column order), with every width taken from the
+  shapes: no step reads a tensor value on the host (the other ways size their next step by the
+  supports found, a device-to-host sync on a GPU). For hot paths that must not synchronise.
 
 The prefix values are the same floats as those of the full sort and the threshold is computed
-from them by the same operations, so all three give bit-identical results (tested with
+from them by the same operations, so all four give bit-identical results (tested with
 ``torch.equal``); with supports of tens out of thousands, the top-k and screened paths are an
 order of magnitude faster (docs/benchmarks.md).
 """
@@ -130,9 +133,10 @@ def sparsemax(x: torch.Tensor, dim: int = -1, k: SparsemaxK = None) -> torch.Ten
             only the slices whose support does not fit; ``"auto"`` for the fastest measured:
             slices of at least 2,048 entries are screened by block maxima first (only the
             entries above a lower bound of τ are sorted), shorter ones take the top-k
-            algorithm from ``AUTO_K`` = 64 (see the module doc). All give bit-identical
-            results; the top-k and screened ones are much faster when supports are small (tens
-            out of thousands, as in retrieval).
+            algorithm from ``AUTO_K`` = 64 (see the module doc); ``"dense"`` for the full
+            stable sort without any device-to-host sync (for GPU hot paths). All give
+            bit-identical results; the top-k and screened ones are much faster when supports
+            are small (tens out of thousands, as in retrieval).
 
     Returns:
         Tensor of ``x``'s shape and dtype, non-negative, summing to one along ``dim``.
@@ -151,6 +155,8 @@ def sparsemax(x: torch.Tensor, dim: int = -1, k: SparsemaxK = None) -> torch.Ten
         tensor([0.4000, 0.3000, 0.2000, 0.1000])
         >>> x = torch.randn(3, 5000)
         >>> torch.equal(sparsemax(x, k="auto"), sparsemax(x))
+        True
+        >>> torch.equal(sparsemax(x, k="dense"), sparsemax(x))  # no device-to-host sync
         True
     """
     if not checks_enabled():
@@ -174,7 +180,8 @@ def sparsemax_threshold(x: torch.Tensor, dim: int = -1, k: SparsemaxK = None) ->
     Args:
         x: input as for :func:`sparsemax`.
         dim: dimension to project along.
-        k: ``None`` (full sort), an int (exact top-k) or ``"auto"``, as for :func:`sparsemax`.
+        k: ``None`` (full sort), an int (exact top-k), ``"auto"`` or ``"dense"`` (sync-free
+            full sort), as for :func:`sparsemax`.
 
     Returns:
         τ with ``x``'s shape except size 1 along ``dim`` (so it broadcasts against ``x``), in
