@@ -179,7 +179,9 @@ def evaluate_category(
                         scores.append(pred.image_score.float().cpu())
                         maps.append(pred.anomaly_map.float().cpu())
                 score, amap = torch.cat(scores), torch.cat(maps)
-                metrics = evaluate(score, amap, labels, masks, config=metric_config)
+                metrics = evaluate(
+                    score, amap, labels, masks, config=metric_config, levels=test.levels
+                )
                 results.append(
                     CategoryResult(
                         dataset,
