@@ -25,20 +25,20 @@ ARCHITECTURE_OPS = {
 }  # fmt: skip
 EXTRA_OPS = {
     "Retrieval", "SparseWeights", "global_residual", "prompt_ensemble_mean", "losses",
-    "knn_distance", "Neighbors",
+    "knn_distance", "Neighbors", "spatial_aggregate", "gaussian_window",
 }  # fmt: skip
 ARCHITECTURE_NN = {"ResidualAdapter", "GlobalAdapter", "LocalConvAdapter"}
 EXTRA_NN = {"Res2CLIPAdapters", "AttentionAdapter", "self_attention_adapter"}
 LOSSES = {
     "Reduction", "global_hinge_loss", "local_hinge_loss", "magnitude_loss",
     "direction_regularizer", "magnitude_regularizer", "stop_gradient_projection",
-    "binary_focal_loss", "dice_loss", "l1_loss",
+    "binary_focal_loss", "dice_loss", "l1_loss", "patch_alignment_loss",
 }  # fmt: skip
 RES2CLIP_LOSSES = {"text_branch_loss", "visual_branch_loss", "residual_branch_loss"}
 CLIP = {
     "ClipBackbone", "Features", "BackboneConfig", "WeightsNotFoundError", "ImagePreprocess",
     "TextAnchors", "build_prompts", "encode_prompt_ensemble", "vv_attention", "dual_attention",
-    "interpolate_pos_embed", "convert_to_safetensors",
+    "interpolate_pos_embed", "convert_to_safetensors", "LearnablePrompts",
 }  # fmt: skip
 DATA = {
     "AnomalyDataset", "AnomalyItem", "Sample", "scan_samples", "detect_layout",

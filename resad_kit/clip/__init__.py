@@ -18,6 +18,7 @@ from resad_kit.clip.backbone import ClipBackbone, Features
 from resad_kit.clip.checkpoints import WeightsNotFoundError
 from resad_kit.clip.config import BackboneConfig
 from resad_kit.clip.conversion import convert_to_safetensors
+from resad_kit.clip.learnable_prompts import LearnablePrompts
 from resad_kit.clip.positional import interpolate_pos_embed
 from resad_kit.clip.preprocess import ImagePreprocess
 from resad_kit.clip.prompts import TextAnchors, build_prompts, encode_prompt_ensemble
@@ -27,6 +28,7 @@ __all__ = [
     "ClipBackbone",
     "Features",
     "ImagePreprocess",
+    "LearnablePrompts",
     "TextAnchors",
     "WeightsNotFoundError",
     "build_prompts",
