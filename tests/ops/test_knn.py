@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.autograd import gradcheck
 
 import resad_kit
 from resad_kit.ops import Neighbors, knn_distance
@@ -77,6 +78,47 @@ def test_bank_permutation_invariance(seed, k):
     moved = knn_distance(query, bank[perm], k=k, return_index=True)
     torch.testing.assert_close(moved.distance, base.distance, rtol=0, atol=1e-12)
     assert torch.equal(perm[moved.index], base.index)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    k=st.integers(1, 3),
+    q_scale=st.floats(0.01, 100.0),
+    b_scale=st.floats(0.01, 100.0),
+)
+def test_scale_invariance_and_query_permutation_equivariance(seed, k, q_scale, b_scale):
+    """Only directions matter (positive row scales change nothing); permuting the query rows
+    permutes the result rows."""
+    query, bank = _features(seed, 2, 7, 4), _features(seed + 1, 9, 4)
+    base = knn_distance(query, bank, k=k, return_index=True)
+    scaled = knn_distance(q_scale * query, b_scale * bank, k=k, return_index=True)
+    torch.testing.assert_close(scaled.distance, base.distance, rtol=0, atol=1e-12)
+    assert torch.equal(scaled.index, base.index)
+    perm = torch.randperm(7, generator=torch.Generator().manual_seed(seed))
+    moved = knn_distance(query[:, perm], bank, k=k, return_index=True)
+    torch.testing.assert_close(moved.distance, base.distance[:, perm], rtol=0, atol=1e-12)
+    assert torch.equal(moved.index, base.index[:, perm])
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_gradcheck_float64(k):
+    """Distances are differentiable in query and bank: gradients match finite differences
+    (random float64 rows: no ties between neighbours, distances away from the clamp)."""
+    query = _features(6, 2, 2, 3).requires_grad_()
+    bank = _features(7, 4, 3).requires_grad_()
+    assert gradcheck(lambda q, b: knn_distance(q, b, k=k, chunk_size=2), (query, bank))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_are_searched_in_float32(dtype):
+    """Half rows: the float32 search of the same (rounded) rows, returned in the query dtype."""
+    query, bank = _features(8, 3, 6, 8).to(dtype), _features(9, 20, 8).to(dtype)
+    out = knn_distance(query, bank, k=2, return_index=True)
+    want = knn_distance(query.float(), bank.float(), k=2, return_index=True)
+    assert out.distance.dtype == dtype
+    assert torch.equal(out.index, want.index)
+    torch.testing.assert_close(out.distance, want.distance.to(dtype), rtol=0, atol=0)
 
 
 def test_query_in_bank_has_distance_zero_and_bounds():
