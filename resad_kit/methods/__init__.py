@@ -6,11 +6,16 @@
 - :class:`Res2CLIPConfig`: its settings, with the presets ``paper()`` and ``official_code()``;
 - :class:`NearestNeighbor`, :class:`NearestNeighborConfig`: a PatchCore-style memory bank
   over the same taps (training-free, or with a learnt projection), a second, small method;
+- :class:`AFCLIP`, :class:`AFCLIPConfig`: AF-CLIP (zero-shot) and AF-CLIP+ (few-shot, with
+  an injectable memory scorer returning :class:`MemoryScore`), its trainable part
+  :class:`AFCLIPModules` (adapter + prompts);
 - :class:`Method`: the interface the engine runs (``resad_kit.methods.base``).
 
 Composers hold no training loop, no IO and no printing (those live in ``resad_kit.engine``).
 """
 
+from resad_kit.methods.afclip import AFCLIP, AFCLIPModules, MemoryScore
+from resad_kit.methods.afclip_config import AFCLIPConfig
 from resad_kit.methods.base import (
     BranchOutput,
     Method,
@@ -23,7 +28,11 @@ from resad_kit.methods.nearest_neighbor import NearestNeighbor, NearestNeighborC
 from resad_kit.methods.res2clip import Res2CLIP
 
 __all__ = [
+    "AFCLIP",
+    "AFCLIPConfig",
+    "AFCLIPModules",
     "BranchOutput",
+    "MemoryScore",
     "Method",
     "Mode",
     "NearestNeighbor",
