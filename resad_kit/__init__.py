@@ -11,23 +11,25 @@
 :func:`checks` switches the input checks of the primitives off for hot paths
 (``with resad_kit.checks(False): ...``; environment variable ``RESAD_KIT_CHECKS=0``).
 
-``ops`` and ``nn`` load with the package; ``data`` and ``metrics`` load on first use
-(they pull in PIL, scikit-image and SciPy), so ``import resad_kit`` stays as cheap as torch.
+Every subpackage loads on first use (``resad_kit.ops``, ``from resad_kit import nn``):
+``data`` and ``metrics`` pull in PIL, scikit-image and SciPy, ``ops`` and ``nn`` pull in
+torch, so ``import resad_kit`` itself imports nothing heavy and the ``resad-kit`` command's
+``--help`` answers without loading torch (``resad_kit.cli``).
 """
 
 import importlib
 from types import ModuleType
-
-from resad_kit import nn, ops
-from resad_kit.ops._validation import checks
+from typing import Any
 
 __all__ = ["__version__", "checks", "data", "metrics", "nn", "ops"]
-_LAZY = frozenset({"data", "metrics"})
+_LAZY = frozenset({"data", "metrics", "nn", "ops"})
 
 
-def __getattr__(name: str) -> ModuleType:
+def __getattr__(name: str) -> ModuleType | Any:
     if name in _LAZY:
         return importlib.import_module(f"resad_kit.{name}")
+    if name == "checks":  # the switch of resad_kit.ops._validation
+        return importlib.import_module("resad_kit.ops._validation").checks
     raise AttributeError(f"module 'resad_kit' has no attribute {name!r}")
 
 
