@@ -204,8 +204,7 @@ class LearnablePrompts(nn.Module):
         >>> import torch
         >>> from resad_kit.clip import ClipBackbone, LearnablePrompts
         >>> backbone = ClipBackbone.tiny()
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> prompts = LearnablePrompts(backbone)  # AF-CLIP: M = 12 before <SOT>
         >>> list(prompts.state_dict()), tuple(prompts.ctx.shape)
         (['ctx'], (1, 12, 64))
