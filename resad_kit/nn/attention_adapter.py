@@ -267,12 +267,10 @@ class AttentionAdapter(nn.Module):
         ``attention.attn.to_out.0`` (a ``Linear`` inside ``Sequential(Linear, Dropout)``);
         this module has them at the top as ``norm``, ``to_q``, ``to_k``, ``to_v``,
         ``to_out``. The released files hold the whole pickled ``Adaptor`` module (the
-        official code assigns ``torch.load(...)`` to ``model.adaptor``), so reading them
-        takes the official package on the import path and ``weights_only=False``, that
-        is running its pickle; pass the loaded module (its ``state_dict()`` is used), or a
-        state dict in that key layout, e.g. one re-saved with
-        ``torch.save(adaptor.state_dict(), path)`` and read with ``weights_only=True``.
-        Reading files is left to the caller.
+        official code assigns ``torch.load(...)`` to ``model.adaptor``), which
+        ``weights_only=True`` refuses; ``resad_kit.engine.checkpoint_afclip.read_official_adaptor``
+        reads its state dict without running the pickle. The unpickled module itself is
+        accepted too (its ``state_dict()`` is used). Reading files is left to the caller.
 
         Args:
             state_dict: the official adapter's state dict (exactly its 7 keys), or the
