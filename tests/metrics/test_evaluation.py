@@ -288,7 +288,8 @@ def test_classification_only_set_without_masks():
 def test_accumulator_without_pixel_level_stores_no_pixel():
     scores, maps, labels, _ = synthetic_set(n=6, h=64, w=64, seed=13)
     acc = MetricAccumulator(6, 64, 64, levels=("image",))
-    assert acc.levels == ("image",) and acc._pixels.buffer.size == 0
+    assert acc.levels == ("image",)
+    assert acc._pixels.buffer.size == 0
     acc.update(scores[:3], maps[:3], labels[:3], torch.zeros(3, 64, 64))
     acc.update(scores[3:], maps[3:], labels[3:], torch.zeros(3, 64, 64))
     out = acc.compute()
