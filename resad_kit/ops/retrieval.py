@@ -237,7 +237,8 @@ def retrieve(
             time) takes O(chunk_size·M) memory. ``None`` (default): blocks of about 2²³
             similarities (32 MiB in float32), or of 1,024 rows for banks too large for that,
             made of whole images and layers where one fits in twice that. Results are
-            bit-identical whatever the chunking.
+            bit-identical whatever the chunking in the tested cases (a BLAS may still round a
+            similarity row at another position of a block 1 ulp differently).
         normalize: ``True``: ℓ2-normalise query and bank first (cosine similarity; the bank
             aggregated in Eq. 34 is then ``B̂``). ``"query"``: normalise the query only, for a
             bank that is already normalised (built once per class, as the method does), which
@@ -254,7 +255,7 @@ def retrieve(
         :class:`Retrieval` with ``reference`` ``(..., N, D)`` in the query's dtype and sparse
         ``weights`` ``(..., N, S)``. Similarities, thresholds and aggregation are float32
         (float64 for float64 inputs). The support of every row is listed largest weight first,
-        ties in bank order, so every ``k`` and ``chunk_size`` gives the same tensors (``k="dense"``:
+        ties in bank order, so every ``k`` gives the same tensors (``k="dense"``:
         the same weights, padded to ``S = M``, and a reference equal to float rounding).
 
     Shape:
