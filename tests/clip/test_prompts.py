@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from resad_kit.clip import ClipBackbone, TextAnchors, build_prompts, encode_prompt_ensemble
-from resad_kit.clip.prompts import ANOMALOUS_STATES, NORMAL_STATES, NOUN, TEMPLATES
+from resad_kit.clip.prompts import (
+    ANOMALOUS_STATES,
+    NORMAL_STATES,
+    NOUN,
+    TEMPLATES,
+    PromptEnsemble,
+)
 from resad_kit.ops import text_residual
 
 # App. B.4 of the paper, typed out independently of the library.
@@ -157,3 +163,75 @@ def test_text_runs_in_float32_under_autocast(backbone):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = encode_prompt_ensemble(_fresh(backbone))
     assert all(torch.equal(x, y) for x, y in zip(plain, autocast, strict=True))
+
+
+# --------------------------------------------------------------------------- WinCLIP lists
+
+# anomalib.models.image.winclip.prompting, typed out independently of the library.
+ANOMALIB_NORMAL = [
+    "{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw",
+    "{} without defect", "{} without damage",
+]  # fmt: skip
+ANOMALIB_ANOMALOUS = ["damaged {}", "{} with flaw", "{} with defect", "{} with damage"]
+ANOMALIB_TEMPLATES = [
+    "a cropped photo of the {}.", "a close-up photo of a {}.", "a close-up photo of the {}.",
+    "a bright photo of a {}.", "a bright photo of the {}.", "a dark photo of the {}.",
+    "a dark photo of a {}.", "a jpeg corrupted photo of the {}.",
+    "a jpeg corrupted photo of the {}.", "a blurry photo of the {}.",
+    "a blurry photo of a {}.", "a photo of a {}.", "a photo of the {}.",
+    "a photo of a small {}.", "a photo of the small {}.", "a photo of a large {}.",
+    "a photo of the large {}.", "a photo of the {} for visual inspection.",
+    "a photo of a {} for visual inspection.", "a photo of the {} for anomaly detection.",
+    "a photo of a {} for anomaly detection.",
+]  # fmt: skip
+
+
+def test_winclip_ensemble_is_anomalibs_create_prompt_ensemble():
+    sets = PromptEnsemble.winclip().build("transistor")
+    # anomalib: [template.format(state.format(c)) for state in STATES for template in TEMPLATES]
+    normal = [t.format(s.format("transistor")) for s in ANOMALIB_NORMAL for t in ANOMALIB_TEMPLATES]
+    anomalous = [
+        t.format(s.format("transistor")) for s in ANOMALIB_ANOMALOUS for t in ANOMALIB_TEMPLATES
+    ]
+    assert list(sets.normal) == normal
+    assert list(sets.anomalous) == anomalous
+    assert (len(sets.normal), len(sets.anomalous)) == (147, 84)
+    assert sets.normal.count("a jpeg corrupted photo of the transistor.") == 2  # kept as is
+    assert build_prompts("transistor", ensemble=PromptEnsemble.winclip()) == sets
+
+
+def test_res2clip_ensemble_is_build_prompts():
+    for extra in (False, True):
+        assert PromptEnsemble.res2clip(extra_anomaly_phrase=extra).build("x") == build_prompts(
+            "x", extra_anomaly_phrase=extra
+        )
+
+
+def test_prompt_ensemble_errors():
+    with pytest.raises(ValueError, match="`templates` must be a non-empty sequence"):
+        PromptEnsemble((), ("{}",), ("bad {}",))
+    with pytest.raises(ValueError, match=r"`normal_states` must be .* exactly one"):
+        PromptEnsemble(("a {}.",), ("no placeholder",), ("bad {}",))
+    with pytest.raises(ValueError, match="`anomalous_states`"):
+        PromptEnsemble(("a {}.",), ("{}",), ("{} {}",))
+    with pytest.raises(ValueError, match="`extra_anomaly_phrase` is Res²CLIP's option"):
+        build_prompts(ensemble=PromptEnsemble.winclip(), extra_anomaly_phrase=True)
+
+
+def test_winclip_anchors_are_the_normalised_raw_means(backbone):
+    ensemble = PromptEnsemble.winclip()
+    anchors = encode_prompt_ensemble(_fresh(backbone), "bottle", ensemble=ensemble)
+    sets = ensemble.build("bottle")
+    normal = F.normalize(backbone.encode_text(sets.normal).mean(0), dim=0)
+    anomalous = F.normalize(backbone.encode_text(sets.anomalous).mean(0), dim=0)
+    torch.testing.assert_close(anchors.normal, normal, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(anchors.anomalous, anomalous, rtol=1e-5, atol=1e-6)
+
+
+def test_the_cache_tells_ensembles_apart(backbone):
+    fresh = _fresh(backbone)
+    res2clip = encode_prompt_ensemble(fresh, "bottle")
+    winclip = encode_prompt_ensemble(fresh, "bottle", ensemble=PromptEnsemble.winclip())
+    assert not torch.allclose(res2clip.normal, winclip.normal)
+    again = encode_prompt_ensemble(fresh, "bottle", ensemble=PromptEnsemble.res2clip())
+    assert torch.allclose(again.normal, res2clip.normal, atol=1e-6)
