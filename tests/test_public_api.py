@@ -26,6 +26,9 @@ ARCHITECTURE_OPS = {
 EXTRA_OPS = {
     "Retrieval", "SparseWeights", "global_residual", "prompt_ensemble_mean", "losses",
     "knn_distance", "Neighbors", "spatial_aggregate", "gaussian_window",
+    "harmonic_aggregate", "window_indices",
+    "dpc_knn", "DensityPeaks", "progressive_region_aggregation", "RegionAggregation",
+    "match_regions", "region_weights",
 }  # fmt: skip
 ARCHITECTURE_NN = {"ResidualAdapter", "GlobalAdapter", "LocalConvAdapter"}
 EXTRA_NN = {"Res2CLIPAdapters", "AttentionAdapter", "self_attention_adapter"}
@@ -55,6 +58,7 @@ METRICS = {
 METHODS = {
     "Res2CLIP", "Res2CLIPConfig", "Mode", "Prediction", "BranchOutput", "TrainingBatch",
     "Method", "OptimizerGroup", "NearestNeighbor", "NearestNeighborConfig",
+    "AFCLIP", "AFCLIPConfig", "AFCLIPModules", "MemoryScore",
 }  # fmt: skip
 ENGINE = {
     "FeatureCache", "train", "TrainConfig", "TrainResult", "AUXILIARY_DATASET",
