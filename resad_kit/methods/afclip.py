@@ -68,7 +68,19 @@ __all__ = ["AFCLIP", "AFCLIPModules", "MemoryScore"]
 
 
 class AFCLIPModules(nn.Module):
-    """AF-CLIP's trainable part: the shared adapter and the learnable prompts."""
+    """AF-CLIP's trainable part: the shared adapter and the learnable prompts.
+
+    Its ``state_dict`` (``adapter.*`` and ``prompts.ctx``; CLIP is not in it) is what a
+    checkpoint stores.
+
+    Example:
+        >>> from resad_kit.clip import ClipBackbone
+        >>> from resad_kit.methods import AFCLIP
+        >>> backbone = ClipBackbone.tiny(vv_blocks=0, tap_output="residual", tap_cls=True)
+        >>> parts = AFCLIP(backbone).parts
+        >>> sorted(parts.state_dict())[-3:]
+        ['adapter.to_q.weight', 'adapter.to_v.weight', 'prompts.ctx']
+    """
 
     def __init__(self, adapter: AttentionAdapter, prompts: LearnablePrompts) -> None:
         super().__init__()

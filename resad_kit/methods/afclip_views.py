@@ -33,6 +33,12 @@ class MemoryScore(NamedTuple):
         distance: ``(V, B, N)`` anomaly distance of every query patch in every view.
         index: ``(V, B, N)`` bank row of the nearest neighbour (row ``k·N + n`` is patch
             ``n`` of shot ``k``), or ``None`` for a scorer without one.
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.methods import MemoryScore
+        >>> MemoryScore(torch.zeros(12, 2, 64)).index is None
+        True
     """
 
     distance: Tensor

@@ -18,7 +18,7 @@ from scipy.ndimage import gaussian_filter
 
 from resad_kit.clip import BackboneConfig, ClipBackbone
 from resad_kit.methods import AFCLIP, AFCLIPConfig, MemoryScore
-from resad_kit.ops import spatial_aggregate
+from resad_kit.ops import magnitude_score, retrieve, spatial_aggregate, visual_residual
 
 SIZE = 64
 
@@ -219,3 +219,24 @@ def test_config_round_trips_and_validates():
             AFCLIPConfig(**bad)
     with pytest.raises(ValueError, match="unknown fields"):
         AFCLIPConfig.from_dict({"gamma": 1})
+
+
+def test_the_docs_sparsemax_memory_gives_its_distances_view_by_view(backbone, images):
+    """docs/afclip.md's swap: Res²CLIP's sparsemax retrieval as AF-CLIP+'s memory."""
+
+    def sparsemax_memory(query, bank):  # as in docs/afclip.md
+        reference = retrieve(query, bank, normalize="query").reference
+        return magnitude_score(visual_residual(query, reference)) / 2
+
+    queries, refs = images
+    model = _randomised(AFCLIP(backbone, memory_score=sparsemax_memory), seed=5)
+    with torch.no_grad():
+        extra = model.fit_references(refs)(queries, return_intermediates=True).intermediates
+        q, r = backbone(queries), backbone(refs)
+        for v, (t, w) in enumerate(extra["views"]):
+            qa = spatial_aggregate(q.patches[t], (8, 8), w)
+            bank = F.normalize(spatial_aggregate(r.patches[t], (8, 8), w), dim=-1).flatten(0, 1)
+            ref = retrieve(qa, bank).reference
+            d = (F.normalize(qa, dim=-1) - F.normalize(ref, dim=-1)).norm(dim=-1) / 2
+            torch.testing.assert_close(extra["memory/distance"][v], d, atol=1e-5, rtol=1e-4)
+    assert float(extra["memory/mean"].std()) > 1e-4  # the distances vary: not all 0
