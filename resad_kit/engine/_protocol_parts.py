@@ -14,8 +14,12 @@ __all__: list[str] = []
 
 
 def _slice(features: Features, start: int, stop: int) -> Features:
+    tap_cls = None if features.tap_cls is None else [t[start:stop] for t in features.tap_cls]
     return Features(
-        [p[start:stop] for p in features.patches], features.cls[start:stop], features.grid
+        [p[start:stop] for p in features.patches],
+        features.cls[start:stop],
+        features.grid,
+        tap_cls,
     )
 
 

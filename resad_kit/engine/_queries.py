@@ -114,11 +114,13 @@ class Queries:
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         inverse = inverse.to(parts[0].cls.device)
-        patches = [
-            torch.cat([p.patches[layer] for p in parts])[inverse]
-            for layer in range(len(parts[0].patches))
-        ]
-        return Features(patches, torch.cat([p.cls for p in parts])[inverse], parts[0].grid)
+        n_taps = len(parts[0].patches)
+        patches = [torch.cat([p.patches[t] for p in parts])[inverse] for t in range(n_taps)]
+        tap_cls = None
+        if parts[0].tap_cls is not None:  # BackboneConfig(tap_cls=True): each tap's CLS
+            tap_cls = [torch.cat([p.tap_cls[t] for p in parts])[inverse] for t in range(n_taps)]
+        cls = torch.cat([p.cls for p in parts])[inverse]
+        return Features(patches, cls, parts[0].grid, tap_cls)
 
     def masks(self, items: Sequence[tuple[int, int]], device: torch.device) -> Tensor:
         """``(B, S, S)`` binary float masks; decoded once, kept bit-packed in memory."""

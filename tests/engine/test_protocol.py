@@ -10,8 +10,9 @@ from resad_kit.clip import ClipBackbone
 from resad_kit.data import AnomalyDataset, sample_references, synthesize_dataset
 from resad_kit.engine.features import FeatureCache
 from resad_kit.engine.protocol import DatasetSpec, evaluate_category, run_evaluation
-from resad_kit.methods import Res2CLIP, Res2CLIPConfig
+from resad_kit.methods import Method, Prediction, Res2CLIP, Res2CLIPConfig
 from resad_kit.metrics import evaluate
+from resad_kit.ops import upsample_patches
 
 SIZE = 32
 
@@ -184,3 +185,61 @@ def test_good_only_test_split_is_refused_naming_the_category(tmp_path):
     with pytest.raises(ValueError, match=r"data set 'synth', category 'grass'"):
         evaluate_category({"training_free": Res2CLIP(backbone)}, "synth", test, train, cache)
     assert cache.stats["misses"] == 0  # nothing was encoded
+
+
+class _ZeroShotProbe(Method):
+    """A method with a zero-shot mode that records how the protocol calls it."""
+
+    name = "zero_shot_probe"
+    supports_zero_shot = True
+
+    def __init__(self, backbone: ClipBackbone) -> None:
+        super().__init__()
+        self.backbone, self.config, self.calls = backbone, None, []
+
+    def fit_references(self, references):
+        self.calls.append(("fit", references.cls.shape[0]))
+        return self
+
+    def clear_references(self):
+        self.calls.append(("clear",))
+        return self
+
+    def forward(self, inputs, *, output_size=None, return_intermediates=False):
+        patches = torch.stack(inputs.patches).mean(dim=(0, -1))  # (B, N)
+        amap = upsample_patches(patches, output_size, inputs.grid)
+        return Prediction(amap.flatten(1).amax(1), amap, {})
+
+
+def test_zero_shot_draws_no_references_and_runs_one_seed(setup):
+    """shots=0: clear_references instead of fit_references, the first seed only, no
+    reference paths, metrics equal a direct recomputation; K ≥ 1 as before."""
+    root, backbone, cache, _, spec = setup
+    probe = _ZeroShotProbe(backbone)
+    results = run_evaluation(
+        {("training_free", "synth"): probe}, [spec], cache, shots=(0, 1), seeds=(3, 4),
+        progress=False,
+    )  # fmt: skip
+    keys = [(r.category, r.shots, r.seed, r.references) for r in results]
+    assert [k[:3] for k in keys] == [
+        (c, k, s) for c in ("brick", "coins") for k, s in ((0, 3), (1, 3), (1, 4))
+    ]
+    assert all((k[1] == 0) == (k[3] == ()) for k in keys)
+    assert probe.calls == [("clear",), ("fit", 1), ("fit", 1)] * 2
+    test = AnomalyDataset(root, "coins", "test", image_size=SIZE)
+    direct = probe(cache.features(test), output_size=(SIZE, SIZE))
+    expected = evaluate(
+        direct.image_score, direct.anomaly_map, torch.tensor(test.labels), test.masks(range(4))
+    )
+    zero = next(r for r in results if (r.category, r.shots) == ("coins", 0))
+    assert zero.metrics == pytest.approx(expected)
+
+
+def test_zero_shot_needs_a_method_with_a_zero_shot_mode(setup):
+    _, _, cache, models, spec = setup
+    with pytest.raises(ValueError, match=r"shots=0 \(zero-shot\).*'res2clip'.*K >= 1"):
+        run_evaluation(models, [spec], cache, shots=(0, 1), progress=False)
+    with pytest.raises(ValueError, match=r"`shots` must be ints >= 0; got \[-1\]"):
+        run_evaluation(models, [spec], cache, shots=(-1,), progress=False)
+    with pytest.raises(ValueError, match="no zero-shot mode"):
+        models["training_free", "synth"].clear_references()
