@@ -31,7 +31,10 @@ EXTRA_OPS = {
     "match_regions", "region_weights",
 }  # fmt: skip
 ARCHITECTURE_NN = {"ResidualAdapter", "GlobalAdapter", "LocalConvAdapter"}
-EXTRA_NN = {"Res2CLIPAdapters", "AttentionAdapter", "self_attention_adapter"}
+EXTRA_NN = {
+    "Res2CLIPAdapters", "AttentionAdapter", "self_attention_adapter",
+    "QueryFormer", "QueryFormerConfig", "query_cross_attention", "query_former_loss",
+}  # fmt: skip
 LOSSES = {
     "Reduction", "global_hinge_loss", "local_hinge_loss", "magnitude_loss",
     "direction_regularizer", "magnitude_regularizer", "stop_gradient_projection",
