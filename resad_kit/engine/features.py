@@ -268,9 +268,9 @@ class FeatureCache:
         return self.directory / f"{self._name(key)}.safetensors"
 
     def _read(self, key: str) -> Entry | None:
-        layers, d = len(self.backbone.layers), self.backbone.embed_dim
-        n = self.backbone.grid[0] * self.backbone.grid[1]
-        return read_entry(self._file(key), key, (layers, n, d), self.store_dtype)
+        b = self.backbone
+        shape = (len(b.layers), b.grid[0] * b.grid[1], b.tap_dim, b.embed_dim)
+        return read_entry(self._file(key), key, shape, self.store_dtype, b.config.tap_cls)
 
     def _write(self, key: str, entry: Entry) -> None:
         write_entry(self._file(key), key, entry)
@@ -298,7 +298,11 @@ class FeatureCache:
                 # (B, L, N, D) and (B, D), cast on the device (less to copy), then to the CPU
                 patches = torch.stack(out.patches, dim=1).to(self.store_dtype).cpu()
                 cls = out.cls.to(self.store_dtype).cpu()
-                if not (torch.isfinite(patches).all() and torch.isfinite(cls).all()):
+                taps = None
+                if out.tap_cls is not None:  # (B, L, C)
+                    taps = torch.stack(out.tap_cls, dim=1).to(self.store_dtype).cpu()
+                finite = [torch.isfinite(t).all() for t in (patches, cls, taps) if t is not None]
+                if not all(finite):
                     hint = (
                         "; use store_dtype=torch.float32"
                         if self.store_dtype == torch.float16
@@ -308,7 +312,10 @@ class FeatureCache:
                         f"FeatureCache.features: the features of {dataset!r} are not finite "
                         f"in {self.store_dtype} (overflow?){hint}"
                     )
-                yield [Entry(p.clone(), c.clone()) for p, c in zip(patches, cls, strict=True)]
+                yield [
+                    Entry(p.clone(), c.clone(), None if taps is None else taps[i].clone())
+                    for i, (p, c) in enumerate(zip(patches, cls, strict=True))
+                ]
                 bar.update(len(images))
 
     def features(self, dataset: AnomalyDataset, indices: Sequence[int] | None = None) -> Features:
@@ -320,12 +327,14 @@ class FeatureCache:
             indices: positions in ``dataset`` (repeats allowed); ``None``: all images.
 
         Returns:
-            :class:`~resad_kit.clip.Features` ``(patches, cls, grid)``: float32 on
-            ``backbone.device``, equal to the backbone's output cast to ``store_dtype``.
+            :class:`~resad_kit.clip.Features` ``(patches, cls, grid, tap_cls)``: float32
+            on ``backbone.device``, equal to the backbone's output cast to ``store_dtype``
+            (``tap_cls`` for a backbone with ``BackboneConfig(tap_cls=True)``, else ``None``).
 
         Shape:
-            - patches: ``L`` × ``(B, N, D)``, ``B = len(indices)``
+            - patches: ``L`` × ``(B, N, C)``, ``B = len(indices)``, ``C = backbone.tap_dim``
             - cls: ``(B, D)``
+            - tap_cls: ``L`` × ``(B, C)`` or ``None``
 
         Raises:
             ValueError: empty ``indices`` (or data set), an index out of range, an image
@@ -369,4 +378,8 @@ class FeatureCache:
         patches = torch.stack([found[i].patches for i in positions]).to(device)
         patches = rearrange(patches, "b l n d -> l b n d").float().contiguous()
         cls = torch.stack([found[i].cls for i in positions]).to(device).float()
-        return Features(list(patches.unbind(0)), cls, self.backbone.grid)
+        tap_cls = None
+        if self.backbone.config.tap_cls:
+            taps = torch.stack([found[i].tap_cls for i in positions]).to(device)
+            tap_cls = list(rearrange(taps, "b l c -> l b c").float().contiguous().unbind(0))
+        return Features(list(patches.unbind(0)), cls, self.backbone.grid, tap_cls)

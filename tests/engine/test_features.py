@@ -437,3 +437,70 @@ def test_clear_drops_memory_but_keeps_the_disk(backbone, dataset, tmp_path):
     again = cache.features(dataset, [0, 1])
     assert cache.stats["disk_hits"] == 2
     assert torch.equal(again.cls, first.cls)
+
+
+# ------------------------------------------------------------------ tap modes (AF-CLIP)
+
+
+def test_tap_output_and_tap_cls_are_part_of_the_key():
+    """Regression: the fingerprint ignored ``tap_output``, so a residual-tap backbone would
+    have been served the projected features of a cache filled by the same weights."""
+    projected = ClipBackbone.tiny(seed=0, image_size=SIZE, vv_blocks=0)
+    residual = ClipBackbone.tiny(seed=0, image_size=SIZE, vv_blocks=0, tap_output="residual")
+    with_cls = ClipBackbone.tiny(seed=0, image_size=SIZE, vv_blocks=0, tap_cls=True)
+    prints = {backbone_fingerprint(b) for b in (projected, residual, with_cls)}
+    assert len(prints) == 3
+
+
+@pytest.mark.parametrize("store", ["memory", "disk"])
+def test_residual_taps_and_tap_cls_are_cached(dataset, tmp_path, store):
+    """A residual-tap backbone with ``tap_cls`` (AF-CLIP's): patches of the residual width
+    and the taps' CLS tokens come back equal to the backbone's own output, from memory
+    and from a disk store read by a fresh cache."""
+    backbone = ClipBackbone.tiny(
+        seed=0, image_size=SIZE, vv_blocks=0, tap_output="residual", tap_cls=True
+    )
+    direct = _direct(backbone, dataset, list(range(N_TEST)))
+    cache = FeatureCache(
+        backbone, directory=tmp_path, batch_size=N_TEST, progress=False, store_dtype=torch.float32
+    )
+    out = cache.features(dataset)
+    if store == "disk":
+        fresh = FeatureCache(
+            backbone,
+            directory=tmp_path,
+            batch_size=N_TEST,
+            progress=False,
+            store_dtype=torch.float32,
+        )
+        calls = _count_images(pytest.MonkeyPatch(), backbone)
+        out = fresh.features(dataset)
+        assert calls == []  # every entry came from the disk
+    _assert_features_equal(out, direct)
+    assert out.tap_cls is not None
+    assert len(out.tap_cls) == len(backbone.layers)
+    for got, want in zip(out.tap_cls, direct.tap_cls, strict=True):
+        assert got.shape == (N_TEST, backbone.tap_dim)
+        assert torch.equal(got, want)
+
+
+def test_an_entry_without_tap_cls_is_recomputed(dataset, tmp_path, caplog):
+    """A file written without ``tap_cls`` (e.g. by hand, or an older writer) for a
+    backbone that needs it is logged and recomputed, never returned without it."""
+    backbone = ClipBackbone.tiny(seed=0, image_size=SIZE, vv_blocks=0, tap_cls=True)
+    cache = FeatureCache(
+        backbone, directory=tmp_path, batch_size=N_TEST, progress=False, store_dtype=torch.float32
+    )
+    cache.features(dataset, [0])
+    (path,) = tmp_path.glob("*.safetensors")
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    del tensors["tap_cls"]
+    safetensors.torch.save_file(tensors, str(path), metadata=meta)
+    fresh = FeatureCache(
+        backbone, directory=tmp_path, batch_size=N_TEST, progress=False, store_dtype=torch.float32
+    )
+    with caplog.at_level(logging.WARNING, logger="resad_kit.engine.features"):
+        out = fresh.features(dataset, [0])
+    assert "holds no tap_cls" in caplog.text
+    assert torch.equal(out.tap_cls[0], _direct(backbone, dataset, [0]).tap_cls[0])
