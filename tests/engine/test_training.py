@@ -390,3 +390,29 @@ def test_multi_process_checks(backbone, caplog):
         assert not caplog.text
         training._check_dist(ctx, _model(backbone, loss_reduction="per_sample"), 12, 3)
     assert "does not split evenly" in caplog.text
+
+
+def test_the_afclip_preset_and_the_constant_schedule():
+    """TrainConfig.afclip(): the official AF-CLIP recipe; lr_schedule='constant' keeps every
+    group's learning rate at every step, and its scheduler state round-trips."""
+    from resad_kit.engine.optimization import build_optimization
+    from resad_kit.methods import AFCLIP
+
+    c = TrainConfig.afclip(epochs=3)
+    assert (c.epochs, c.batch_size, c.warmup_epochs, c.betas) == (3, 8, 0, (0.5, 0.999))
+    assert (c.grad_clip, c.weight_decay, c.seed, c.lr_schedule) == (None, 0.0, 122, "constant")
+    assert TrainConfig.paper().lr_schedule == "warmup_cosine"
+    with pytest.raises(ValueError, match="`lr_schedule` must be one of"):
+        TrainConfig(lr_schedule="cosine")
+    backbone = ClipBackbone.tiny(vv_blocks=0, tap_output="residual", tap_cls=True)
+    opt = build_optimization(AFCLIP(backbone), c, steps_per_epoch=2)
+    (optimizer,), (scheduler,) = opt.optimizers.values(), opt.schedulers.values()
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == [1e-4] * 6
+    again = build_optimization(AFCLIP(backbone), c, steps_per_epoch=2).schedulers["afclip"]
+    again.load_state_dict(scheduler.state_dict())
+    assert again.last_epoch == 6
