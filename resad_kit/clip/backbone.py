@@ -305,6 +305,31 @@ class ClipBackbone(BackboneConstructors, nn.Module):
         visual = self.model.visual
         return (visual.ln_post(x.to(self.dtype)) @ visual.proj).float()
 
+    def encode_windows(
+        self,
+        images: Tensor,
+        scales: Sequence[int] = (2, 3),
+        *,
+        stride: int = 1,
+        patch_layer: int | None = None,
+    ) -> Any:
+        """WinCLIP's window embeddings: :func:`resad_kit.clip.windows.encode_windows`.
+
+        Each ``s×s`` window's CLS + patch tokens run alone through the tower (attention
+        within the window), all windows of a size in one forward; also the image and the
+        patch embeddings. Returns a :class:`~resad_kit.clip.windows.WindowEmbeddings`.
+
+        Example:
+            >>> import torch
+            >>> from resad_kit.clip import ClipBackbone
+            >>> out = ClipBackbone.tiny().encode_windows(torch.randn(1, 3, 64, 64), (3,))
+            >>> out.windows[0].shape, out.image.shape
+            (torch.Size([1, 36, 32]), torch.Size([1, 32]))
+        """
+        from resad_kit.clip.windows import encode_windows  # windows.py imports this module
+
+        return encode_windows(self, images, scales, stride=stride, patch_layer=patch_layer)
+
     # ------------------------------------------------------------------ text tower
 
     def encode_text(self, prompts: str | Sequence[str], *, batch_size: int | None = None) -> Tensor:

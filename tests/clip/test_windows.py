@@ -168,3 +168,10 @@ def test_errors(backbone, images):
         encode_windows(backbone, images, (2,), stride=0)
     with pytest.raises(ValueError, match="multiples of the patch size"):
         encode_windows(backbone, images[..., :30], (2,))
+
+
+def test_clip_backbone_encode_windows_is_the_function(backbone, images):
+    method = backbone.encode_windows(images, (2,), stride=1)
+    function = encode_windows(backbone, images, (2,))
+    assert torch.equal(method.windows[0], function.windows[0])
+    assert torch.equal(method.patches, function.patches)
