@@ -34,11 +34,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import resad_kit
 from resad_kit.clip import ClipBackbone
 from resad_kit.methods import Res2CLIP, Res2CLIPConfig, TrainingBatch
-from resad_kit.nn import LocalConvAdapter, ResidualAdapter
+from resad_kit.nn import AttentionAdapter, LocalConvAdapter, ResidualAdapter, self_attention_adapter
 from resad_kit.ops import (
     cosine_score,
     fuse,
     gaussian_blur,
+    gaussian_window,
     global_residual,
     knn_distance,
     magnitude_score,
@@ -49,6 +50,7 @@ from resad_kit.ops import (
     retrieve,
     sparsemax,
     sparsemax_threshold,
+    spatial_aggregate,
     text_residual,
     top_fraction_mean,
     upsample_patches,
@@ -155,6 +157,8 @@ _LOCAL = LocalConvAdapter(8)
 with torch.no_grad():  # leave the zero initialisation, so the adapters are not the identity
     _ADAPTER.fc2.weight.normal_(generator=_G)
     _LOCAL.up.weight.normal_(generator=_G)
+_ATTENTION = AttentionAdapter(8, inner_dim=4, heads=2)
+_ATT_WEIGHTS = [p.detach() for p in _ATTENTION.parameters()]
 
 # name → (call with good input, call with input the checks reject)
 FACADES = {
@@ -238,6 +242,20 @@ FACADES = {
     ),
     "l1_loss": (lambda: L.l1_loss(_PROBS, _TARGETS), lambda: L.l1_loss(_PROBS + 1, _TARGETS)),
     "dice_loss": (lambda: L.dice_loss(_PROBS, _TARGETS), lambda: L.dice_loss(_PROBS + 1, _TARGETS)),
+    "spatial_aggregate": (
+        lambda: spatial_aggregate(_PATCHES, (4, 4), 3, border="renormalize"),
+        lambda: spatial_aggregate(_PATCHES, (4, 4), 2),
+    ),
+    "gaussian_window": (lambda: gaussian_window(5, 4.0), lambda: gaussian_window(4)),
+    "patch_alignment_loss": (
+        lambda: L.patch_alignment_loss(_PATCHES, _PATCHES[..., 0] > 0),
+        lambda: L.patch_alignment_loss(_PATCHES, (_PATCHES[..., 0] > 0).int() * 2),
+    ),
+    "self_attention_adapter": (
+        lambda: self_attention_adapter(_FEATS, *_ATT_WEIGHTS, heads=2),
+        lambda: self_attention_adapter(_NAN.repeat(1, 2), *_ATT_WEIGHTS, heads=2),
+    ),
+    "AttentionAdapter": (lambda: _ATTENTION(_FEATS), lambda: _ATTENTION(_NAN.repeat(1, 2))),
     "ResidualAdapter": (lambda: _ADAPTER(_FEATS), lambda: _ADAPTER(_NAN.repeat(1, 2))),
     "LocalConvAdapter": (lambda: _LOCAL(_PATCHES), lambda: _LOCAL(_PATCHES * float("nan"))),
 }

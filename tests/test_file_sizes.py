@@ -15,15 +15,13 @@ PACKAGE = Path(resad_kit.__file__).resolve().parent
 
 
 def too_long(root: Path, limit: int = MAX_LINES) -> dict[str, int]:
-    """Line counts of the text files under ``root`` with more than ``limit`` lines."""
+    """Line counts of the Python files under ``root`` with more than ``limit`` lines
+    (package data such as caption tables in JSON is data, not code)."""
     found = {}
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or "__pycache__" in path.parts:
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" in path.parts:
             continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            continue  # binary data is not code
+        text = path.read_text(encoding="utf-8")
         lines = len(text.splitlines())
         if lines > limit:
             found[path.relative_to(root).as_posix()] = lines

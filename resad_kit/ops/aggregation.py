@@ -90,9 +90,11 @@ def gaussian_window(
         1.0
     """
     fn = "gaussian_window"
+    out_dtype = torch.get_default_dtype() if dtype is None else dtype
+    if not checks_enabled():
+        return _gaussian_window_core(window, sigma, out_dtype, device)
     r = _check_window(fn, window)
     s = check_number(fn, "sigma", sigma, minimum=0.0, strict=True, what="a float")
-    out_dtype = torch.get_default_dtype() if dtype is None else dtype
     if not isinstance(out_dtype, torch.dtype) or not out_dtype.is_floating_point:
         raise ValueError(f"{fn}: `dtype` must be a floating torch.dtype; got {dtype!r}")
     return _gaussian_window_core(r, s, out_dtype, device)
