@@ -1,10 +1,13 @@
-"""examples/res2clip_full.py end to end in --backbone tiny mode on the shipped sample and the
-synthetic data (the README's main-job command), with the outputs the issue asks for."""
+"""`resad-kit reproduce` (and its wrapper examples/res2clip_full.py) end to end in
+--backbone tiny mode on the shipped sample and the synthetic data (the README's main-job
+command), with the outputs the issue asks for: results, heat maps, the HTML report, a
+one-line-per-event log."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +25,17 @@ EXAMPLE = ROOT / "examples" / "res2clip_full.py"
 def run(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("run") / "smoke"
     done = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--backbone", "tiny", "--out", str(out), "--no-progress"],
+        [
+            sys.executable,
+            "-m",
+            "resad_kit.cli",
+            "reproduce",
+            "--backbone",
+            "tiny",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -36,6 +49,8 @@ def run(tmp_path_factory) -> tuple[Path, str]:
 def test_example_writes_every_output(run):
     out, stdout = run
     for name in ("metrics.csv", "metrics.json", "table.md", "config.json", "log.txt"):
+        assert (out / name).is_file(), name
+    for name in ("index.html", "provenance.json"):
         assert (out / name).is_file(), name
     results = load_results(out)
     # 2 data sets × 2 categories × 3 shots × 3 seeds × 2 modes
@@ -57,6 +72,39 @@ def test_example_writes_every_output(run):
     assert config["method"]["fine_tuned"]["mode"] == "fine_tuned"
     assert "dataset" in stdout
     assert "I-AUROC" in stdout
+    assert "paper = Tables" not in stdout  # no paper numbers here: the summary says so
+    assert "no paper numbers" in stdout
+
+
+@pytest.mark.slow
+def test_report_links_every_heat_map_and_shows_the_numbers(run):
+    import re
+
+    out, _ = run
+    page = (out / "index.html").read_text()
+    links = set(re.findall(r'(?:src|href)="([^"]+)"', page))
+    assert len(links) == 2 * 4 * 4  # every heat map, linked and shown
+    assert all((out / link).is_file() for link in links)
+    assert "http" not in page  # offline: no remote resource
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    per_cat = [r for r in rows if (r["dataset"], r["category"]) == ("sample", "hazelnut")]
+    first = [r for r in per_cat if (r["shots"], r["mode"]) == ("1", "training_free")]
+    mean = sum(float(r["I-AUROC"]) for r in first) / len(first)
+    assert f"<td>{mean:.1f}</td>" in page
+    assert "NOT comparable" in page
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert len(provenance["backbone"]["fingerprint_sha256"]) == 64
+    assert any("NOT comparable" in w for w in provenance["warnings"])
+
+
+@pytest.mark.slow
+def test_log_has_one_line_per_event(run):
+    out, _ = run
+    lines = (out / "log.txt").read_text().splitlines()
+    assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ", ln) for ln in lines)
+    assert max(len(ln) for ln in lines) < 1500  # no multi-KB TrainResult(...) dump
+    assert not any("TrainResult(" in ln for ln in lines)
+    assert any("trained on sample: 10 epochs" in ln for ln in lines)
 
 
 @pytest.mark.slow
@@ -101,9 +149,9 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
     assert "is not a folder" in done.stderr
 
 
-def test_readme_main_job_is_this_example():
+def test_readme_main_job_is_this_command():
     readme = (ROOT / "README.md").read_text()
-    assert "python examples/res2clip_full.py --backbone tiny --out results/smoke" in readme
+    assert "resad-kit reproduce --backbone tiny --out results/smoke" in readme
 
 
 def test_missing_clip_weights_are_a_clear_error(tmp_path):
@@ -124,15 +172,9 @@ def test_missing_clip_weights_are_a_clear_error(tmp_path):
 
 
 def _example():
-    import importlib.util
+    import importlib
 
-    name = "res2clip_full"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return importlib.import_module("resad_kit.cli.reproduce")
 
 
 class _Stop(BaseException):

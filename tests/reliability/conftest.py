@@ -1,20 +1,16 @@
-"""Shared pieces of the reliability tests: the example loaded in-process, simulated kills,
-and one CPU thread (fast and repeatable on a shared machine)."""
+"""Shared pieces of the reliability tests: the reproduce command loaded in-process
+(``resad_kit.cli.reproduce``, which examples/res2clip_full.py wraps), simulated kills, and
+one CPU thread (fast and repeatable on a shared machine)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "res2clip_full.py"
 
 # The smallest run that still trains twice (each offline data set trains the adapters
 # evaluated on the other) and evaluates: 2 epochs of one step each, 1 shot, 1 seed.
@@ -30,17 +26,8 @@ class Killed(BaseException):
 
 
 def load_example() -> ModuleType:
-    """``examples/res2clip_full.py`` as a module (registered, so that dataclasses work)."""
-    name = "res2clip_full"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The module that runs ``resad-kit reproduce`` and examples/res2clip_full.py."""
+    return importlib.import_module("resad_kit.cli.reproduce")
 
 
 @pytest.fixture(scope="session")

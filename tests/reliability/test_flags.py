@@ -89,7 +89,7 @@ def test_bad_flags_are_one_line_and_exit_2(example, no_work, tmp_path, capsys, f
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err.count("\n") == 1, err
-    assert err.startswith("res2clip_full.py: error: "), err
+    assert err.startswith("resad-kit reproduce: error: "), err
     assert words in err, err
     assert "Traceback" not in err
     assert elapsed < 5.0
@@ -103,7 +103,8 @@ def test_cuda_without_cuda_is_a_usage_error(example, no_work, tmp_path, capsys, 
         example.main([*TINY[:2], "--device", "cuda", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert err == "res2clip_full.py: error: --device cuda: CUDA is not available on this machine\n"
+    prefix = "resad-kit reproduce: error: "
+    assert err == prefix + "--device cuda: CUDA is not available on this machine\n"
 
 
 def test_help_lists_the_new_flags(example, capsys):

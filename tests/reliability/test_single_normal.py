@@ -69,7 +69,7 @@ def test_paper_profile_stops_before_training_on_a_single_normal_image(example, t
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err == (
-        "res2clip_full.py: error: training on mvtec/bottle needs at least two normal test "
+        "resad-kit reproduce: error: training on mvtec/bottle needs at least two normal test "
         "images (each query's reference is another normal image); it has 1 (--profile "
         "official uses a single one as its own)\n"
     )

@@ -1,0 +1,241 @@
+"""``resad-kit reproduce``: its flags and the checks that need neither data nor weights.
+
+No torch at module level (``resad-kit reproduce --help`` answers at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from resad_kit.cli._common import Parser, UsageError, check_device, check_folder, check_ints
+from resad_kit.cli.registry import method_names
+
+__all__ = ["DESCRIPTION", "add_arguments", "build_parser", "check_args"]
+
+DESCRIPTION = """\
+Reproduce Res²CLIP's few-shot evaluation (paper Table 1 and Tables 6–10): training-free
+(Res²CLIP*) and fine-tuned (Res²CLIP†).
+
+The paper's protocol (Sec. 4.1): a frozen CLIP ViT-L/14-336 at 518 px; Res²CLIP* is
+training-free; Res²CLIP† trains its adapters on the auxiliary data set's test split (VisA
+for MVTec AD, MVTec AD for every other target); both are evaluated with K ∈ {1, 2, 4}
+normal references drawn with three seeds from each category's train split, per category,
+and averaged (mean ± std over seeds). Results go to --out: metrics.csv, metrics.json,
+table.md (the paper's numbers beside ours), index.html (a report with the heat maps),
+heatmaps/, config.json and log.txt.
+
+Full reproduction on a GPU (weights and data sets downloaded beforehand; see
+docs/reproducing.md):
+
+    resad-kit reproduce --data-root /data --checkpoint /weights/ViT-L-14-336px.pt
+
+Offline smoke run (about 4 minutes on 2 CPU cores) on the shipped real sample and a
+synthetic data set written under --out/data/synthetic, with a tiny *untrained* CLIP (every
+output says the numbers are not comparable to the paper):
+
+    resad-kit reproduce --backbone tiny --out results/smoke
+
+Multi-GPU: torchrun --nproc_per_node=N -m resad_kit.cli reproduce ... (training with
+DistributedDataParallel, evaluation sharded by category; rank 0 writes the outputs and
+prints errors).
+
+Checks come in the order data → weights → work: every flag first, then the data sets,
+then the weights, before any training. A usage error prints one line and exits with
+status 2. A folder that holds a run is never overwritten silently: --resume continues it
+from wherever it stopped, --overwrite replaces it. Result files are written atomically.
+"""
+
+PAPER_DATASETS = ("mvtec", "visa", "btad", "mpdd", "dtd")
+OFFLINE_DATASETS = ("sample", "synthetic")
+MAX_SIDE = 4096  # --image-size and --eval-size above this are typos, not experiments
+MIN_EVAL_SIDE = 16  # below this, resized masks lose small defects (no anomalous pixel left)
+PATCH = {"paper": 14, "tiny": 8}  # ViT-L/14 and the tiny test backbone
+PROFILE_NAMES = ("official", "paper")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of ``reproduce``, each with its help text."""
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        help="folder holding the data sets (mvtec/, visa/, btad/, mpdd/, dtd/; see "
+        "docs/reproducing.md); without it: the offline sample + synthetic data",
+    )
+    p.add_argument("--datasets", nargs="+", help="data set keys to evaluate (default: all found)")
+    p.add_argument(
+        "--method",
+        choices=method_names(),
+        default="res2clip",
+        help="the method to run (default: res2clip, the paper's)",
+    )
+    p.add_argument(
+        "--shots",
+        nargs="+",
+        type=int,
+        default=[1, 2, 4],
+        help="numbers K of normal reference images per category, each ≥ 1 and distinct "
+        "(paper: 1 2 4)",
+    )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[111, 222, 333],
+        help="seeds that draw the references, 0 … 2**32-1, distinct; the tables show mean "
+        "± std over them (default: 111 222 333)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["training-free", "fine-tune", "both"],
+        default="both",
+        help="Res²CLIP* (training-free), Res²CLIP† (adapters fine-tuned on the auxiliary "
+        "data set) or both",
+    )
+    p.add_argument(
+        "--backbone",
+        choices=["paper", "tiny"],
+        default="paper",
+        help="paper: CLIP ViT-L/14-336 (pretrained weights needed); tiny: a small CLIP with "
+        "random weights for offline smoke runs (numbers not meaningful)",
+    )
+    p.add_argument("--checkpoint", type=Path, help="local CLIP weights file (ViT-L-14-336)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="read an OpenAI TorchScript --checkpoint with torch.jit.load, which RUNS code "
+        "stored in the file (only for files you trust; by default its tensors are read "
+        "without running anything; or convert it once: python -m resad_kit.clip.convert)",
+    )
+    p.add_argument(
+        "--profile",
+        choices=PROFILE_NAMES,
+        default="paper",
+        help="the paper's settings, or the official code's (backbone, method, training "
+        "masks, metrics)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="autocast dtype of the backbone (paper: fp32)",
+    )
+    p.add_argument(
+        "--image-size", type=int, help="input side, a multiple of the patch (paper 518; tiny 64)"
+    )
+    p.add_argument(
+        "--eval-size", type=int, help="mask/map side of the metrics, ≥ 16 (default: input side)"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=10, help="training epochs of the adapters (paper: 10)"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="training batch size")
+    p.add_argument(
+        "--eval-batch-size", type=int, default=8, help="images per forward pass when evaluating"
+    )
+    p.add_argument(
+        "--heatmaps",
+        type=int,
+        default=4,
+        help="heat-map figures per category and mode (≥ 0; anomalous and normal images)",
+    )
+    p.add_argument("--cache-dir", type=Path, help="store image features on disk (float16)")
+    p.add_argument(
+        "--allow-subset",
+        action="store_true",
+        help="evaluate data sets with missing standard categories",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from where it stopped (trainings from their last "
+        "checkpoint; the evaluation is run again)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (its results, checkpoints and heat maps)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/res2clip"),
+        help="the run's folder: results, heat maps, report, log (and, offline, the "
+        "synthetic data under data/) (default: results/res2clip)",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (log lines only), e.g. for batch jobs",
+    )
+    return p
+
+
+def build_parser(prog: str = "resad-kit reproduce") -> argparse.ArgumentParser:
+    """The command line of ``reproduce`` (``prog``: the name shown in usage and errors)."""
+    p = Parser(
+        prog=prog,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # a typo such as --epoch is an error, not --epochs
+    )
+    return add_arguments(p)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every check of the flags that needs no data and no backbone: the data flags first,
+    then the weights flags, then the work's.
+
+    Raises:
+        UsageError: the first problem found, in one line.
+    """
+    if args.data_root is not None and not args.data_root.is_dir():
+        raise UsageError(f"--data-root {args.data_root} is not a folder")
+    keys = PAPER_DATASETS if args.data_root is not None else OFFLINE_DATASETS
+    if args.datasets is not None:
+        unknown = [d for d in args.datasets if d not in keys]
+        if unknown:
+            raise UsageError(f"--datasets {unknown} unknown; choose from {list(keys)}")
+        if len(set(args.datasets)) != len(args.datasets):
+            raise UsageError(f"--datasets must be distinct; got {args.datasets}")
+    check_ints("--shots", args.shots, 1)
+    check_ints("--seeds", args.seeds, 0, 2**32 - 1)
+    if args.checkpoint is not None:
+        if args.backbone == "tiny":
+            raise UsageError(
+                "--checkpoint loads ViT-L-14-336 weights, but --backbone tiny has random "
+                "weights; drop one of them"
+            )
+        if not args.checkpoint.is_file():
+            raise UsageError(
+                f"--checkpoint {args.checkpoint}: no such file (for an offline smoke run use "
+                "--backbone tiny)"
+            )
+    if args.trust_checkpoint and args.checkpoint is None:
+        raise UsageError("--trust-checkpoint needs --checkpoint (a local weights file)")
+    for flag in ("epochs", "batch_size", "eval_batch_size"):
+        value = getattr(args, flag)
+        if value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be ≥ 1; got {value}")
+    if args.heatmaps < 0:
+        raise UsageError(f"--heatmaps must be ≥ 0; got {args.heatmaps}")
+    patch = PATCH[args.backbone]
+    if args.image_size is not None and not (
+        patch <= args.image_size <= MAX_SIDE and args.image_size % patch == 0
+    ):
+        raise UsageError(
+            f"--image-size must be a multiple of the {args.backbone} backbone's patch size "
+            f"{patch} between {patch} and {MAX_SIDE}; got {args.image_size}"
+        )
+    if args.eval_size is not None and not MIN_EVAL_SIDE <= args.eval_size <= MAX_SIDE:
+        raise UsageError(
+            f"--eval-size must be between {MIN_EVAL_SIDE} and {MAX_SIDE} (smaller masks lose "
+            f"small defects entirely); got {args.eval_size}"
+        )
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --out, --overwrite replaces it; pick one")
+    check_device(args.device)
+    check_folder("--out", args.out)
+    if args.cache_dir is not None:
+        check_folder("--cache-dir", args.cache_dir)
