@@ -121,7 +121,8 @@ class Res2CLIPConfig:
             (rounded up to a multiple of 64; bounds its memory to O(chunk_size·M));
             ``None``: ``retrieve``'s default, blocks of about 2²³ similarities (32 MiB in
             float32) or 1,024 rows for larger banks, whole images and layers where they fit.
-            Results are bit-identical whatever the chunking.
+            The chunking changes results at most by float rounding (a BLAS may round a
+            similarity row 1 ulp differently at another position of a block).
         top_fraction: share of pixels averaged for image scores (eqs. 7, 9, 12: 1 %).
         blur_sigma, blur_kernel: Gaussian smoothing (App. F.2: σ = 4, 5×5, zero padding).
         smooth_branch_maps: smooth each upsampled branch map (code).
