@@ -99,6 +99,12 @@ class Res2CLIP(Method):
         config = Res2CLIPConfig.paper() if config is None else config
         if not isinstance(config, Res2CLIPConfig):
             raise TypeError(f"{fn}: `config` must be a Res2CLIPConfig; got {type(config).__name__}")
+        if backbone.config.tap_output != "projected":
+            raise ValueError(
+                f"{fn}: Res²CLIP scores projected patch tokens (eq. 8 in the joint space); "
+                f"got a backbone with tap_output={backbone.config.tap_output!r}. Build it "
+                "with BackboneConfig(tap_output='projected') (the default)"
+            )
         self.backbone = backbone
         self.config = config
         n_taps = len(backbone.layers)

@@ -253,3 +253,11 @@ def test_clear_errors(backbone, images):
     feats = backbone(queries)
     with pytest.raises(ValueError, match="layers"):
         model(Features(feats.patches[:2], feats.cls, feats.grid))
+
+
+def test_a_residual_tap_backbone_is_refused():
+    """Res²CLIP scores projected tokens: raw residual-stream taps (AF-CLIP's tap mode, of
+    another width) would be scored silently wrong, so they are refused by name."""
+    residual = ClipBackbone.tiny(tap_output="residual")
+    with pytest.raises(ValueError, match="tap_output='projected'"):
+        Res2CLIP(residual)
