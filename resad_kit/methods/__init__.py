@@ -9,6 +9,8 @@
 - :class:`AFCLIP`, :class:`AFCLIPConfig`: AF-CLIP (zero-shot) and AF-CLIP+ (few-shot, with
   an injectable memory scorer returning :class:`MemoryScore`), its trainable part
   :class:`AFCLIPModules` (adapter + prompts);
+- :class:`WinCLIP`, :class:`WinCLIPConfig`: WinCLIP (zero-shot) and WinCLIP+ (few-shot),
+  the shared baseline, as anomalib's ``WinClipModel`` (presets ``anomalib()``, ``paper()``);
 - :class:`Method`: the interface the engine runs (``resad_kit.methods.base``).
 
 Composers hold no training loop, no IO and no printing (those live in ``resad_kit.engine``).
@@ -26,6 +28,8 @@ from resad_kit.methods.base import (
 from resad_kit.methods.config import Mode, Res2CLIPConfig
 from resad_kit.methods.nearest_neighbor import NearestNeighbor, NearestNeighborConfig
 from resad_kit.methods.res2clip import Res2CLIP
+from resad_kit.methods.winclip import WinCLIP
+from resad_kit.methods.winclip_config import WinCLIPConfig
 
 __all__ = [
     "AFCLIP",
@@ -42,4 +46,6 @@ __all__ = [
     "Res2CLIP",
     "Res2CLIPConfig",
     "TrainingBatch",
+    "WinCLIP",
+    "WinCLIPConfig",
 ]
