@@ -62,6 +62,7 @@ METHODS = {
     "Res2CLIP", "Res2CLIPConfig", "Mode", "Prediction", "BranchOutput", "TrainingBatch",
     "Method", "OptimizerGroup", "NearestNeighbor", "NearestNeighborConfig",
     "AFCLIP", "AFCLIPConfig", "AFCLIPModules", "MemoryScore",
+    "WinCLIP", "WinCLIPConfig",
 }  # fmt: skip
 ENGINE = {
     "FeatureCache", "train", "TrainConfig", "TrainResult", "AUXILIARY_DATASET",
