@@ -35,7 +35,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from baselines import official_retrieval
-from harness import DEVICES, GAMMA, bank_radius, record, synchronize, timed
+from harness import DEVICES, GAMMA, bank_radius, record, support_stats, synchronize, timed
 
 from resad_kit.clip import ClipBackbone
 from resad_kit.ops import (
@@ -189,8 +189,7 @@ def test_pipeline(benchmark, device):
         device=device,
         image_size=IMAGE_SIZE,
         model="ViT-L-14-336 (random weights)",
-        support_median=float(support.median()),
-        support_max=float(support.max()),
+        **support_stats(support),
         **{f"{name}_s": value for name, value in last.items()},
         **{f"{name}_share": value / total for name, value in last.items()},
     )

@@ -12,6 +12,9 @@
   for all (bit-identical results).
 * ``compiled`` (only with ``--compile``): ``retrieve(compile=True)`` versus eager.
 
+The support sweep on CLIP-like features (the retrieval's cost against the GEMM floor from
+supports of about 10 to about 300 per row) is in :mod:`bench_retrieval_support`.
+
 Every fast case first checks its result against its baseline (whose own timed call produced
 it), then is timed.
 """
@@ -34,6 +37,7 @@ from harness import (
     features,
     paired,
     record,
+    support_stats,
     synchronize,
     timed,
 )
@@ -98,8 +102,7 @@ def test_aggregation(benchmark, impl, shots, dim, device):
         dim=dim,
         dtype="float32",
         device=device,
-        support_median=float(support.median()),
-        support_max=float(support.max()),
+        **support_stats(support),
     )
     timed(benchmark, lambda: _aggregate(impl, weights, dense, bank), device, FAST_ROUNDS[shots])
 
@@ -174,6 +177,21 @@ _RETRIEVE += [(impl, 4, 1024, torch.float32) for impl in ("official", "fast")]
 _RETRIEVE += [(impl, 4, 768, torch.bfloat16) for impl in ("official", "fast")]
 
 
+@functools.lru_cache(maxsize=1)
+def _supports(shots: int, dim: int, device: str, dtype: torch.dtype) -> dict[str, float]:
+    """Sparsemax supports of the four layers (min, median, max over all rows)."""
+    queries, banks = _layer_inputs(shots, dim, device, dtype)
+    r_query, r_bank = bank_radius(shots, device)
+    weights = retrieve(
+        torch.stack(queries),
+        _stacked(banks),
+        query_radius=r_query,
+        bank_radius=r_bank,
+        normalize="query",
+    ).weights
+    return support_stats(weights.support_size())
+
+
 @pytest.mark.parametrize(("impl", "shots", "dim", "dtype", "device"), list(_params(_RETRIEVE)))
 def test_retrieve(benchmark, impl, shots, dim, dtype, device):
     queries, banks = _layer_inputs(shots, dim, device, dtype)
@@ -186,6 +204,7 @@ def test_retrieve(benchmark, impl, shots, dim, dtype, device):
     record(
         benchmark,
         "retrieve",
+        **_supports(shots, dim, device, dtype),
         impl=impl,
         baseline=official,
         shots=shots,

@@ -24,7 +24,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from baselines import official_retrieval
-from harness import DEVICES, GAMMA, SIDE, bank_radius, features, record, timed_peak_memory
+from harness import (
+    DEVICES,
+    GAMMA,
+    SIDE,
+    bank_radius,
+    features,
+    record,
+    support_stats,
+    timed_peak_memory,
+)
 
 from resad_kit.ops import retrieve
 
@@ -108,8 +117,7 @@ def test_shots(benchmark, shots, device):
         device=device,
         chunk_size=None,
         peak_mib=peak,
-        support_median=float(support.median()),
-        support_max=float(support.max()),
+        **support_stats(support),
     )
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from alternatives import bisection_threshold, michelot_threshold
 from baselines import official_sparsemax
-from harness import DEVICES, dtype_name, paired, record, similarity, timed
+from harness import DEVICES, dtype_name, paired, record, similarity, support_stats, timed
 
 from resad_kit.ops import sparsemax
 from resad_kit.ops.simplex import sorted_support
@@ -99,8 +99,7 @@ def test_sparsemax(benchmark, impl, shots, dtype, device):
         columns=sim.shape[1],
         dtype=dtype_name(dtype),
         device=device,
-        support_median=float(support.median()),
-        support_max=float(support.max()),
+        **support_stats(support),
     )
 
 

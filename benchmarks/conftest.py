@@ -36,6 +36,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="also time retrieve(compile=True) (torch.compile takes about a minute on 2 cores)",
     )
+    parser.addoption(
+        "--vit-l",
+        action="store_true",
+        help="also run the end-to-end case with ViT-L/14-336 (about a minute per prediction "
+        "on 2 cores; or set RESAD_BENCH_VITL=1)",
+    )
 
 
 _LOAD_AT_START = os.getloadavg() if hasattr(os, "getloadavg") else None

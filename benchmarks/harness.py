@@ -18,21 +18,24 @@ from typing import Any
 
 import pytest
 import torch
-from synthetic import LayerFeatures, layer_features
+from synthetic import SUPPORT_CASES, LayerFeatures, clip_like_features
 
 from resad_kit.ops import radial_distance
 
 __all__ = [
+    "DEFAULT_STRUCTURE",
     "DEVICES",
     "GAMMA",
     "LAYERS",
     "SIDE",
+    "alternating",
     "bank_radius",
     "dtype_name",
     "features",
     "paired",
     "record",
     "similarity",
+    "support_stats",
     "synchronize",
     "timed",
     "timed_peak_memory",
@@ -84,6 +87,11 @@ def record(benchmark: Any, group: str, **info: Any) -> None:
     benchmark.extra_info.update({"kernel": group, **info})
 
 
+DEFAULT_STRUCTURE = "s150"
+"""The feature structure of every case but the support sweep: supports in the range measured
+through the official pipeline on real images (min 6, median ≈ 150, max 224 per row)."""
+
+
 @functools.lru_cache(maxsize=16)
 def features(
     shots: int,
@@ -95,12 +103,16 @@ def features(
     layers: int = LAYERS,
     images: int = 1,
 ) -> tuple[LayerFeatures, ...]:
-    """Synthetic features of ``layers`` layers (see :mod:`synthetic`), cached per case."""
+    """CLIP-like features of ``layers`` layers (:func:`synthetic.clip_like_features` with the
+    :data:`DEFAULT_STRUCTURE`), cached per case."""
+    structure = SUPPORT_CASES[DEFAULT_STRUCTURE]
     return tuple(
         LayerFeatures(
             *(
                 t.to(device)
-                for t in layer_features(side, shots, dim, images=images, seed=layer, dtype=dtype)
+                for t in clip_like_features(
+                    side, shots, dim, structure, images=images, seed=layer, dtype=dtype
+                )
             )
         )
         for layer in range(layers)
@@ -205,4 +217,44 @@ def paired(
         "baseline_s": statistics.median(times["baseline"]),
         "fast_s": statistics.median(times["fast"]),
         "paired_ratio": statistics.median(ratios),
+    }
+
+
+def alternating(
+    benchmark: Any, fns: dict[str, Callable[[], Any]], device: str, rounds: int
+) -> dict[str, float]:
+    """Time the callables of ``fns`` one after the other, in order, ``rounds`` times.
+
+    Returns the median time of each (``"<name>_s"``) and, for every pair ``a`` before ``b``
+    in ``fns``, the median of the per-round ratios ``"<a>/<b>"`` with their spread
+    (``"<a>/<b>_min"``, ``"<a>/<b>_max"``). pytest-benchmark times a whole round.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+
+    def one_round() -> None:
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+
+    timed(benchmark, one_round, device, rounds)
+    out = {f"{name}_s": statistics.median(t) for name, t in times.items()}
+    names = list(fns)
+    for i, first in enumerate(names):
+        for name in names[i + 1 :]:
+            ratios = [a / b for a, b in zip(times[first], times[name], strict=True)]
+            out[f"{first}/{name}"] = statistics.median(ratios)
+            out[f"{first}/{name}_min"] = min(ratios)
+            out[f"{first}/{name}_max"] = max(ratios)
+    return out
+
+
+def support_stats(sizes: torch.Tensor) -> dict[str, float]:
+    """``support_min``, ``support_median`` and ``support_max`` of support sizes (any shape)."""
+    flat = sizes.flatten().float()
+    return {
+        "support_min": float(flat.min()),
+        "support_median": float(flat.median()),
+        "support_max": float(flat.max()),
     }

@@ -18,6 +18,7 @@ The work is split by concern: :mod:`report_data` (reading the JSON), :mod:`repor
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,13 +39,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", nargs="+", type=Path, help="pytest-benchmark JSON file(s)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--revisions", type=Path, help="JSON of compare_revisions.py (the regression check)"
+    )
     args = parser.parse_args(argv)
     try:
         runs = load(args.json)
     except ValueError as error:
         parser.error(str(error))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(runs, args.out.parent))
+    revisions = None
+    if args.revisions is not None:
+        try:
+            revisions = json.loads(args.revisions.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            parser.error(f"--revisions {str(args.revisions)!r}: {error}")
+    args.out.write_text(render(runs, args.out.parent, revisions))
     print(f"wrote {args.out} from {sum(len(r.cases) for r in runs)} cases")
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from report_data import Case
 
-__all__ = ["mib", "ms", "ratio", "support", "table"]
+__all__ = ["mib", "ms", "ratio", "support", "support_range", "table"]
 
 
 def ms(seconds: float | None) -> str:
@@ -47,3 +47,14 @@ def support(case: Case | None) -> str:
     if case is None or case.get("support_median") is None:
         return "–"
     return f"{case.get('support_median'):.0f} ({case.get('support_max'):.0f})"
+
+
+def support_range(case: Case | None) -> str:
+    """A case's sparsemax support sizes over all rows, ``min / median / max`` (``–`` if not
+    recorded; ``median (max)`` for a run that recorded no minimum)."""
+    if case is None or case.get("support_min") is None:
+        return support(case)
+    return (
+        f"{case.get('support_min'):.0f} / {case.get('support_median'):.0f} / "
+        f"{case.get('support_max'):.0f}"
+    )

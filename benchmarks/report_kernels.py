@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from report_data import Cases
-from report_format import ms, ratio, support, table
+from report_format import ms, ratio, support_range, table
 
 __all__ = ["aggregation_section", "retrieve_section", "sparsemax_section"]
 
@@ -23,7 +23,7 @@ def sparsemax_section(cases: Cases, device: str) -> str:
             (
                 shots,
                 f"{base.get('columns'):,}",
-                support(base),
+                support_range(base),
                 ms(base.seconds),
                 ms(fast.seconds),
                 ratio(base.seconds, fast.seconds),
@@ -31,7 +31,14 @@ def sparsemax_section(cases: Cases, device: str) -> str:
         )
     out = [
         table(
-            ("K", "M", "support median (max)", "official sort (ms)", '`k="auto"` (ms)', "speed-up"),
+            (
+                "K",
+                "M",
+                "support min / median / max",
+                "official sort (ms)",
+                '`k="auto"` (ms)',
+                "speed-up",
+            ),
             rows,
         )
     ]
@@ -99,14 +106,21 @@ def aggregation_section(cases: Cases, device: str) -> str:
                 (
                     shots,
                     dim,
-                    support(sparse),
+                    support_range(sparse),
                     ms(dense.seconds),
                     ms(sparse.seconds),
                     ratio(dense.seconds, sparse.seconds),
                 )
             )
     return table(
-        ("K", "D", "support median (max)", "dense `bmm` (ms)", "`embedding_bag` (ms)", "speed-up"),
+        (
+            "K",
+            "D",
+            "support min / median / max",
+            "dense `bmm` (ms)",
+            "`embedding_bag` (ms)",
+            "speed-up",
+        ),
         rows,
     )
 
@@ -126,12 +140,14 @@ def retrieve_section(cases: Cases, device: str) -> str:
         match = {"kernel": "retrieve", "shots": shots, "dim": dim, "dtype": dtype, "device": device}
         base = cases.time(impl="official", **match)
         for impl in ("fast", "chunked"):
-            fast = cases.time(impl=impl, **match)
+            fast = cases.find(impl=impl, **match)
             if fast is None:
                 continue
             label = "`retrieve`" if impl == "fast" else "`retrieve`, `chunk_size=256`"
-            rows.append((shots, dim, dtype, label, ms(base), ms(fast), ratio(base, fast)))
-    out = [table(("K", "D", "input", "fast path", "official (ms)", "fast (ms)", "speed-up"), rows)]
+            row = (ms(base), ms(fast.seconds), ratio(base, fast.seconds))
+            rows.append((shots, dim, dtype, support_range(fast), label, *row))
+    headers = ("K", "D", "input", "support min / median / max", "fast path", "official (ms)")
+    out = [table((*headers, "fast (ms)", "speed-up"), rows)]
     pairs = []
     for kernel, name in (
         ("sparsemax_paired", "sparsemax, one layer"),

@@ -11,6 +11,14 @@ from pathlib import Path
 from report_data import ROOT, Cases, Run
 from report_kernels import aggregation_section, retrieve_section, sparsemax_section
 from report_plots import plot_names, plots
+from report_realistic import (
+    end_to_end_section,
+    gpu_section,
+    other_section,
+    regression_section,
+    stages_section,
+    sweep_section,
+)
 from report_system import compiled_section, pipeline_section, scaling_section
 from report_targets import summary, verdict
 
@@ -57,12 +65,17 @@ number below was measured in the runs listed here; speed-ups compare two cases o
 {gpu_note}
 
 Reproduce (CPU; the duration of each run is listed above; the second command runs the
-opt-in `torch.compile` case). The JSON behind this page is kept in `benchmarks/runs/`.
+opt-in `torch.compile` case, the third the regression check between two commits; add
+`--vit-l` to the first for the ViT-L/14-336 end-to-end case, about a minute per prediction
+on 2 cores). The JSON behind this page is kept in `benchmarks/runs/`.
 
     pytest benchmarks/ --benchmark-only --benchmark-json=results/bench-cpu.json
     pytest benchmarks/bench_retrieval.py --benchmark-only --compile -k compiled \\
         --benchmark-json=results/bench-cpu-compile.json
-    python benchmarks/report.py results/bench-cpu.json results/bench-cpu-compile.json
+    git worktree add /tmp/resad_old b04bfa3
+    python benchmarks/compare_revisions.py /tmp/resad_old . --json results/revisions.json
+    python benchmarks/report.py results/bench-cpu.json results/bench-cpu-compile.json \\
+        --revisions results/revisions.json
 
 ## What is measured
 
@@ -83,11 +96,15 @@ opt-in `torch.compile` case). The JSON behind this page is kept in `benchmarks/r
   bfloat16 inputs: within 2e-3 for the retrieved features and 4e-3 for the weights, a
   bfloat16 step near 1 being 7.8e-3). The sparsemax paths of `resad_kit` agree bit for bit
   with each other (unit tests, and the "first pass" cases below).
-- **Inputs**: synthetic patch features (`benchmarks/synthetic.py`: a spatially smooth random
-  field, a shared direction, per-image noise and shifts), because no pretrained CLIP weights
-  are available offline. They give supports of a few tens of entries, as the paper describes;
-  the tables list the measured supports. Costs that depend on the support (the screen, the
-  aggregation) would change with real features; the GEMM and the full sort do not.
+- **Inputs**: CLIP-like synthetic patch features (`benchmarks/synthetic.py`,
+  `clip_like_features`: a few large near-uniform regions around a disc of distinct parts, a
+  shared direction, per-image noise and shifts), because no pretrained CLIP weights are
+  available offline. Every case but the support sweep uses the structure `s150`, whose
+  supports (min / median / max per row) are in the range measured through the official
+  pipeline on real MVTec images with random ViT-L weights (min 6, median ≈ 150, max 224);
+  the support sweep moves the median from about 10 to about 300. Every table lists the
+  supports measured in its own case. Costs that depend on the support (the screen, the
+  aggregation) change with it; the GEMM and the full sort do not.
 - **Timing**: pytest-benchmark's pedantic mode, {fewest}–{most} rounds per case (one round for the
   official path at K = 8 and 16, which takes seconds), CUDA-synchronised on GPU. Tables show
   the **median** over the rounds, for the baseline and the fast path alike. The key cases
@@ -148,19 +165,50 @@ NOTES = """## Notes
 """
 
 
-def render(runs: Sequence[Run], plot_dir: Path | None = None) -> str:
+SWEEP_INTRO = """### Realistic supports: `retrieve` against its GEMM floor
+
+Four layers in one call, N = 1,369, K = 4, D = 1,024, banks normalised once
+(`benchmarks/bench_retrieval_support.py`). The floor is the four similarity GEMMs alone;
+`retrieve` and the floor alternate round by round, and the ratio is the median of the
+per-round ratios (min–max over the rounds). Supports: over all rows of the four layers.
+
+"""
+
+STAGES_INTRO = """### Where `retrieve`'s time goes
+
+The same inputs, each stage of `retrieve` timed on its own (`benchmarks/stages.py`; ms, sum
+over the four layers, median of 3 calls). The stages are timed separately, so their sum is
+close to, not equal to, `retrieve`'s time in the table above.
+
+"""
+
+END_TO_END_INTRO = """### One Res²CLIP prediction against the official-style pipeline
+
+`Res2CLIP` (one 518 px query image, K = 4 random reference images, random backbone weights)
+against `benchmarks/baselines.py`'s `official_prediction`: the same weights read with
+explicit-softmax attention, one image at a time, dense retrieval with a full sort, the maps
+and scores in plain torch; both predictions agree within 2e-4 before they are timed,
+alternating round by round (`benchmarks/bench_end_to_end.py`). FLOP per prediction counted
+by `torch.utils.flop_counter` (matrix products, convolutions, attention); GEMM: a
+`1,370 × C` by `C × 4C` float32 product timed in the same case.
+
+"""
+
+
+def render(runs: Sequence[Run], plot_dir: Path | None = None, revisions: dict | None = None) -> str:
     """The markdown page of ``runs``. The plots are drawn into ``plot_dir`` (the page links
     them by name, so they belong next to it); with ``plot_dir=None`` the page is the same
-    and nothing is drawn, which needs no matplotlib."""
+    and nothing is drawn, which needs no matplotlib. ``revisions`` is the JSON of
+    ``compare_revisions.py`` (the regression check), or ``None`` ("not measured")."""
     cases = Cases([c for run in runs for c in run.cases])
     has_gpu = any(c.get("device", "").startswith("cuda") for c in cases.cases)
     gpu_note = (
         "GPU figures are in the CUDA sections below."
         if has_gpu
-        else "**No GPU was available** for these runs, so the GPU rows are absent (per-image "
-        "retrieval time and images per second on a GPU are still to be measured). The suite has "
-        "the CUDA cases (they skip without a device); run it on a GPU machine and pass both JSON "
-        "files to `report.py`."
+        else "**No GPU was available** for these runs: every GPU figure (autocast parity, "
+        "batched images per second, per-image retrieval time) is **not measured** (see "
+        '"GPU" below). The suite has the CUDA cases (they skip without a device); run it on '
+        "a GPU machine and pass all JSON files to `report.py`."
     )
     rounds = [case.rounds for case in cases.cases] or [0]
     page = [
@@ -195,5 +243,16 @@ def render(runs: Sequence[Run], plot_dir: Path | None = None) -> str:
         )
         page.append(f"### Scaling\n\n{scaling_section(cases, device)}\n\n![scaling]({images[3]})")
         page.append(f"### torch.compile\n\n{compiled_section(cases, device)}")
+        page.append(SWEEP_INTRO + sweep_section(cases, device))
+        page.append(STAGES_INTRO + stages_section(cases, device))
+        page.append(END_TO_END_INTRO + end_to_end_section(cases, device))
+        other = other_section(cases, device)
+        if other:
+            page.append(
+                "### Other cases\n\nCases of the suite that no section above shows "
+                "(median times).\n\n" + other
+            )
+    page.append("## GPU\n\n" + gpu_section(cases))
+    page.append("## Regression check\n\n" + regression_section(revisions))
     page.append(NOTES.format(verdict=verdict(cases)))
     return "\n\n".join(page).rstrip() + "\n"

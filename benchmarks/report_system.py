@@ -5,7 +5,7 @@ size, and ``torch.compile``.
 from __future__ import annotations
 
 from report_data import Cases
-from report_format import mib, ms, support, table
+from report_format import mib, ms, support_range, table
 
 __all__ = ["compiled_section", "pipeline_section", "scaling_section"]
 
@@ -39,7 +39,7 @@ def pipeline_section(cases: Cases, device: str) -> str:
             f"{100 * official / (other + official):.1f} % of a {other + official:.1f} s "
             f"prediction. Throughput with the fast path: {1 / total:.3f} images/s; per-image "
             f"retrieval: {1000 * case.get('retrieval_s'):,.0f} ms. Sparsemax support in this "
-            f"test: median {case.get('support_median'):.0f}, max {case.get('support_max'):.0f} "
+            f"test (min / median / max): {support_range(case)} "
             f"(the bank is made of noisy, shifted copies of the test image's own features; "
             f"see below)."
         )
@@ -53,12 +53,18 @@ def scaling_section(cases: Cases, device: str) -> str:
     for shots in cases.values("shots", kernel="scaling_shots", device=device):
         c = cases.find(kernel="scaling_shots", shots=shots, device=device)
         rows.append(
-            (shots, f"{c.get('columns'):,}", support(c), ms(c.seconds), mib(c.get("peak_mib")))
+            (
+                shots,
+                f"{c.get('columns'):,}",
+                support_range(c),
+                ms(c.seconds),
+                mib(c.get("peak_mib")),
+            )
         )
     out = [
         "Time and peak memory against K (518 px, N = 1,369, one layer, default chunking: one "
         "block of all 1,369 rows at every K):\n\n"
-        + table(("K", "M", "support median (max)", "time (ms)", "peak memory (MiB)"), rows)
+        + table(("K", "M", "support min / median / max", "time (ms)", "peak memory (MiB)"), rows)
     ]
     rows = []
     for pixels in cases.values("pixels", kernel="scaling_size", device=device):
