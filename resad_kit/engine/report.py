@@ -5,7 +5,8 @@
 resource: the folder can be copied and opened offline in any browser. Sections, each
 present when its file is:
 
-- a red banner when the backbone had random weights (``metrics.json``'s ``warning``);
+- a red banner when the backbone had random weights (``metrics.json``'s ``warning``, or
+  the provenance's backbone);
 - **Summary** (``metrics.json``): per ``(method, data set, shots, mode)`` our
   ``mean±std`` over seeds, the paper's number and Δ = ours − paper (as ``table.md``);
 - **Per category**: each category's metrics, mean over seeds;
@@ -35,6 +36,7 @@ from typing import Any
 
 from resad_kit.engine.atomic import atomic_write
 from resad_kit.engine.report_tables import category_table, html_table, summary_table_html
+from resad_kit.engine.results_render import UNTRAINED_WARNING
 
 __all__ = ["REPORT_NAME", "WarningCollector", "run_provenance", "write_report"]
 
@@ -231,6 +233,8 @@ def write_report(
     document = _read_json(out / "metrics.json")
     body: list[str] = []
     warning = (document or {}).get("metadata", {}).get("warning")
+    if not warning and (provenance or {}).get("backbone", {}).get("pretrained") is False:
+        warning = UNTRAINED_WARNING
     if warning:
         body.append(f'<p class="banner">WARNING: {html.escape(warning)}</p>')
     methods: list[str] = []
