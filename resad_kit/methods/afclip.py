@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from resad_kit.clip import ClipBackbone, Features, LearnablePrompts
 from resad_kit.methods.afclip_config import AFCLIPConfig
+from resad_kit.methods.afclip_modules import AFCLIPModules, check_backbone
 from resad_kit.methods.afclip_training import afclip_losses
 from resad_kit.methods.afclip_views import (
     MemoryScore,
@@ -49,7 +50,8 @@ from resad_kit.methods.afclip_views import (
     aggregated_patches,
     anomaly_probability,
     as_memory_score,
-    nearest_neighbor_memory,
+    default_scorer,
+    resolve_output_size,
     state_logits,
     with_cls,
 )
@@ -65,49 +67,6 @@ from resad_kit.ops import gaussian_blur, upsample_patches
 from resad_kit.ops._validation import checks
 
 __all__ = ["AFCLIP", "AFCLIPModules", "MemoryScore"]
-
-
-class AFCLIPModules(nn.Module):
-    """AF-CLIP's trainable part: the shared adapter and the learnable prompts.
-
-    Its ``state_dict`` (``adapter.*`` and ``prompts.ctx``; CLIP is not in it) is what a
-    checkpoint stores.
-
-    Example:
-        >>> from resad_kit.clip import ClipBackbone
-        >>> from resad_kit.methods import AFCLIP
-        >>> backbone = ClipBackbone.tiny(vv_blocks=0, tap_output="residual", tap_cls=True)
-        >>> parts = AFCLIP(backbone).parts
-        >>> sorted(parts.state_dict())[-3:]
-        ['adapter.to_q.weight', 'adapter.to_v.weight', 'prompts.ctx']
-    """
-
-    def __init__(self, adapter: AttentionAdapter, prompts: LearnablePrompts) -> None:
-        super().__init__()
-        self.adapter, self.prompts = adapter, prompts
-
-
-def _check_backbone(backbone: object) -> ClipBackbone:
-    fn = "AFCLIP"
-    if not isinstance(backbone, ClipBackbone):
-        raise TypeError(f"{fn}: `backbone` must be a ClipBackbone; got {type(backbone).__name__}")
-    c = backbone.config
-    wrong = [
-        f"{name}={value!r} (need {want!r})"
-        for name, value, want in (
-            ("tap_output", c.tap_output, "residual"),
-            ("tap_cls", c.tap_cls, True),
-            ("vv_blocks", backbone.vv_blocks, 0),
-        )
-        if value != want
-    ]
-    if wrong:
-        raise ValueError(
-            f"{fn}: the backbone must tap the raw residual stream with the CLS token and no "
-            f"V-V attention; it has {', '.join(wrong)}. Build it with BackboneConfig.afclip() "
-            "(or ClipBackbone.tiny(vv_blocks=0, tap_output='residual', tap_cls=True))"
-        )
-    return backbone
 
 
 class AFCLIP(Method):
@@ -161,7 +120,7 @@ class AFCLIP(Method):
         config = AFCLIPConfig.official_code() if config is None else config
         if not isinstance(config, AFCLIPConfig):
             raise TypeError(f"{fn}: `config` must be an AFCLIPConfig; got {type(config).__name__}")
-        self.backbone, self.config = _check_backbone(backbone), config
+        self.backbone, self.config = check_backbone(backbone), config
         self.taps = self._resolve("taps", config.taps)
         self.memory_taps = self._resolve("memory_taps", config.memory_taps)
         self.views = tuple((t, r) for t in self.taps for r in config.windows)
@@ -353,7 +312,7 @@ class AFCLIP(Method):
                 f"AFCLIP.forward: query grid {grid} differs from the references' "
                 f"{self._bank_grid}; use one image size for both"
             )
-        size = _output_size(inputs, output_size, grid, self.backbone.patch_size)
+        size = resolve_output_size(inputs, output_size, grid, self.backbone.patch_size)
         b = feats.patches[0].shape[0]
         with checks(False):
             view_logits = state_logits(self.encode_views(feats), self.prompts(), c.temperature)
@@ -367,7 +326,7 @@ class AFCLIP(Method):
                 image, amap = p_cls, zero_map
             else:
                 query = self._aggregate(feats, self.memory_taps)
-                scorer = self.memory_score or _default_scorer(c.chunk_size)
+                scorer = self.memory_score or default_scorer(c.chunk_size)
                 mem = as_memory_score(scorer(query, self._bank), (len(query), b, grid[0] * grid[1]))
                 a = mem.distance.mean(0)  # (B, N)
                 a_max = a.amax(-1)
@@ -421,56 +380,10 @@ class AFCLIP(Method):
         adaptor: Mapping[str, Tensor] | nn.Module,
         prompt: Tensor | Mapping[str, Tensor],
     ) -> AFCLIP:
-        """Load the released weights (``weight/{mvtec,visa}_{adaptor,prompt}.pt``).
-
-        The method reads no file: :func:`resad_kit.engine.checkpoint_afclip.load_afclip_weights`
-        reads the two files and calls this.
-
-        Args:
-            adaptor: the official adapter: a state dict in its key layout
-                (``attention.norm.*``, ``attention.attn.to_{q,k,v}.weight``,
-                ``attention.attn.to_out.0.*``) or the loaded official module.
-            prompt: the official context ``(1, M, W)`` (a tensor or parameter), or a mapping
-                holding it.
+        """Load the released weights into :attr:`parts` (:meth:`AFCLIPModules.load_official`).
 
         Returns:
-            ``self``, with :meth:`AttentionAdapter.convert_official_state_dict` and
-            :meth:`LearnablePrompts.convert_official_state_dict` applied (strict loads).
-
-        Example:
-            >>> import torch
-            >>> from resad_kit.clip import ClipBackbone
-            >>> from resad_kit.methods import AFCLIP
-            >>> backbone = ClipBackbone.tiny(vv_blocks=0, tap_output="residual", tap_cls=True)
-            >>> source = AFCLIP(backbone)
-            >>> official = {  # the official key layout of the same adapter
-            ...     {
-            ...         "to_out.weight": "attention.attn.to_out.0.weight",
-            ...         "to_out.bias": "attention.attn.to_out.0.bias",
-            ...     }.get(k, "attention." + ("attn." + k if k.startswith("to_") else k)): v
-            ...     for k, v in source.adapter.state_dict().items()
-            ... }
-            >>> model = AFCLIP(backbone).load_official(official, source.prompts.ctx.detach())
-            >>> torch.equal(model.prompts.ctx, source.prompts.ctx)
-            True
+            ``self``.
         """
-        self.adapter.load_state_dict(AttentionAdapter.convert_official_state_dict(adaptor))
-        self.prompts.load_state_dict(LearnablePrompts.convert_official_state_dict(prompt))
+        self.parts.load_official(adaptor, prompt)
         return self
-
-
-def _default_scorer(chunk_size: int | None) -> MemoryScorer:
-    def score(query: Tensor, bank: Tensor) -> MemoryScore:
-        return nearest_neighbor_memory(query, bank, chunk_size=chunk_size)
-
-    return score
-
-
-def _output_size(
-    inputs: Tensor | Features, size: int | tuple[int, int] | None, grid: tuple[int, int], p: int
-) -> tuple[int, int]:
-    if size is None:
-        if isinstance(inputs, Tensor):
-            return tuple(inputs.shape[-2:])
-        return grid[0] * p, grid[1] * p
-    return (size, size) if isinstance(size, int) else tuple(size)

@@ -148,3 +148,23 @@ def patch_labels(masks: Tensor, grid: tuple[int, int]) -> Tensor:
     """
     m = F.interpolate(masks[:, None].float(), size=grid, mode="bilinear", align_corners=False)
     return rearrange((m > 0.5).float(), "b 1 h w -> b (h w)")
+
+
+def default_scorer(chunk_size: int | None) -> MemoryScorer:
+    """:func:`nearest_neighbor_memory` with the config's ``chunk_size``."""
+
+    def score(query: Tensor, bank: Tensor) -> MemoryScore:
+        return nearest_neighbor_memory(query, bank, chunk_size=chunk_size)
+
+    return score
+
+
+def resolve_output_size(
+    inputs: Tensor | Features, size: int | tuple[int, int] | None, grid: tuple[int, int], p: int
+) -> tuple[int, int]:
+    """The map size: ``size``, else the images' size, else ``grid × patch size``."""
+    if size is None:
+        if isinstance(inputs, Tensor):
+            return tuple(inputs.shape[-2:])
+        return grid[0] * p, grid[1] * p
+    return (size, size) if isinstance(size, int) else tuple(size)
