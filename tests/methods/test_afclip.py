@@ -240,3 +240,17 @@ def test_the_docs_sparsemax_memory_gives_its_distances_view_by_view(backbone, im
             d = (F.normalize(qa, dim=-1) - F.normalize(ref, dim=-1)).norm(dim=-1) / 2
             torch.testing.assert_close(extra["memory/distance"][v], d, atol=1e-5, rtol=1e-4)
     assert float(extra["memory/mean"].std()) > 1e-4  # the distances vary: not all 0
+
+
+def test_memory_taps_are_separate_from_the_view_taps(backbone, images):
+    """config.memory_taps (the code's memory_layers) chooses the banks' layers alone."""
+    queries, refs = images
+    full = _randomised(AFCLIP(backbone), seed=6).fit_references(refs)
+    last = AFCLIP(backbone, AFCLIPConfig(memory_taps=(-1,)), full.parts).fit_references(refs)
+    with torch.no_grad():
+        a = full(queries, return_intermediates=True).intermediates
+        b = last(queries, return_intermediates=True).intermediates
+    assert last.memory_taps == (3,)
+    assert b["memory/distance"].shape == (3, 3, 64)
+    torch.testing.assert_close(b["memory/distance"], a["memory/distance"][9:])
+    torch.testing.assert_close(b["logits"], a["logits"])  # the 12 views are unchanged
