@@ -416,3 +416,18 @@ def test_the_afclip_preset_and_the_constant_schedule():
     again = build_optimization(AFCLIP(backbone), c, steps_per_epoch=2).schedulers["afclip"]
     again.load_state_dict(scheduler.state_dict())
     assert again.last_epoch == 6
+
+
+def test_a_method_without_training_references_needs_no_normal_image(tmp_path):
+    """Queries(references=False) (AF-CLIP) accepts a category with anomalous images only;
+    the 1-shot references of Res2CLIP still need a normal image."""
+    import shutil
+
+    root = synthesize_dataset(tmp_path, ["grass"], n_train=1, n_test=4, image_size=32)
+    shutil.rmtree(root / "grass" / "test" / "good")
+    data = [AnomalyDataset(root, "grass", "test", image_size=32)]
+    assert set(data[0].labels) == {1}
+    queries = training._Queries(data, references=False)
+    assert len(queries.items) == 2
+    with pytest.raises(ValueError, match="has 0 normal image"):
+        training._Queries(data)
