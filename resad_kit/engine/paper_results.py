@@ -5,7 +5,7 @@ Two read-only tables, in percent, exactly as printed (one decimal):
 * :data:`PAPER_RESULTS` — Tables 6–10 (one per data set): all seven metrics, mean and
   standard deviation over the paper's three runs, keyed ``(dataset, shots, mode)``;
 * :data:`PAPER_TABLE1` — Table 1: I-AUROC / P-AP / PRO means only, the same keys plus the
-  ``"average"`` pseudo data set (the unweighted mean over the five data sets, spec §6.3).
+  ``"average"`` pseudo data set (the unweighted mean over the five data sets).
 
 Keys: ``dataset`` ∈ :data:`PAPER_DATASETS` (the keys of
 :func:`resad_kit.data.standard_categories`), ``shots`` ∈ ``(1, 2, 4)``, ``mode`` ∈
@@ -15,7 +15,7 @@ Keys: ``dataset`` ∈ :data:`PAPER_DATASETS` (the keys of
 
 The paper's one inconsistency is kept as printed and listed in
 :data:`PAPER_DISCREPANCIES`: DTD-Synthetic, 4-shot, Res²CLIP† P-AP is 78.9 in Table 1 and
-79.2 in Table 10; Table 1's Average (58.5) fits 79.2, which the spec takes as right. The
+79.2 in Table 10; Table 1's Average (58.5) fits 79.2, which is taken as right. The
 tests recompute every Table 1 Average from Tables 6–10 to catch transcription errors.
 
 AF-CLIP (Fang, Lv, Su, ACM MM 2025): :data:`AFCLIP_RESULTS` holds its Table 1 (zero-shot,
@@ -104,7 +104,7 @@ class PaperValue(NamedTuple):
     std: float
 
 
-# Tables 6–10, Res²CLIP rows, copied from the paper (spec §7.2). Columns: data set, shots,
+# Tables 6–10, Res²CLIP rows, copied from the paper. Columns: data set, shots,
 # model (* training-free, † fine-tuned), then I-AUC I-AP I-F1 P-AUC P-AP P-F1 PRO.
 _TABLES_6_TO_10 = """
 mvtec 1 * 96.1±0.3 98.4±0.1 95.6±0.1 96.2±0.2 50.8±0.8 54.6±0.6 91.1±0.2
@@ -139,7 +139,7 @@ dtd   4 * 96.9±0.1 98.8±0.1 96.0±0.3 96.6±0.1 73.2±0.1 71.2±0.1 92.2±0.2
 dtd   4 † 97.7±0.1 99.1±0.1 96.8±0.2 98.0±0.1 79.2±0.2 75.1±0.2 95.0±0.1
 """
 
-# Table 1, Res²CLIP columns (spec §7.1): data set, shots, then I-AUC/P-AP/PRO for * and †.
+# Table 1, Res²CLIP columns: data set, shots, then I-AUC/P-AP/PRO for * and †.
 _TABLE_1 = """
 mvtec   1 96.1/50.8/91.1 96.0/57.9/91.7
 visa    1 88.2/28.2/89.6 89.5/39.2/92.0
@@ -202,7 +202,7 @@ PAPER_TABLE1: Mapping[tuple[str, int, str], Mapping[str, float]] = MappingProxyT
 PAPER_DISCREPANCIES: tuple[str, ...] = (
     "DTD-Synthetic, 4-shot, Res²CLIP† P-AP: Table 1 prints 78.9, Table 10 prints 79.2; "
     "Table 1's Average (58.5) fits 79.2 (mean 58.48; 78.9 gives 58.42), so 79.2 is taken "
-    "as right (spec §7.1). PAPER_RESULTS holds 79.2, PAPER_TABLE1 holds 78.9 as printed.",
+    "as right. PAPER_RESULTS holds 79.2, PAPER_TABLE1 holds 78.9 as printed.",
 )
 """Known inconsistencies between the paper's tables (text, one entry each)."""
 
