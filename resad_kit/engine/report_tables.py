@@ -30,7 +30,8 @@ def html_table(header: Sequence[object], rows: Iterable[Sequence[object]], cls: 
 
 
 def summary_table_html(aggs: Sequence[DatasetAggregate]) -> str:
-    """One block of rows per ``(method, dataset, shots, mode)``: ours, the paper's, Δ."""
+    """One block of rows per ``(method, dataset, shots, mode)``: ours, and, when the paper
+    has a comparable number, the paper's and Δ."""
     header = ["Data set", "Shots", "Model", "", "seeds", "categories", *METRIC_NAMES]
     rows = []
     for agg in aggs:
@@ -41,9 +42,18 @@ def summary_table_html(aggs: Sequence[DatasetAggregate]) -> str:
             + [_mean_std(agg, m) for m in METRIC_NAMES]
         )
         paper = agg.paper
-        cells = [f"{paper[m].mean:.1f}±{paper[m].std:.1f}" if paper else NA for m in METRIC_NAMES]
-        rows.append([*head, "paper", "", "", *cells])
-        deltas = [_delta(agg.mean[m], paper[m].mean if paper else None) for m in METRIC_NAMES]
+        if paper is None:  # no comparable paper number: no rows of dashes
+            continue
+        rows.append(
+            [
+                *head,
+                "paper",
+                "",
+                "",
+                *(f"{paper[m].mean:.1f}±{paper[m].std:.1f}" for m in METRIC_NAMES),
+            ]
+        )
+        deltas = [_delta(agg.mean[m], paper[m].mean) for m in METRIC_NAMES]
         rows.append([*head, "Δ", "", "", *deltas])
     return html_table(header, rows, "summary")
 

@@ -137,3 +137,27 @@ def test_no_network_is_detected_quickly(monkeypatch):
     reason = offline_reason(host="resad-kit.invalid", timeout=1.0)
     assert reason is not None
     assert reason.startswith("no network")
+
+
+def test_log_lines_and_progress_bars_do_not_overwrite_each_other(tmp_path, monkeypatch):
+    """While the run works, log records go through tqdm (logging_redirect_tqdm), so a
+    line is printed above the progress bar instead of through it."""
+    import logging
+
+    from resad_kit.cli import reproduce
+
+    class Stop(BaseException):
+        pass
+
+    seen = {}
+
+    def backbone(*args, **kwargs):
+        seen["handlers"] = [type(h).__name__ for h in logging.getLogger().handlers]
+        raise Stop
+
+    monkeypatch.setattr(reproduce, "build_backbone", backbone)
+    argv = ["--backbone", "tiny", "--device", "cpu", "--shots", "1", "--seeds", "1"]
+    with pytest.raises(Stop):
+        reproduce.main([*argv, "--out", str(tmp_path / "o")])
+    assert "_TqdmLoggingHandler" in seen["handlers"]
+    assert "StreamHandler" not in seen["handlers"]  # stderr goes through tqdm.write
