@@ -46,7 +46,7 @@ from resad_kit.clip import ClipBackbone, encode_prompt_ensemble
 from resad_kit.methods import Res2CLIP, Res2CLIPConfig
 
 IMAGE_SIZE, SHOTS = 518, 4
-ROUNDS = {"narrow": 2, "vit-l": 1}
+ROUNDS = {"narrow": 1, "vit-l": 1}
 PARITY = 2e-4  # fast vs official: maps and scores (attention kernels round differently)
 AUTOCAST_TOLERANCE = {torch.bfloat16: 5e-2, torch.float16: 1e-2}
 """GPU autocast parity: ``max |Δ| ≤ tol · max |float32 value|`` for maps and image scores
@@ -167,11 +167,12 @@ def test_end_to_end(benchmark, request, model_name, mode):
             slow_backbone, official_refs, query, r_t, model.taps, model.config, model.adapters
         )
 
-    fast_flop, prediction = counted(fast)  # the checked calls are the counted ones
+    # the checked calls are the counted ones (intermediates: the supports, at no extra cost)
+    fast_flop, prediction = counted(lambda: model(query, return_intermediates=True))
     official_flop, (score, anomaly) = counted(official)
     torch.testing.assert_close(prediction.anomaly_map, anomaly, atol=PARITY, rtol=0)
     torch.testing.assert_close(prediction.image_score, score, atol=PARITY, rtol=0)
-    weights = prediction_supports(model, query)
+    weights = prediction_supports(prediction)
     gemm = gemm_throughput(fast_backbone.width, device)
     flops = {"fast": fast_flop, "official": official_flop}
     result = alternating(
@@ -201,10 +202,9 @@ def test_end_to_end(benchmark, request, model_name, mode):
     )
 
 
-def prediction_supports(model: Res2CLIP, query: torch.Tensor) -> dict[str, float]:
-    """Sparsemax supports of the prediction (all taps and rows): min, median, max."""
-    inner = model(query, return_intermediates=True).intermediates
-    weights = inner["retrieval/weights"].values()
+def prediction_supports(prediction) -> dict[str, float]:
+    """Sparsemax supports of a prediction made with intermediates (all taps and rows)."""
+    weights = prediction.intermediates["retrieval/weights"].values()
     return support_stats(torch.cat([w.support_size().flatten() for w in weights]))
 
 

@@ -40,7 +40,7 @@ from resad_kit.ops import retrieve
 
 # ---------------------------------------------------------------- support sweep (issue 19)
 
-SWEEP_DIM, SWEEP_ROUNDS, DEFAULT_CASE = 1024, 5, "s150"
+SWEEP_DIM, SWEEP_ROUNDS, DEFAULT_CASE = 1024, 3, "s150"
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,7 +116,9 @@ def test_stages(benchmark, case):
     queries, banks = _clip_like(case, "cpu")
     r_query, r_bank = bank_radius(4, "cpu")
     unit = F.normalize(queries, dim=-1)
-    stages = timed(benchmark, lambda: stage_times(unit, banks, r_query, r_bank, GAMMA), "cpu", 1)
+    stages = timed(
+        benchmark, lambda: stage_times(unit, banks, r_query, r_bank, GAMMA, rounds=2), "cpu", 1
+    )
     record(
         benchmark,
         "stages",

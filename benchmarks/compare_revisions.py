@@ -166,8 +166,8 @@ def _commit(tree: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("old", type=Path, help="the older source tree (a git worktree)")
-    parser.add_argument("new", type=Path, help="the newer source tree")
+    parser.add_argument("old", type=Path, nargs="?", help="the older source tree (a worktree)")
+    parser.add_argument("new", type=Path, nargs="?", help="the newer source tree")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker(*args.worker)
         return
+    if args.old is None or args.new is None:
+        parser.error("give the two source trees: OLD NEW")
     load_start = os.getloadavg()[0]
     results = [compare(args.old, args.new, name, args.rounds) for name in args.cases]
     report = {

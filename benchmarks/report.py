@@ -18,7 +18,6 @@ The work is split by concern: :mod:`report_data` (reading the JSON), :mod:`repor
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,13 +47,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as error:
         parser.error(str(error))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    revisions = None
-    if args.revisions is not None:
-        try:
-            revisions = json.loads(args.revisions.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            parser.error(f"--revisions {str(args.revisions)!r}: {error}")
-    args.out.write_text(render(runs, args.out.parent, revisions))
+    try:
+        page = render(runs, args.out.parent, args.revisions)
+    except ValueError as error:
+        parser.error(str(error))
+    args.out.write_text(page)
     print(f"wrote {args.out} from {sum(len(r.cases) for r in runs)} cases")
 
 

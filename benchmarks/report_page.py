@@ -4,6 +4,7 @@ text, and the sections of each device in order.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -159,10 +160,25 @@ NOTES = """## Notes
   default: on CPU the GEMM, which compilation does not change, dominates, so there is
   little to gain and a compilation to pay.
 - **Pipeline supports.** With random backbone weights the bank built from the test image's
-  own features gives supports of a few entries; with real features they are tens (the
-  synthetic benchmarks). The retrieval time barely depends on it (the screen's full pass and
-  the GEMM do not depend on the support; the rest is a few milliseconds).
+  own features (the ViT-L pipeline case) or random reference images (the end-to-end cases)
+  give other supports than real images do; each table lists its own. How the retrieval's
+  cost depends on the support is measured by the support sweep and the stage table above.
 """
+
+
+def _revisions(path: Path | None) -> dict | None:
+    """The JSON of ``compare_revisions.py`` with its ``file`` named as the runs are."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"revisions JSON {str(path)!r}: {error}") from None
+    try:
+        name = path.resolve().relative_to(ROOT)
+    except ValueError:
+        name = path.name
+    return {**data, "file": str(name)}
 
 
 SWEEP_INTRO = """### Realistic supports: `retrieve` against its GEMM floor
@@ -177,7 +193,7 @@ per-round ratios (min–max over the rounds). Supports: over all rows of the fou
 STAGES_INTRO = """### Where `retrieve`'s time goes
 
 The same inputs, each stage of `retrieve` timed on its own (`benchmarks/stages.py`; ms, sum
-over the four layers, median of 3 calls). The stages are timed separately, so their sum is
+over the four layers, median of 2 calls). The stages are timed separately, so their sum is
 close to, not equal to, `retrieve`'s time in the table above.
 
 """
@@ -198,7 +214,7 @@ by `torch.utils.flop_counter` (matrix products, convolutions, attention); GEMM: 
 def render(runs: Sequence[Run], plot_dir: Path | None = None, revisions: dict | None = None) -> str:
     """The markdown page of ``runs``. The plots are drawn into ``plot_dir`` (the page links
     them by name, so they belong next to it); with ``plot_dir=None`` the page is the same
-    and nothing is drawn, which needs no matplotlib. ``revisions`` is the JSON of
+    and nothing is drawn, which needs no matplotlib. ``revisions`` is the JSON file of
     ``compare_revisions.py`` (the regression check), or ``None`` ("not measured")."""
     cases = Cases([c for run in runs for c in run.cases])
     has_gpu = any(c.get("device", "").startswith("cuda") for c in cases.cases)
@@ -253,6 +269,6 @@ def render(runs: Sequence[Run], plot_dir: Path | None = None, revisions: dict | 
                 "(median times).\n\n" + other
             )
     page.append("## GPU\n\n" + gpu_section(cases))
-    page.append("## Regression check\n\n" + regression_section(revisions))
+    page.append("## Regression check\n\n" + regression_section(_revisions(revisions)))
     page.append(NOTES.format(verdict=verdict(cases)))
     return "\n\n".join(page).rstrip() + "\n"

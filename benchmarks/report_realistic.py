@@ -114,7 +114,24 @@ def stages_section(cases: Cases, device: str) -> str:
     rows.append(("layers screened", *(f"{c.get('screened'):.0%}" for c in found)))
     rows.append(("first-pass width", *(c.get("first_width") for c in found)))
     rows.append(("support width", *(c.get("support_width") for c in found)))
-    return table(headers, rows)
+    return table(headers, rows) + "\n\n" + _stage_summary(found)
+
+
+def _stage_summary(found: list[Any]) -> str:
+    """Per case, the stages beyond the GEMM: their sum against the GEMM, the largest one."""
+    lines = []
+    for c in found:
+        times = {k: c.get(f"stage_{k}_s") for k in STAGE_NAMES}
+        beyond = sum(times.values()) - times["gemm"]
+        top = max((k for k in times if k != "gemm"), key=times.get)
+        fallback = "" if c.get("screened") else "; the screen gave up on every layer"
+        lines.append(
+            f"- `{c.get('case')}`: the stages beyond the GEMM take {ms(beyond)} ms, "
+            f"{beyond / times['gemm']:.2f}× the GEMM's {ms(times['gemm'])} ms; the largest is "
+            f"the {STAGE_NAMES[top]}, {ms(times[top])} ms ({times[top] / beyond:.0%})"
+            f"{fallback}."
+        )
+    return "\n".join(lines)
 
 
 def _sweep_support(cases: Cases, case: str, device: str) -> float:
@@ -236,7 +253,8 @@ def regression_section(revisions: dict[str, Any] | None) -> str:
         for r in revisions["results"]
     ]
     intro = (
-        f"`{revisions['old']}` (before the refactor of issue 13) against `{revisions['new']}`, "
+        f"`{revisions['file']}`: commit `{revisions['old']}` (before the refactor of issue 13) "
+        f"against `{revisions['new']}`, "
         f"{revisions['date']}, {revisions['cpu_count']} cores, 1-minute load average "
         f"{revisions['load_average_start']:.1f} at the start and "
         f"{revisions['load_average_end']:.1f} at the end; `benchmarks/compare_revisions.py`: "

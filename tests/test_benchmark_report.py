@@ -28,7 +28,7 @@ if str(BENCH) not in sys.path:  # the report's modules import each other by plai
     sys.path.insert(0, str(BENCH))
 
 from report_data import Case, load  # noqa: E402
-from report_format import mib, ms, ratio, support, table  # noqa: E402
+from report_format import mib, ms, ratio, support, support_range, table  # noqa: E402
 from report_page import render  # noqa: E402
 from report_plots import plot_names  # noqa: E402
 
@@ -41,6 +41,12 @@ def _committed_runs() -> list[Path]:
     found = re.findall(r"^- `(benchmarks/runs/[^`]+\.json)`:", PAGE.read_text(), re.MULTILINE)
     assert found, "docs/benchmarks.md lists no run of benchmarks/runs/"
     return [ROOT / name for name in found]
+
+
+def _committed_revisions() -> Path | None:
+    """The regression check's JSON that docs/benchmarks.md names, if any."""
+    found = re.findall(r"^`(benchmarks/runs/[^`]+\.json)`: commit", PAGE.read_text(), re.MULTILINE)
+    return ROOT / found[0] if found else None
 
 
 def _cli() -> Any:
@@ -100,7 +106,7 @@ def _raw_median(data: dict[str, Any], **match: Any) -> float:
 def _render_edited(paths: list[Path], main: dict[str, Any], tmp_path: Path) -> str:
     """The page of the committed runs with the first replaced by ``main`` (named as before)."""
     edited = _write(tmp_path / paths[0].name, main)
-    page = render(load([edited, *paths[1:]]))
+    page = render(load([edited, *paths[1:]]), revisions=_committed_revisions())
     return page.replace(f"- `{edited.name}`:", f"- `{paths[0].relative_to(ROOT)}`:", 1)
 
 
@@ -108,7 +114,8 @@ def _render_edited(paths: list[Path], main: dict[str, Any], tmp_path: Path) -> s
 def committed() -> tuple[list[Path], list[dict[str, Any]], str]:
     """The committed runs (the first is the main suite's), their raw JSON and their page."""
     paths = _committed_runs()
-    return paths, [json.loads(p.read_text()) for p in paths], render(load(paths))
+    page = render(load(paths), revisions=_committed_revisions())
+    return paths, [json.loads(p.read_text()) for p in paths], page
 
 
 # ---------------------------------------------------------------- the committed page
@@ -120,6 +127,11 @@ def test_committed_page_is_rendered_from_its_json(committed):
     assert page == PAGE.read_text(), (
         "docs/benchmarks.md is out of date: regenerate it with `python benchmarks/report.py "
         + " ".join(str(p.relative_to(ROOT)) for p in _committed_runs())
+        + (
+            f" --revisions {_committed_revisions().relative_to(ROOT)}"
+            if _committed_revisions()
+            else ""
+        )
         + "`"
     )
 
@@ -129,7 +141,12 @@ def test_retrieve_speedup_is_the_ratio_of_the_raw_medians(committed):
     official = _raw_median(main, impl="official", **K4)
     fast = _raw_median(main, impl="fast", **K4)
     speedup = official / fast
-    row = f"| 4 | 768 | float32 | `retrieve` | {ms(official)} | {ms(fast)} | **{speedup:.1f}×** |"
+    (info,) = [b["extra_info"] for b in _matching(main, impl="fast", **K4)]
+    sizes = " / ".join(f"{info[f'support_{k}']:.0f}" for k in ("min", "median", "max"))
+    row = (
+        f"| 4 | 768 | float32 | {sizes} | `retrieve` | {ms(official)} | {ms(fast)} "
+        f"| **{speedup:.1f}×** |"
+    )
     assert row in page.splitlines()
     assert _targets(page)[RETRIEVE_SEPARATE][1] == f"{speedup:.2f}× (ratio of the medians)"
 
@@ -210,9 +227,10 @@ def test_a_missing_case_leaves_its_rows_out(committed, tmp_path):
     assert RETRIEVE_SEPARATE not in _targets(new)
     assert "`retrieve`, 4 layers, vs official path (D = 768), paths alternating" in new
     assert not any(
-        line.startswith("| 4 | 768 | float32 | `retrieve` |") for line in new.split("\n")
+        line.startswith("| 4 | 768 | float32 |") and "| `retrieve` |" in line
+        for line in new.split("\n")
     )
-    assert "| 4 | 768 | float32 | `retrieve`, `chunk_size=256` |" in new  # its own case
+    assert "| `retrieve`, `chunk_size=256` |" in new  # its own case
     assert "The 4× target (`retrieve`, K = 4)" in page
     assert "The 4× target (`retrieve`, K = 4)" not in new  # the note needs the separate case
 
@@ -231,11 +249,18 @@ def test_a_missing_pipeline_case_reads_not_run(committed, tmp_path):
     assert name not in _targets(new)
 
 
-def test_an_unknown_kernel_is_ignored(committed, tmp_path):
+def test_an_unknown_kernel_is_listed_under_other_cases(committed, tmp_path):
+    """A case no section knows (e.g. a new bench_*.py) is listed with its median, and the
+    rest of the page is unchanged."""
     paths, (main, *_), page = committed
     edited = copy.deepcopy(main)
     edited["benchmarks"].append(_bench([0.1, 0.2, 0.3], kernel="mystery", impl="x", device="cpu"))
-    assert _render_edited(paths, edited, tmp_path) == page
+    new = _render_edited(paths, edited, tmp_path)
+    row = "| mystery | impl=x | – | 3 | 200 |"
+    assert row in new
+    assert row not in page
+    before, after = new.split("### Other cases\n\n", 1)
+    assert before + "## GPU" + after.split("\n\n## GPU", 1)[1] == page
 
 
 _NO_INFO = {"name": "test_x", "stats": {"median": 1.0, "rounds": 1}}
@@ -278,7 +303,7 @@ def test_tables_show_medians_not_means(tmp_path):
     official, fast = [3.0, 3.1, 9.0], [0.50, 0.52, 0.55, 0.60, 3.00]
     data = _json([_bench(official, impl="official", **K4), _bench(fast, impl="fast", **K4)])
     page = render(load([_write(tmp_path / "bench.json", data)]))
-    assert "| 4 | 768 | float32 | `retrieve` | 3,100 | 550 | **5.6×** |" in page
+    assert "| 4 | 768 | float32 | – | `retrieve` | 3,100 | 550 | **5.6×** |" in page
     assert _targets(page) == {RETRIEVE_SEPARATE: ("≥ 4×", "5.64× (ratio of the medians)", "yes")}
     by_mean = statistics.fmean(official) / statistics.fmean(fast)
     assert f"{by_mean:.1f}×" != "5.6×"
@@ -343,7 +368,7 @@ def test_empty_run_has_no_results_section(tmp_path):
     assert "## Results" not in page
     assert "**No GPU was available**" in page
     assert page.endswith(
-        "the GEMM do not depend on the support; the rest is a few milliseconds).\n"
+        "cost depends on the support is measured by the support sweep and the stage table above.\n"
     )
 
 
@@ -371,6 +396,10 @@ def test_number_formats():
     assert support(Case({"support_median": 29.0, "support_max": 35.0}, 1.0, 1, 0)) == "29 (35)"
     assert support(Case({}, 1.0, 1, 0)) == "–"
     assert support(None) == "–"
+    full = {"support_min": 6.0, "support_median": 152.0, "support_max": 224.0}
+    assert support_range(Case(full, 1.0, 1, 0)) == "6 / 152 / 224"
+    assert support_range(Case({"support_median": 29.0, "support_max": 35.0}, 1, 1, 0)) == "29 (35)"
+    assert support_range(None) == "–"
 
 
 # ---------------------------------------------------------------- plots (matplotlib)
@@ -387,3 +416,117 @@ def test_cli_writes_the_page_and_its_plots_next_to_out(committed, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, *linked])
     for name in linked:
         assert (out.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- issue 19 sections
+
+
+def _sweep(case: str, fast: float, floor: float, support: tuple, **extra: Any) -> dict:
+    lo, mid, hi = support
+    info = {
+        "kernel": "support_sweep",
+        "impl": "pair",
+        "case": case,
+        "device": "cpu",
+        "rounds": 5,
+        "fast_s": fast,
+        "floor_s": floor,
+        "fast/floor": fast / floor,
+        "fast/floor_min": fast / floor - 0.1,
+        "fast/floor_max": fast / floor + 0.1,
+        "support_min": lo,
+        "support_median": mid,
+        "support_max": hi,
+        **extra,
+    }
+    return _bench([fast + floor] * 5, **info)
+
+
+def test_sweep_rows_are_sorted_by_support_and_the_target_follows_the_worst_ratio(tmp_path):
+    default = {"default": True, "official_s": 3.0, "official/fast": 3.0, "official/fast_min": 2.5}
+    default |= {"official/fast_max": 3.5, "official/floor": 5.0, "official/floor_min": 4.5}
+    default |= {"official/floor_max": 5.5}
+    cases = [
+        _sweep("s150", 1.0, 0.6, (6.0, 152.0, 224.0), **default),
+        _sweep("s10", 0.62, 0.5, (4.0, 11.0, 144.0)),
+    ]
+    page = render(load([_write(tmp_path / "bench.json", _json(cases))]))
+    section = page.split("### Realistic supports")[1].split("###")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `s")]
+    assert rows[0] == "| `s10` | 4 / 11 / 144 | 500 | 620 | 1.24× (1.14–1.34) | 5 |"
+    assert rows[1].startswith("| `s150` (default) | 6 / 152 / 224 | 600 | 1,000 | 1.67×")
+    assert "official / `retrieve` = 3.00× (2.50–3.50)" in section
+    assert "official / floor = 5.00× (4.50–5.50)" in section
+    assert (
+        "within 1.3× of the floor across the sweep: **not met** (largest median ratio 1.67×)"
+        in (section)
+    )
+    met = render(load([_write(tmp_path / "met.json", _json(cases[1:]))]))
+    assert "across the sweep: met (largest median ratio 1.24×)" in met
+
+
+def test_stage_table_lists_every_stage_and_their_sum(tmp_path):
+    stages = {"gemm": 0.5, "penalty": 0.02, "screen": 0.2, "sort": 0.05, "widen": 0.1}
+    stages |= {"weights": 0.03, "gather_sum": 0.01}
+    info = {f"stage_{k}_s": v for k, v in stages.items()}
+    info |= {"screened": 0.5, "first_width": 700, "support_width": 224}
+    case = _bench([1.0], kernel="stages", impl="stages", case="s150", device="cpu", **info)
+    page = render(load([_write(tmp_path / "bench.json", _json([case]))]))
+    section = page.split("### Where `retrieve`'s time goes")[1].split("###")[0]
+    assert "| similarity GEMM | 500 |" in section
+    assert "| screen (block maxima; or the top-64 start) | 200 |" in section
+    assert f"| **sum of the stages** | **{ms(sum(stages.values()))}** |" in section
+    assert "| layers screened | 50% |" in section
+    assert "| support width | 224 |" in section
+    assert (
+        "- `s150`: the stages beyond the GEMM take 410 ms, 0.82× the GEMM's 500 ms; the largest "
+        "is the screen (block maxima; or the top-64 start), 200 ms (49%)." in section
+    )
+
+
+def test_end_to_end_row_gives_speedup_and_achieved_flops(tmp_path):
+    info = {
+        "kernel": "end_to_end", "impl": "pair", "model": "narrow", "mode": "fine_tuned",
+        "device": "cpu", "depth": 24, "width": 256, "dim": 256, "rounds": 2,
+        "baseline_s": 8.0, "fast_s": 4.0, "official/fast": 2.0, "official/fast_min": 1.8,
+        "official/fast_max": 2.2, "gemm_flops": 60e9, "fast_flop": 100e9,
+        "official_flop": 160e9, "support_min": 19.0, "support_median": 36.0,
+        "support_max": 60.0,
+    }  # fmt: skip
+    page = render(load([_write(tmp_path / "bench.json", _json([_bench([12.0], **info)]))]))
+    row = (
+        "| narrow (24×256, D = 256) | fine-tuned | 19 / 36 / 60 | 8.00 | 4.00 | 2.00× (1.80–2.20) "
+        "| 20 / 25 / 60 | 160 / 100 | 2 |"
+    )
+    assert row in page
+    assert "ViT-L/14-336 end to end: not run here (opt-in: `--vit-l`" in page
+
+
+def test_gpu_section_says_not_measured_without_gpu_cases(tmp_path):
+    page = render(load([_write(tmp_path / "bench.json", _json([]))]))
+    section = page.split("## GPU\n\n")[1].split("\n## ")[0]
+    assert section.count("| not measured |") == 5
+    for k in (1, 2, 4):
+        assert f"images/s, ViT-L/14-336, 518 px, batch 16, K = {k} | not measured |" in section
+    assert "every GPU figure (autocast parity, batched images per second" in page
+    gpu = _bench([0.8], kernel="gpu_throughput", impl="batched", shots=4, images=16, device="cuda")
+    measured = render(load([_write(tmp_path / "gpu.json", _json([gpu]))]))
+    assert "| images/s, ViT-L/14-336, 518 px, batch 16, K = 4 (cuda) | 20.0 |" in measured
+    assert "not measured |" not in measured.split("## GPU")[1].split("## Regression")[0]
+
+
+def test_regression_section_reads_the_compare_revisions_json(tmp_path):
+    data = {
+        "old": "b04bfa3", "new": "abc1234", "date": "2026-12-02", "cpu_count": 2,
+        "load_average_start": 7.0, "load_average_end": 8.0,
+        "results": [{"case": "retrieve", "rounds": 5, "old_s": 1.2, "new_s": 1.0,
+                     "ratio": 0.8, "ratio_min": 0.7, "ratio_max": 0.95, "identical": True}],
+    }  # fmt: skip
+    runs = load([_write(tmp_path / "bench.json", _json([]))])
+    assert "Regression check: not measured" in render(runs)
+    page = render(runs, revisions=_write(tmp_path / "revisions.json", data))
+    section = page.split("## Regression check\n\n")[1]
+    assert section.startswith("`revisions.json`: commit `b04bfa3` (before the refactor")
+    assert "| 5 | 1,200 | 1,000 | 0.80 (0.70–0.95) | yes |" in section
+    with pytest.raises(ValueError, match="revisions JSON"):
+        render(runs, revisions=tmp_path / "absent.json")
