@@ -33,7 +33,7 @@ class CategoryResult:
         dataset: data set key (``"mvtec"``, ``"visa"``, ``"btad"``, ``"mpdd"``, ``"dtd"``
             for the paper's; any other name, e.g. ``"synthetic"``, is allowed).
         category: category (folder) name.
-        shots: number of normal references ``K``.
+        shots: number of normal references ``K`` (``0``: zero-shot, no references).
         seed: the seed that drew the references.
         mode: ``"training_free"`` (Res²CLIP\\*) or ``"fine_tuned"`` (Res²CLIP†).
         metrics: the keys of :data:`resad_kit.metrics.METRIC_NAMES`, fractions in
@@ -46,7 +46,7 @@ class CategoryResult:
 
     Raises:
         ValueError: an unknown mode, missing/extra metric keys, a metric outside
-            ``[0, 1]`` or NaN (``None`` is allowed: not available), ``shots`` or
+            ``[0, 1]`` or NaN (``None`` is allowed: not available), ``shots`` < 0,
             ``n_images`` < 1, or ``len(references) != shots``.
 
     Example:
@@ -89,9 +89,10 @@ class CategoryResult:
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
                 raise ValueError(f"{fn}: `{name}` must be an int; got {value!r}")
             object.__setattr__(self, name, int(value))
-        if self.shots < 1 or self.n_images < 1:
+        if self.shots < 0 or self.n_images < 1:
             raise ValueError(
-                f"{fn}: `shots` and `n_images` must be ≥ 1; got {self.shots}, {self.n_images}"
+                f"{fn}: `shots` must be ≥ 0 (0: zero-shot) and `n_images` ≥ 1; got "
+                f"{self.shots}, {self.n_images}"
             )
         if not isinstance(self.metrics, Mapping) or set(self.metrics) != set(METRIC_NAMES):
             got = sorted(self.metrics) if isinstance(self.metrics, Mapping) else self.metrics

@@ -126,7 +126,8 @@ def _paper_records(datasets=PAPER_DATASETS, seeds=(0, 1, 2), shots=(1, 4)) -> li
     ("change", "match"),
     [
         ({"mode": "zero_shot"}, "mode"),
-        ({"shots": 0}, "shots"),
+        ({"shots": -1}, "shots"),
+        ({"shots": 0}, "references"),  # zero-shot has no references
         ({"n_images": 0}, "n_images"),
         ({"seed": 1.5}, "seed"),
         ({"dataset": ""}, "dataset"),
@@ -140,6 +141,21 @@ def test_category_result_rejects_bad_fields(change: dict, match: str) -> None:
     fields = _rec().to_dict() | change
     with pytest.raises(ValueError, match=match):
         CategoryResult(**fields)
+
+
+def test_zero_shot_records_have_no_references_and_render(tmp_path: Path) -> None:
+    """shots=0 (a zero-shot method): no reference paths; aggregated and written like any."""
+    zero = CategoryResult("toy", "a", 0, 0, "training_free", _metrics(0.5), (), 4)
+    assert zero.references == ()
+    assert CategoryResult.from_dict(zero.to_dict()) == zero
+    paths = write_results([zero, _rec()], tmp_path, backbone_label="x", trained=True, config={})
+    table = paths["table"].read_text()
+    assert "| 0 | Res²CLIP\\* | ours (1 seed) | 50.0 |" in table
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [(r["shots"], r["references"]) for r in rows] == [
+        ("0", ""),
+        ("1", "a/train/good/000.png"),
+    ]
 
 
 def test_category_result_normalises_metric_order_and_types() -> None:
