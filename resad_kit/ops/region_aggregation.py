@@ -52,6 +52,14 @@ class DensityPeaks(NamedTuple):
         density: ``(B, N)`` local density ``ρ`` (noise included, 0 for masked tokens).
         indicator: ``(B, N)`` distance indicator ``σ``.
         score: ``(B, N)`` centre score ``γ = σ · ρ``.
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.ops import DensityPeaks, dpc_knn
+        >>> x = torch.tensor([[[0.0], [0.2], [0.5], [4.0], [4.1]]])
+        >>> out = dpc_knn(x, 2, k=2, generator=torch.Generator().manual_seed(0))
+        >>> isinstance(out, DensityPeaks), out.labels.tolist()
+        (True, [[1, 1, 1, 0, 0]])
     """
 
     labels: torch.Tensor
@@ -70,6 +78,16 @@ class RegionAggregation(NamedTuple):
             the background.
         stage1: the :class:`DensityPeaks` of stage 1 (``K = 2``, all tokens).
         stage2: the :class:`DensityPeaks` of stage 2 (``K = E + 1``, background masked).
+
+    Example:
+        >>> import torch
+        >>> from resad_kit.ops import RegionAggregation, progressive_region_aggregation
+        >>> background = [[0.0, 1.0], [0.1, 1.0], [0.0, 0.9], [0.1, 0.9]]
+        >>> tokens = torch.tensor([background + [[1.0, 0.1], [1.0, 0.2], [1.0, 0.3]]])
+        >>> seed = torch.Generator().manual_seed(0)
+        >>> out = progressive_region_aggregation(tokens, torch.eye(2), generator=seed)
+        >>> isinstance(out, RegionAggregation), out.foreground.int().tolist()
+        (True, [[0, 0, 0, 0, 1, 1, 1]])
     """
 
     foreground: torch.Tensor
