@@ -146,6 +146,12 @@ class FineGrainedAD(Method):
         self.register_buffer("bank2", torch.empty(0), persistent=False)
         self.register_buffer("loss_weights", torch.empty(0), persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        # the views share the moved model; their resized positional tables must be rebuilt
+        for view in (self._tokens_view, self._memory_view):
+            view._apply(lambda t: t, recurse=False)
+        return super()._apply(fn, recurse)
+
     # ------------------------------------------------------------------ interface
 
     @property

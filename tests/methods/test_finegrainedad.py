@@ -178,3 +178,12 @@ def test_method_errors(fitted):
         model.losses(TrainingBatch(model.encode(refs), None, torch.zeros(2, 32, 32)), "text")
     with pytest.raises(ValueError, match="fitted"):
         model.losses(TrainingBatch(model.encode(refs[:1]), None, torch.zeros(1, 32, 32)), "train")
+
+
+def test_moving_the_method_clears_the_views_positional_tables(fitted):
+    model, refs = fitted
+    model.encode(refs)
+    assert model._tokens_view._pos_cache
+    model.to(torch.float32)
+    assert not model._tokens_view._pos_cache
+    assert not model._memory_view._pos_cache
