@@ -51,7 +51,7 @@ DATA = {
     "find_categories", "sample_references", "references_from_paths", "References",
     "synthesize_dataset", "draw_defect", "SYNTHETIC_CATEGORIES", "DEFECT_KINDS",
     "standard_categories", "STANDARD_CATEGORIES", "load_image", "load_mask",
-    "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD",
+    "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "EXTRA_CATEGORIES", "METRIC_LEVELS", "metric_levels",
 }  # fmt: skip
 METRICS = {
     "image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max",
@@ -62,7 +62,7 @@ METHODS = {
     "Res2CLIP", "Res2CLIPConfig", "Mode", "Prediction", "BranchOutput", "TrainingBatch",
     "Method", "OptimizerGroup", "NearestNeighbor", "NearestNeighborConfig",
     "AFCLIP", "AFCLIPConfig", "AFCLIPModules", "MemoryScore",
-    "WinCLIP", "WinCLIPConfig",
+    "WinCLIP", "WinCLIPConfig", "FineGrainedAD", "FineGrainedADConfig",
 }  # fmt: skip
 ENGINE = {
     "FeatureCache", "train", "TrainConfig", "TrainResult", "AUXILIARY_DATASET",

@@ -11,6 +11,8 @@
   :class:`AFCLIPModules` (adapter + prompts);
 - :class:`WinCLIP`, :class:`WinCLIPConfig`: WinCLIP (zero-shot) and WinCLIP+ (few-shot),
   the shared baseline, as anomalib's ``WinClipModel`` (presets ``anomalib()``, ``paper()``);
+- :class:`FineGrainedAD`, :class:`FineGrainedADConfig`: FineGrainedAD's composer (few-shot,
+  caption-guided prompts, region aggregation, Query Former); not yet run by the engine;
 - :class:`Method`: the interface the engine runs (``resad_kit.methods.base``).
 
 Composers hold no training loop, no IO and no printing (those live in ``resad_kit.engine``).
@@ -26,6 +28,8 @@ from resad_kit.methods.base import (
     TrainingBatch,
 )
 from resad_kit.methods.config import Mode, Res2CLIPConfig
+from resad_kit.methods.finegrainedad import FineGrainedAD
+from resad_kit.methods.finegrainedad_config import FineGrainedADConfig
 from resad_kit.methods.nearest_neighbor import NearestNeighbor, NearestNeighborConfig
 from resad_kit.methods.res2clip import Res2CLIP
 from resad_kit.methods.winclip import WinCLIP
@@ -36,6 +40,8 @@ __all__ = [
     "AFCLIPConfig",
     "AFCLIPModules",
     "BranchOutput",
+    "FineGrainedAD",
+    "FineGrainedADConfig",
     "MemoryScore",
     "Method",
     "Mode",

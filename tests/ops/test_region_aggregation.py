@@ -15,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resad_kit.ops import (
+    DensityPeaks,
+    RegionAggregation,
     dpc_knn,
     match_regions,
     progressive_region_aggregation,
@@ -135,6 +137,7 @@ def test_permutation_equivariance(problem, rnd):
 def test_deterministic_given_the_seed():
     x = torch.randn(2, 30, 3, generator=torch.Generator().manual_seed(0))
     runs = [dpc_knn(x, 4, k=1, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert isinstance(runs[0], DensityPeaks)
     assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
     # with k = 1 the density is the noise alone: another seed picks other centres
     other = dpc_knn(x, 4, k=1, generator=torch.Generator().manual_seed(8))
@@ -190,6 +193,8 @@ def _scene(b=2, seed=0):
 def test_progressive_equals_composition_of_two_dpc_stages():
     feats, anchors = _scene()
     out = progressive_region_aggregation(feats, anchors, generator=torch.Generator().manual_seed(3))
+    assert isinstance(out, RegionAggregation)
+    assert isinstance(out.stage1, DensityPeaks)
     # direct composition: cosine reference dims, stage 1 (k=8 -> 1 neighbour), background test,
     # stage 2 (k=5, K=3 -> 1 neighbour) on the foreground, one generator in that order
     gen = torch.Generator().manual_seed(3)
