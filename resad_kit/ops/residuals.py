@@ -60,7 +60,7 @@ def prompt_ensemble_mean(
 
     The paper (eq. 32) averages the **raw** encodings ``E_t(T)``; the official
     code ℓ2-normalises each prompt embedding first (``normalize_each=True``,
-    spec flag ``normalize_before_mean``). The mean is *not* re-normalised:
+    ``Res2CLIPConfig.normalize_before_mean``). The mean is *not* re-normalised:
     :func:`text_residual` normalises the anchors when it forms ``R_t``.
 
     Args:
@@ -75,7 +75,7 @@ def prompt_ensemble_mean(
         - embeddings: ``(..., P, D)``
         - output: ``(..., D)``
 
-    Paper: eq. (32); spec 2.2.
+    Paper: eq. (32), App. B.5.
 
     Example:
         >>> import torch
@@ -110,7 +110,7 @@ def text_residual(
 
     Each anchor is ℓ2-normalised first. ``R_t`` is not unit-norm in the paper:
     ``‖R_t‖₂ = sqrt(2 − 2⟨F^a, F^n⟩)``. With ``unit=True`` the result is the unit
-    direction ``R̂_t = R_t / ‖R_t‖₂`` (official code, spec flag ``unit_text_residual``).
+    direction ``R̂_t = R_t / ‖R_t‖₂`` (official code; ``Res2CLIPConfig.unit_text_residual``).
 
     Args:
         anomalous: anomalous anchor ``F_t^a``.
@@ -130,7 +130,7 @@ def text_residual(
         - anomalous, normal: ``(..., D)``, broadcastable
         - output: ``(..., D)`` (broadcast shape)
 
-    Paper: eq. (3), eq. (17); spec 2.3.
+    Paper: eq. (3), eq. (17).
 
     Example:
         >>> import torch
@@ -231,7 +231,7 @@ def global_residual(
     ``normalized=True`` (default; official code and App. A eq. 17):
     ``R_{v,cls} = f̂_q − normalize((1/K) Σ_k f̂^(k))``.
 
-    ``normalized=False`` (spec flag ``raw_global_residual``; literal main text):
+    ``normalized=False`` (``Res2CLIPConfig.raw_global_residual``; literal main text):
     ``R_{v,cls} = f_q − (1/K) Σ_k f^(k)`` with no normalisation at all.
 
     Args:
@@ -249,7 +249,7 @@ def global_residual(
         - references: ``(..., K, D)`` (batch dims broadcastable with the query's)
         - output: ``(..., D)``
 
-    Paper: sec. 3.2.4, eq. (17); spec 3.4.
+    Paper: sec. 3.2.4, eq. (17).
 
     Example:
         >>> import torch
