@@ -1,4 +1,4 @@
-"""Map post-processing: bilinear upsampling of patch scores and Gaussian smoothing (spec 3.5).
+"""Map post-processing: bilinear upsampling and Gaussian smoothing (eqs. 6, 9, 11; App. F.2).
 
 * :func:`upsample_patches` turns per-patch scores on an ``h×w`` grid (row-major,
   ``n = y·w + x``) into an ``H×W`` pixel map with bilinear interpolation
@@ -98,7 +98,7 @@ def gaussian_blur(
         - maps: ``(..., H, W)``
         - output: ``(..., H, W)``
 
-    Paper: App. F.2 (σ = 4, 5×5); spec 3.5.
+    Paper: App. F.2 (σ = 4, 5×5).
 
     Example:
         >>> import torch
@@ -194,7 +194,7 @@ def upsample_patches(
         - scores: ``(..., N)``
         - output: ``(..., H, W)``
 
-    Paper: eqs. (6), (9), (11); spec 3.5.
+    Paper: eqs. (6), (9), (11).
 
     Example:
         >>> import torch
