@@ -246,7 +246,7 @@ def top_fraction_mean(maps: torch.Tensor, fraction: float = 0.01) -> torch.Tenso
         - maps: ``(..., H, W)``
         - output: ``(...)``
 
-    Paper: eq. (7), eq. (9), eq. (12); spec 3.5.
+    Paper: eq. (7), eq. (9), eq. (12).
 
     Example:
         >>> import torch
@@ -286,8 +286,9 @@ def fuse(
 ) -> torch.Tensor:
     """Weighted sum of branch maps or scores, ``Σ_i λ_i · M_i`` (eq. 5).
 
-    Raw values are summed; the maps are **not** min-max normalised first (spec
-    3.6). Works for pixel maps ``(..., H, W)`` and for image scores ``(B,)`` alike.
+    Raw values are summed; the maps are **not** min-max normalised first (App. F.2 and
+    the official code). Works for pixel maps ``(..., H, W)`` and for image scores
+    ``(B,)`` alike.
     ``maps`` and ``weights`` are either two sequences of the same length or two
     mappings with the same keys (e.g. ``{"text": …, "vis": …, "res": …}``).
 
