@@ -96,7 +96,7 @@ class Retrieval(NamedTuple):
     Attributes:
         reference: ``(..., N, D)`` aggregated reference ``W·B̂`` (Eq. 34), in the query's dtype.
             Not re-normalised: :func:`resad_kit.ops.visual_residual` normalises it, as the
-            official code does (spec §3.3).
+            official code does.
         weights: the sparse weights ``W`` (Eq. 33).
 
     Example:
