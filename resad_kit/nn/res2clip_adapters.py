@@ -61,7 +61,7 @@ class Res2CLIPAdapters(nn.Module):
         lr_text: float = 1e-4,
         lr_global_visual: float = 1e-4,
     ) -> list[dict[str, Any]]:
-        """Optimiser parameter groups with the paper's learning rates (spec §4.5).
+        """Optimiser parameter groups with the paper's learning rates (App. F.2).
 
         One group per adapter family, each with a ``"name"`` equal to the
         attribute name: ``visual`` and ``residual_local`` at ``lr_local``,
@@ -115,7 +115,7 @@ class Res2CLIPAdapters(nn.Module):
         ]
 
     def phase_modules(self, update: Phase) -> dict[str, nn.Module]:
-        """The adapters trained in one phase of the alternating schedule (spec §4.4).
+        """The adapters trained in one phase of the alternating schedule (App. F.2, eq. 15).
 
         ``text`` (``A_t``) and ``visual`` (``A_{v,l}``) are trained in every epoch.
         ``update="visual"`` (even 0-based epochs, the first included) adds
