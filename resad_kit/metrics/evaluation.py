@@ -64,7 +64,7 @@ class MetricConfig:
     Attributes:
         pixel_bins: ``None`` computes P-AUROC, P-AP and PRO exactly; an int computes them
             on that many equal-width score bins as adeval does (official code: 200,
-            spec §6.3). P-F1max and the image metrics are always exact (the official
+            ``utils/metrics.py``). P-F1max and the image metrics are always exact (the official
             code uses scikit-learn for them).
         f1_eps: added to ``P + R`` in the F1 denominator (official code: ``1e-7``).
         fpr_limit: AUPRO integration limit on the false-positive rate (MVTec AD: 0.3).
