@@ -21,6 +21,8 @@ from resad_kit.methods import AFCLIP, AFCLIPConfig, MemoryScore
 from resad_kit.ops import magnitude_score, retrieve, spatial_aggregate, visual_residual
 
 SIZE = 64
+SMALL = {"adapter_inner_dim": 64}  # the tiny backbone's width: the same maths, less time
+SMALL_CONFIG = AFCLIPConfig.official_code(**SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,7 @@ def test_zero_shot_equals_the_direct_composition(backbone, images, preset):
 
 @pytest.mark.parametrize("preset", ["official_code", "paper"])
 def test_few_shot_equals_the_direct_composition(backbone, images, preset):
-    model = _randomised(AFCLIP(backbone, getattr(AFCLIPConfig, preset)()), seed=1)
+    model = _randomised(AFCLIP(backbone, getattr(AFCLIPConfig, preset)(**SMALL)), seed=1)
     queries, refs = images
     score, amap, (dist, index) = _direct(model, backbone, queries, refs)
     with torch.no_grad():
@@ -130,7 +132,7 @@ def test_few_shot_equals_the_direct_composition(backbone, images, preset):
 
 
 def test_intermediates_are_the_per_view_logits_and_their_sum(backbone, images):
-    model = _randomised(AFCLIP(backbone), seed=2)
+    model = _randomised(AFCLIP(backbone, SMALL_CONFIG), seed=2)
     queries, _ = images
     with torch.no_grad():
         extra = model(queries, return_intermediates=True).intermediates
@@ -156,7 +158,8 @@ def test_the_memory_scorer_is_injectable(backbone, images):
         return MemoryScore(query.new_zeros(query.shape[:-1]))
 
     queries, refs = images
-    model = _randomised(AFCLIP(backbone, memory_score=zeros), seed=3).fit_references(refs)
+    model = _randomised(AFCLIP(backbone, SMALL_CONFIG, memory_score=zeros), seed=3)
+    model.fit_references(refs)
     with torch.no_grad():
         pred = model(queries, return_intermediates=True)
         p = pred.intermediates["probabilities"]
@@ -171,7 +174,7 @@ def test_the_memory_scorer_is_injectable(backbone, images):
 
 
 def test_features_and_images_give_the_same_prediction(backbone, images):
-    model = _randomised(AFCLIP(backbone), seed=4)
+    model = _randomised(AFCLIP(backbone, SMALL_CONFIG), seed=4)
     queries, refs = images
     with torch.no_grad():
         a = model.fit_references(refs)(queries)
@@ -229,7 +232,7 @@ def test_the_docs_sparsemax_memory_gives_its_distances_view_by_view(backbone, im
         return magnitude_score(visual_residual(query, reference)) / 2
 
     queries, refs = images
-    model = _randomised(AFCLIP(backbone, memory_score=sparsemax_memory), seed=5)
+    model = _randomised(AFCLIP(backbone, SMALL_CONFIG, memory_score=sparsemax_memory), seed=5)
     with torch.no_grad():
         extra = model.fit_references(refs)(queries, return_intermediates=True).intermediates
         q, r = backbone(queries), backbone(refs)
@@ -245,8 +248,9 @@ def test_the_docs_sparsemax_memory_gives_its_distances_view_by_view(backbone, im
 def test_memory_taps_are_separate_from_the_view_taps(backbone, images):
     """config.memory_taps (the code's memory_layers) chooses the banks' layers alone."""
     queries, refs = images
-    full = _randomised(AFCLIP(backbone), seed=6).fit_references(refs)
-    last = AFCLIP(backbone, AFCLIPConfig(memory_taps=(-1,)), full.parts).fit_references(refs)
+    full = _randomised(AFCLIP(backbone, SMALL_CONFIG), seed=6).fit_references(refs)
+    last = AFCLIP(backbone, SMALL_CONFIG.replace(memory_taps=(-1,)), full.parts)
+    last.fit_references(refs)
     with torch.no_grad():
         a = full(queries, return_intermediates=True).intermediates
         b = last(queries, return_intermediates=True).intermediates
