@@ -1,16 +1,16 @@
 """CLIP backbone of Res²CLIP: V-V attention, layer taps, any input size, prompt ensembles.
 
-- :class:`ClipBackbone`: a frozen open_clip ViT read block by block (spec 1), built
+- :class:`ClipBackbone`: a frozen open_clip ViT read block by block (Res²CLIP sec. 4.1), built
   by :meth:`ClipBackbone.from_pretrained` (open_clip tag or local checkpoint file) or
   :meth:`ClipBackbone.tiny` (random weights, for tests);
 - :func:`vv_attention`, :func:`dual_attention`: V-V attention over a pretrained
   attention layer, reusable by other methods;
-- :func:`interpolate_pos_embed`: positional-embedding resize (spec 1.2);
+- :func:`interpolate_pos_embed`: positional-embedding resize (bilinear, as the official code);
 - :func:`convert_to_safetensors`: a checkpoint (OpenAI's TorchScript ``.pt``) to a
   ``.safetensors`` file, without running code from it;
 - :class:`ImagePreprocess`: the image preprocessing matching the weights;
 - :func:`build_prompts`, :func:`encode_prompt_ensemble`: the paper's prompt
-  ensemble, text anchors and text residual (spec 2).
+  ensemble, text anchors and text residual (App. B, eqs. 3, 32).
 """
 
 from resad_kit.clip.attention import dual_attention, vv_attention
