@@ -1,4 +1,4 @@
-"""V-V (value-value) self-attention over a pretrained attention module (Res²CLIP sec. 3, spec 1.4).
+"""V-V (value-value) self-attention over a pretrained attention module (Res²CLIP sec. 3, 4.1).
 
 V-V attention (Li et al., CLIP Surgery; AnomalyCLIP's DPAM) reuses the pretrained
 projections of a CLIP attention layer but attends values to values:
@@ -97,7 +97,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, kernel: str = "sdpa") -> Tensor:
 
 
 def vv_attention(x: Tensor, attn: nn.MultiheadAttention, kernel: str = "sdpa") -> Tensor:
-    """V-V self-attention with the pretrained weights of ``attn`` (spec 1.4).
+    """V-V self-attention with the pretrained weights of ``attn``.
 
     ``out_proj(softmax(v vᵀ / sqrt(d)) v)`` per head, with ``v`` the value
     projection of ``x``. ``x`` is the block's *normalised* input (``LN_1`` of the
@@ -116,7 +116,7 @@ def vv_attention(x: Tensor, attn: nn.MultiheadAttention, kernel: str = "sdpa") -
         - x: ``(B, L, C)``
         - output: ``(B, L, C)``
 
-    Paper: sec. 3 and 4.1 (V-V attention [18]); spec 1.4 (``A_vv``, ``o_vv``).
+    Paper: sec. 3 and 4.1 (V-V attention [18]).
 
     Example:
         >>> import torch
@@ -152,7 +152,7 @@ def self_attention(x: Tensor, attn: nn.MultiheadAttention, kernel: str = "sdpa")
 def dual_attention(
     x: Tensor, attn: nn.MultiheadAttention, kernel: str = "sdpa"
 ) -> tuple[Tensor, Tensor]:
-    """Ordinary and V-V attention of one block from one shared input projection (spec 1.4).
+    """Ordinary and V-V attention of one block from one shared input projection.
 
     Returns ``(o_o, o_vv)`` with ``o_o = out_proj(softmax(q kᵀ/sqrt(d)) v)`` (what
     ``attn(x, x, x)`` computes) and ``o_vv`` as in :func:`vv_attention`. The input
@@ -172,7 +172,8 @@ def dual_attention(
         - x: ``(B, L, C)``
         - output: two ``(B, L, C)`` tensors
 
-    Paper: spec 1.4 (dual-path block).
+    Source: the official code's dual-path block (``clip_lib/AnomalyCLIP.py``, taken from
+    AnomalyCLIP); the paper does not describe it.
 
     Example:
         >>> import torch
