@@ -1,17 +1,17 @@
-"""Frozen CLIP ViT backbone with V-V attention, layer taps and any input size (spec 1).
+"""Frozen CLIP ViT backbone with V-V attention, layer taps and any input size (Res²CLIP sec. 4.1).
 
 ``ClipBackbone`` wraps an ``open_clip.CLIP`` whose image tower is an OpenAI-style
 ``VisionTransformer`` and reads it block by block (explicit taps, no hooks):
 
 1. patch embedding, CLS token, positional embedding interpolated to the input's
-   patch grid (bilinear, CLS entry kept; spec 1.2), ``ln_pre``;
+   patch grid (bilinear, CLS entry kept, as the official code does), ``ln_pre``;
 2. blocks ``1 … L − n`` are standard; the last ``n = vv_blocks`` blocks are
-   *dual-path* (spec 1.4): the ordinary stream ``x_o`` runs the standard block,
-   and the V-V stream ``x_v`` (seeded with ``x_o`` at the first dual-path block)
-   adds the block's V-V attention of ``LN_1(x_o)`` with no MLP;
+   *dual-path* (official code, from AnomalyCLIP): the ordinary stream ``x_o`` runs
+   the standard block, and the V-V stream ``x_v`` (seeded with ``x_o`` at the first
+   dual-path block) adds the block's V-V attention of ``LN_1(x_o)`` with no MLP;
 3. each tapped block ``l`` gives ``LN_post(x_v^(l)) @ proj`` (the ordinary
    stream if block ``l`` is standard) without the CLS row: the patch features
-   ``(B, N, D)`` (spec 1.5);
+   ``(B, N, D)`` (official code);
 4. the global feature is ``x_o^(L)[CLS] @ proj`` (official code; ``LN_post``
    first with ``global_ln_post=True``, which is open_clip's ``encode_image``).
 
@@ -54,7 +54,7 @@ class ClipBackbone(BackboneConstructors, nn.Module):
     ``inference_mode=False`` to let gradients reach the input images) and return
     float32 tensors that are ordinary tensors (usable in autograd). Batches, CUDA
     and autocast (``torch.autocast`` with float16/bfloat16 around the call) work;
-    the model's own parameters stay float32 (spec 0).
+    the model's own parameters stay float32 (as in the official code).
 
     Build it with :meth:`from_pretrained` (an open_clip tag or a local checkpoint
     file) or :meth:`tiny` (random weights, for tests and offline demos; its
@@ -256,7 +256,8 @@ class ClipBackbone(BackboneConstructors, nn.Module):
             - cls: ``(B, D)``
             - tap_cls: ``len(layers)`` × ``(B, D)`` (``(B, C)`` with ``"residual"``) or ``None``
 
-        Paper: sec. 3.1 (``F_v``, ``f_v``), sec. 4.1; spec 1.2–1.5.
+        Paper: sec. 3.1 (``F_v``, ``f_v``), sec. 4.1, App. F.2; the steps the paper leaves
+        open follow the official code (see the module docstring).
         """
         x = self._check_images(images)
         with self._run():
@@ -345,7 +346,7 @@ class ClipBackbone(BackboneConstructors, nn.Module):
         Shape:
             - output: ``(P, D)``
 
-        Paper: eq. (32) ``E_t``; spec 2.1.
+        Paper: eq. (32) ``E_t``, App. B.
         """
         fn = "ClipBackbone.encode_text"
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
