@@ -1,4 +1,4 @@
-"""Configuration of :class:`~resad_kit.clip.ClipBackbone` (spec 1; flags of spec 10.1)."""
+"""Configuration of :class:`~resad_kit.clip.ClipBackbone` (Res²CLIP sec. 4.1, App. F.2)."""
 
 from __future__ import annotations
 
@@ -17,21 +17,21 @@ TAP_OUTPUTS = ("projected", "residual")
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """How :class:`ClipBackbone` reads the image tower (spec 1, flags of spec 10.1).
+    """How :class:`ClipBackbone` reads the image tower (Res²CLIP sec. 4.1, App. F.2).
 
     Attributes:
         image_size: side ``S`` of the square input the preprocessing produces
             (paper: 518); ``None`` keeps the model's native size.
         layers: tapped blocks, 1-based, in output order (paper + code: 6, 12, 18, 24);
             ``None`` taps the quarters of the depth, ``round(L·q/4)`` for q = 1…4.
-        vv_blocks: number of last blocks with V-V attention (spec flag
-            ``vv_num_blocks``; paper sec. 4.1: 20, code: 19); ``None`` scales the
-            paper's 20 of 24 to the depth, ``round(20·L/24)``; 0 disables V-V.
+        vv_blocks: number of last blocks with V-V attention (paper sec. 4.1: 20,
+            official code: 19); ``None`` scales the paper's 20 of 24 to the depth,
+            ``round(20·L/24)``; 0 disables V-V.
         global_ln_post: apply ``LN_post`` to the CLS token before ``proj`` (open_clip's
             ``encode_image``). Default False: the official code projects the raw
-            ordinary-stream CLS token (spec 1.5; the paper is silent).
+            ordinary-stream CLS token (the paper is silent).
         pos_interpolation: resize mode of the positional embedding (code: bilinear,
-            ``align_corners=False``; spec 1.2); ``"bicubic"`` is open_clip's choice.
+            ``align_corners=False``); ``"bicubic"`` is open_clip's choice.
         attention: the attention kernel of every block: ``"sdpa"`` (fused
             ``scaled_dot_product_attention``, the fast default) or ``"math"`` (the explicit
             ``softmax(q·kᵀ/sqrt(d))·v`` of the official code; the two differ by float32
