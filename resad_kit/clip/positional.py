@@ -1,4 +1,4 @@
-"""Positional-embedding resize for ViT inputs of another size (spec 1.2)."""
+"""Positional-embedding resize for ViT inputs of another size (as the official code resizes it)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def interpolate_pos_embed(
     source_grid: tuple[int, int] | None = None,
     mode: Literal["bilinear", "bicubic"] = "bilinear",
 ) -> Tensor:
-    """Resize a ViT positional-embedding table to another patch grid (spec 1.2).
+    """Resize a ViT positional-embedding table to another patch grid.
 
     The CLS entry (row 0) is kept; the ``h0×w0`` patch entries (row-major) are
     resized as a ``C``-channel image with ``F.interpolate(mode,
@@ -44,7 +44,7 @@ def interpolate_pos_embed(
         - pos_embed: ``(1 + h0·w0, C)``
         - output: ``(1 + h·w, C)``
 
-    Paper: sec. 4.1 (inputs resized to 518); spec 1.2 (24×24 → 37×37, bilinear).
+    Paper: sec. 4.1 (inputs resized to 518); official code: 24×24 → 37×37, bilinear.
 
     Example:
         >>> import torch
