@@ -1,4 +1,4 @@
-"""Image preprocessing that matches the CLIP weights (spec 1.1).
+"""Image preprocessing that matches the CLIP weights.
 
 The official Res²CLIP code converts to RGB, resizes to ``S × S`` with bicubic
 interpolation (a *squash*: the aspect ratio is not kept and nothing is cropped),
@@ -21,7 +21,7 @@ __all__ = ["OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "ImagePreprocess"]
 
 @dataclass(frozen=True)
 class ImagePreprocess:
-    """PIL image → normalised ``(3, S, S)`` float32 tensor, as the weights expect (spec 1.1).
+    """PIL image → normalised ``(3, S, S)`` float32 tensor, as the weights expect.
 
     RGB conversion, bicubic resize to ``image_size × image_size`` (squash, no
     centre crop), scaling to ``[0, 1]``, then ``(x − mean) / std`` per channel.
