@@ -218,8 +218,8 @@ def test_config_presets_and_errors(backbone):
 
 
 def test_runs_through_the_protocol_beside_res2clip(tmp_path):
-    """A 1-shot row through run_evaluation (cached window features) with the metrics of a
-    direct fit + forward + evaluate, in the same table.md as a Res2CLIP run."""
+    """Zero-shot and 1-shot rows through run_evaluation (cached window features) with the
+    metrics of a direct forward + evaluate, in the same table.md as a Res2CLIP run."""
     root = synthesize_dataset(tmp_path / "data", ["grass"], n_train=2, n_test=4, image_size=32)
     plain = ClipBackbone.tiny(image_size=32)
     packed = WindowBackbone.wrap(plain)
@@ -228,19 +228,26 @@ def test_runs_through_the_protocol_beside_res2clip(tmp_path):
         {("training_free", "synth"): WinCLIP(packed)},
         spec,
         FeatureCache(packed, progress=False),
-        shots=(1,),
+        shots=(0, 1),
         seeds=(0,),
         progress=False,
     )
-    assert [(r.method, r.shots, r.mode) for r in winclip] == [("winclip", 1, "training_free")]
+    assert [(r.method, r.shots, r.mode) for r in winclip] == [
+        ("winclip", 0, "training_free"),
+        ("winclip", 1, "training_free"),
+    ]
     test = AnomalyDataset(root, "grass", "test", 32)
     refs = sample_references(AnomalyDataset(root, "grass", "train", 32), 1, seed=0)
-    with torch.no_grad():
-        pred = WinCLIP(plain).fit_references(refs.images)(test.images(list(range(len(test)))))
+    images = test.images(list(range(len(test))))
     masks = torch.stack([test[i]["mask"][0] for i in range(len(test))])
-    expected = evaluate(pred.image_score, pred.anomaly_map, torch.tensor(test.labels), masks)
-    assert winclip[0].references == refs.paths
-    assert winclip[0].metrics == pytest.approx(expected, abs=1e-5)
+    with torch.no_grad():
+        zero = WinCLIP(plain)(images)
+        few = WinCLIP(plain).fit_references(refs.images)(images)
+    for result, pred in zip(winclip, (zero, few), strict=True):
+        expected = evaluate(pred.image_score, pred.anomaly_map, torch.tensor(test.labels), masks)
+        assert result.metrics == pytest.approx(expected, abs=1e-5), result.shots
+    assert winclip[0].references == ()
+    assert winclip[1].references == refs.paths
     res2clip = run_evaluation(
         {("training_free", "synth"): Res2CLIP(plain)},
         spec,
@@ -255,4 +262,5 @@ def test_runs_through_the_protocol_beside_res2clip(tmp_path):
     text = table["table"].read_text()
     assert "Res²CLIP" in text[: text.index("## winclip")]
     block = text[text.index("## winclip") :]
-    assert f"| 1 | synth | {100 * winclip[0].metrics['I-AUROC']:.1f} |" in block
+    for result in winclip:
+        assert f"| {result.shots} | synth | {100 * result.metrics['I-AUROC']:.1f} |" in block
