@@ -1,4 +1,4 @@
-"""Few-shot normal reference images (spec §6.2 and §10.2 item 16).
+"""Few-shot normal reference images (Res²CLIP App. F.2, evaluation protocol).
 
 The paper evaluates with ``K ∈ {1, 2, 4}`` normal images of the target class, drawn from
 the **train split**, three runs with different reference sets; it does not publish the
@@ -16,7 +16,7 @@ seeds. Two selections are offered:
 The official code's published 1-shot lists (JSON files of paths) can be used with
 :func:`references_from_paths`.
 
-Training (spec §4.6) draws one reference per query with :func:`training_reference`: a
+Training (App. F.2) draws one reference per query with :func:`training_reference`: a
 normal image of the query's category, uniformly at random with the query itself excluded.
 """
 
@@ -70,7 +70,7 @@ def _check_train(fn: str, dataset: object) -> AnomalyDataset:
         raise TypeError(f"{fn}: `dataset` must be an AnomalyDataset; got {type(dataset).__name__}")
     if dataset.split != "train":
         raise ValueError(
-            f"{fn}: references come from the train split (spec §6.2); got a dataset with "
+            f"{fn}: references come from the train split (as in the official code); got "
             f"split={dataset.split!r} — build AnomalyDataset(..., split='train')"
         )
     return dataset
@@ -87,7 +87,7 @@ def _load(dataset: AnomalyDataset, indices: list[int]) -> References:
 def sample_references(
     dataset: AnomalyDataset, k: int, seed: int = 0, *, method: str = "random"
 ) -> References:
-    """Pick ``k`` normal images of the train split as few-shot references (spec §6.2).
+    """Pick ``k`` normal images of the train split as few-shot references (App. F.2).
 
     Args:
         dataset: the category's **train** split (``AnomalyDataset(..., split="train")``).
@@ -193,7 +193,7 @@ def references_from_paths(dataset: AnomalyDataset, paths: Iterable[str | Path]) 
 def training_reference(
     rng: random.Random, normals: Sequence[int], query: int, *, self_reference: bool = False
 ) -> int:
-    """The 1-shot reference of one training query (spec §4.6).
+    """The 1-shot reference of one training query (App. F.2).
 
     One of ``normals`` (the normal images of the query's category and split), drawn
     uniformly with ``rng`` and the query itself excluded: the same draw as
