@@ -1,4 +1,4 @@
-"""Data sets, few-shot references and synthetic defects (spec §6).
+"""Data sets, few-shot references and synthetic defects.
 
 - :class:`AnomalyDataset`: one category and split in the MVTec AD (also MPDD,
   DTD-Synthetic), BTAD, VisA, DAGM, medical classification/segmentation or ``meta.json``
