@@ -2,8 +2,8 @@
 
 ViT-L/14-336 at 518 px through :class:`resad_kit.clip.ClipBackbone` (V-V attention, taps of
 layers 6, 12, 18, 24) with **random weights**: no pretrained weights are available offline,
-and random weights cost exactly the same compute. The prediction follows the official profile
-(spec §3.7) composed from ``resad_kit.ops``: text map (layer 24), retrieval and visual
+and random weights cost exactly the same compute. The prediction follows the official code's
+inference (``test.py``) composed from ``resad_kit.ops``: text map (layer 24), retrieval and visual
 residuals on the four layers, visual map, residual map (layer 24, clamped), upsampling to
 518², Gaussian smoothing, fusion (0.1 : 1 : 1), top-1 % image scores with the CLS terms.
 
@@ -113,7 +113,7 @@ def _official_retrieval(patches: torch.Tensor, data: Class) -> torch.Tensor:
 
 
 def _score(patches: torch.Tensor, cls: torch.Tensor, refs: torch.Tensor, data: Class):
-    """Maps and scores of the three branches (spec §3.7, official profile, training-free)."""
+    """Maps and scores of the three branches (official code, training-free)."""
     residuals = visual_residual(patches, refs)  # (L, B, N, D)
     patch_maps = (
         cosine_score(patches[-1], data.text_direction),  # text branch: layer 24
