@@ -84,7 +84,7 @@ def evaluate_category(
     models: Mapping[str, Method],
     dataset: str,
     test: AnomalyDataset,
-    train: AnomalyDataset,
+    train: AnomalyDataset | None,
     cache: FeatureCache,
     *,
     shots: Sequence[int] = (1, 2, 4),
@@ -106,7 +106,8 @@ def evaluate_category(
             Two models of the same method and mode are refused.
         dataset: the data set key for the results.
         test, train: the category's test and train splits (same image size; the test
-            split's ``mask_size`` is the evaluation resolution).
+            split's ``mask_size`` is the evaluation resolution). ``train`` may be ``None``
+            when every ``K`` is 0 (a data set with a test split only, e.g. a medical set).
         cache: the feature cache of the models' (shared) backbone.
         shots, seeds: the few-shot settings; the references of ``(K, seed)`` are the same
             for every model. ``K = 0`` is zero-shot (methods with
@@ -154,6 +155,11 @@ def evaluate_category(
     """
     _check_models("evaluate_category", models)
     _check_shots("evaluate_category", models, shots)
+    if train is None and any(shots):
+        raise ValueError(
+            "evaluate_category: few-shot settings (shots > 0) need the train split; "
+            f"got train=None with shots={tuple(shots)}"
+        )
     test.check_both_labels(dataset)  # before any work; the message names the category
     queries = cache.features(test)
     n = len(test)
@@ -235,11 +241,15 @@ def _evaluate_unit(
         mask_interpolation=mask_interpolation,
         **norm,
     )
-    train = AnomalyDataset(spec.root, category, "train", image_size, **norm)
+    shots = options.get("shots", (1, 2, 4))
+    # zero-shot only: no train split is read (some data sets have a test split only)
+    train = AnomalyDataset(spec.root, category, "train", image_size, **norm) if any(shots) else None
     results = evaluate_category(models, spec.name, test, train, cache, **options, **norm)
     first = results[0]
+    # the first metric the data set supports (a segmentation-only set has no I-AUROC)
+    name, value = next(((k, v) for k, v in first.metrics.items() if v is not None), ("-", None))
     logger.info(
-        "%s/%s: %d images, %d results (e.g. %d-shot seed %d %s: I-AUROC %.3f)",
+        "%s/%s: %d images, %d results (e.g. %d-shot seed %d %s: %s %s)",
         spec.name,
         category,
         first.n_images,
@@ -247,7 +257,8 @@ def _evaluate_unit(
         first.shots,
         first.seed,
         first.mode,
-        first.metrics["I-AUROC"],
+        name,
+        "–" if value is None else f"{value:.3f}",
     )
     return results
 

@@ -106,3 +106,40 @@ def test_zero_and_one_shot_evaluate_and_reach_the_table(trained, root, cache, tm
     table = files["table"].read_text() if "table" in files else (tmp_path / "table.md").read_text()
     assert "afclip" in table
     assert "| 0 |" in table  # the zero-shot rows
+
+
+def test_zero_shot_on_a_segmentation_only_set_reports_image_metrics_as_missing(
+    trained, cache, tmp_path
+):
+    """A segmentation-only set (CVC-ClinicDB's ``images``/``masks`` tree, every image
+    anomalous, no train split) runs zero-shot through the protocol: no train split is
+    read, the pixel metrics are numbers, the image metrics are None and table.md shows
+    "–" for them. Few-shot settings on such a set are refused with a clear error."""
+    import numpy as np
+    from PIL import Image
+
+    from resad_kit.engine.protocol import evaluate_category
+
+    model, _, _, _ = trained
+    clinic = tmp_path / "data" / "CVC-ClinicDB"
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        for sub in ("images", "masks"):
+            (clinic / sub).mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(clinic / "images" / f"{i}.png")
+        mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
+        mask[4 + i : 12 + i, 8:20] = 255
+        Image.fromarray(mask).save(clinic / "masks" / f"{i}.png")
+    spec = DatasetSpec("clinicdb", tmp_path / "data", ("CVC-ClinicDB",))
+    (result,) = run_evaluation(
+        {("fine_tuned", "clinicdb"): model}, [spec], cache, shots=(0,), seeds=(0,), progress=False
+    )
+    assert result.n_images == 3
+    assert all(result.metrics[k] is None for k in ("I-AUROC", "I-AP", "I-F1max"))
+    assert all(0.0 <= result.metrics[k] <= 1.0 for k in ("P-AUROC", "P-AP", "PRO"))
+    write_results([result], tmp_path / "out", backbone_label="tiny", trained=False, config={})
+    assert "–" in (tmp_path / "out" / "table.md").read_text()
+    test = AnomalyDataset(tmp_path / "data", "CVC-ClinicDB", "test", image_size=SIZE)
+    with pytest.raises(ValueError, match="need the train split"):
+        evaluate_category({"fine_tuned": model}, "clinicdb", test, None, cache, shots=(0, 1))
