@@ -1,8 +1,8 @@
 """Few-shot normal reference images (Res²CLIP App. F.2, evaluation protocol).
 
-The paper evaluates with ``K ∈ {1, 2, 4}`` normal images of the target class, drawn from
-the **train split**, three runs with different reference sets; it does not publish the
-seeds. Two selections are offered:
+The paper evaluates with ``K ∈ {1, 2, 4}`` normal images of the target class, three runs
+with different reference sets, and does not publish the seeds; the official code
+(hito2448/Res2CLIP, ``test.py``) draws them from the **train split**, as this module does. Two selections are offered:
 
 * ``method="random"`` (default): sort the normal training images by their path relative to
   the data root, draw ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))``
