@@ -52,10 +52,11 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     """Add what the timings depend on: torch, threads, cores, GPU, and the machine's load
     (1-minute load average at the start and the end of the run: other jobs on a shared
     machine slow the timings down), and how long the suite took (from collection to the
-    writing of the JSON, checks and warm-ups included)."""
+    writing of the JSON, checks and warm-ups included), and the ``-k`` selection of cases."""
     machine_info["load_average_start"] = _LOAD_AT_START[0] if _LOAD_AT_START else None
     machine_info["load_average_end"] = os.getloadavg()[0] if _LOAD_AT_START else None
     machine_info["suite_seconds"] = time.perf_counter() - _STARTED
+    machine_info["selected"] = config.getoption("keyword") or None  # pytest -k, if any
     machine_info["torch"] = torch.__version__
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["cpu_count"] = os.cpu_count()

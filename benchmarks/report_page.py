@@ -47,6 +47,8 @@ def header(runs: Sequence[Run]) -> str:
         duration = ""
         if info.get("suite_seconds") is not None:
             duration = f"; the suite took {info['suite_seconds'] / 60:.1f} min"
+        if info.get("selected"):
+            duration += f' (cases selected with `-k "{info["selected"]}"`)'
         lines.append(
             f"- `{name}`: {date}, {info.get('cpu_count')}-core CPU ({cpu}), "
             f"torch {info.get('torch')} with {info.get('torch_threads')} threads, GPU: {gpu}"

@@ -352,6 +352,12 @@ def test_header_of_a_synthetic_run(tmp_path):
     ) in page
 
 
+def test_header_names_a_selection_of_cases(tmp_path):
+    data = _json([], suite_seconds=60.0, selected="not K16")
+    page = render(load([_write(tmp_path / "a.json", data)]))
+    assert 'the suite took 1.0 min (cases selected with `-k "not K16"`).' in page
+
+
 def test_gpu_cases_get_their_own_section_after_the_cpu(tmp_path):
     cases = [
         _bench([1.0], impl="official", **{**K4, "device": device}) for device in ("cuda", "cpu")
