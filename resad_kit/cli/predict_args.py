@@ -68,7 +68,7 @@ def build_parser(prog: str = "resad-kit predict") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--method",
-        choices=method_names(),
+        choices=method_names(predict=True),
         default="res2clip",
         help="the method (default: res2clip, the paper's)",
     )

@@ -22,7 +22,7 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from resad_kit.cli._common import UsageError, offline_reason, setup_logging
-from resad_kit.cli.registry import build_method
+from resad_kit.cli.registry import METHODS, build_method
 from resad_kit.cli.reproduce_args import build_parser, check_args
 from resad_kit.cli.reproduce_data import (
     PROFILES,
@@ -31,6 +31,7 @@ from resad_kit.cli.reproduce_data import (
     auxiliary,
     discover,
     plan,
+    released_weights,
     training_sets,
 )
 from resad_kit.clip import ClipBackbone, WeightsNotFoundError
@@ -46,7 +47,8 @@ from resad_kit.engine.features import FeatureCache
 from resad_kit.engine.protocol import run_evaluation
 from resad_kit.engine.report import WarningCollector, run_provenance, write_report
 from resad_kit.engine.results import summary_table, write_results
-from resad_kit.engine.training import CHECKPOINT_NAME, TrainConfig, train
+from resad_kit.engine.training import CHECKPOINT_NAME, train
+from resad_kit.metrics import MetricConfig
 
 __all__ = [
     "PROFILES", "RUN_OUTPUTS", "SYNTHETIC", "Profile", "build_backbone", "build_parser",
@@ -104,12 +106,24 @@ def prepare_out(args: argparse.Namespace, found: list[str], *, apply: bool) -> s
 
 
 def build_backbone(args: argparse.Namespace, device: torch.device) -> ClipBackbone:
-    """The backbone of ``--backbone``; the paper's, offline without ``--checkpoint``, fails
-    at once (no hub retries) with a message that says why."""
+    """The backbone of ``--backbone`` for ``--method`` (its
+    :class:`~resad_kit.cli.registry.BackboneRecipe`); the real one, offline without
+    ``--checkpoint``, fails at once (no hub retries) with a message that says why."""
+    recipe = METHODS[args.method].backbone
     if args.backbone == "tiny":
-        backbone = ClipBackbone.tiny(seed=0, image_size=args.image_size or 64)
-        return backbone.to(device)
-    config = dataclasses.replace(PROFILES[args.profile].backbone, image_size=args.image_size or 518)
+        backbone = ClipBackbone.tiny(seed=0, image_size=args.image_size or 64, **recipe.tiny)
+    else:
+        backbone = _pretrained(args, device, recipe)
+    if recipe.windows:
+        from resad_kit.clip.windows import WindowBackbone
+
+        backbone = WindowBackbone.wrap(backbone)
+    return backbone.to(device)
+
+
+def _pretrained(args: argparse.Namespace, device: torch.device, recipe: Any) -> ClipBackbone:
+    config = recipe.config(args.profile)
+    config = dataclasses.replace(config, image_size=args.image_size or config.image_size)
     offline = None
     if args.checkpoint is None:
         offline = offline_reason()
@@ -117,10 +131,10 @@ def build_backbone(args: argparse.Namespace, device: torch.device) -> ClipBackbo
             from huggingface_hub import constants
 
             constants.HF_HUB_OFFLINE = True
-    pretrained = str(args.checkpoint) if args.checkpoint else "openai"
+    pretrained = str(args.checkpoint) if args.checkpoint else recipe.pretrained
     try:
         return ClipBackbone.from_pretrained(
-            "ViT-L-14-336",
+            recipe.model,
             pretrained,
             config,
             trust_checkpoint=args.trust_checkpoint,
@@ -192,9 +206,13 @@ def _run_work(
     if not backbone.trained:
         logger.warning(UNTRAINED)
     logger.info("backbone: %r", backbone)
-    train_config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, self_reference=profile.self_reference
+    entry = METHODS[args.method]
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    train_config = (
+        entry.train(**overrides, self_reference=profile.self_reference) if entry.train else None
     )
+    metrics = profile.metrics if entry.official_metrics else MetricConfig.exact()
 
     def build(mode: str) -> Any:
         return build_method(args.method, backbone, mode, args.profile)
@@ -204,9 +222,9 @@ def _run_work(
         "backbone": repr(backbone),
         "backbone_config": dataclasses.asdict(backbone.config),
         "method": {m: build(m).config_dict() for m in modes},
-        "metrics": dataclasses.asdict(profile.metrics),
+        "metrics": dataclasses.asdict(metrics),
         "mask_interpolation": profile.mask_interpolation,
-        "train": dataclasses.asdict(train_config),
+        "train": dataclasses.asdict(train_config) if train_config else None,
         "world_size": dist.world_size,
     }
     if is_main:  # written before any training: it marks a started run
@@ -229,6 +247,13 @@ def _run_work(
                 models["training_free", target] = build("training_free")
         for aux in auxes:
             model = build("fine_tuned")
+            if args.afclip_weights is not None:  # the released files instead of a training
+                from resad_kit.engine.checkpoint_afclip import load_afclip_weights
+
+                files = released_weights(args.afclip_weights, aux)
+                trained[aux] = load_afclip_weights(model, *files)
+                logger.info("released AF-CLIP weights for %s: %s", aux, ", ".join(files))
+                continue
             out_dir = args.out / "checkpoints" / aux
             # A finished training is loaded, an interrupted one continues from its last
             # epoch, one that had not saved an epoch yet starts afresh.
@@ -267,7 +292,7 @@ def _run_work(
             eval_size=args.eval_size,
             mask_interpolation=profile.mask_interpolation,
             batch_size=args.eval_batch_size,
-            metric_config=profile.metrics,
+            metric_config=metrics,
             heatmap_dir=args.out / "heatmaps",
             heatmaps=args.heatmaps,
             dist=dist,

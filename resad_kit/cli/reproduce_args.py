@@ -9,9 +9,12 @@ import argparse
 from pathlib import Path
 
 from resad_kit.cli._common import Parser, UsageError, check_device, check_folder, check_ints
-from resad_kit.cli.registry import method_names
+from resad_kit.cli.registry import METHODS, method_names
 
-__all__ = ["DESCRIPTION", "add_arguments", "build_parser", "check_args"]
+__all__ = [
+    "DESCRIPTION", "add_arguments", "build_parser", "check_args", "dataset_keys",
+    "resolve_defaults",
+]  # fmt: skip
 
 DESCRIPTION = """\
 Reproduce Res²CLIP's few-shot evaluation (paper Table 1 and Tables 6–10): training-free
@@ -36,6 +39,15 @@ output says the numbers are not comparable to the paper):
 
     resad-kit reproduce --backbone tiny --out results/smoke
 
+AF-CLIP (--method afclip): zero-shot AF-CLIP (--shots 0) and few-shot AF-CLIP+ (1/2/4
+shots, five seeds), AF-CLIP Tables 1–2; its adapter and prompts are trained on the
+auxiliary data set's test split (TrainConfig.afclip()), or read from the official
+repository's released files with --afclip-weights. With --data-root it also reads DAGM and
+the medical sets of AF-CLIP's Table 1. WinCLIP (--method winclip): the training-free
+baseline, zero-shot WinCLIP and few-shot WinCLIP+ on open_clip's ViT-B-16-plus-240. Each
+method's defaults (shots, seeds, epochs, batch size) are its paper's; see
+docs/reproducing.md.
+
 Multi-GPU: torchrun --nproc_per_node=N -m resad_kit.cli reproduce ... (training with
 DistributedDataParallel, evaluation sharded by category; rank 0 writes the outputs and
 prints errors).
@@ -47,10 +59,13 @@ from wherever it stopped, --overwrite replaces it. Result files are written atom
 """
 
 PAPER_DATASETS = ("mvtec", "visa", "btad", "mpdd", "dtd")
+# AF-CLIP's further Table 1 sets (--method afclip with --data-root).
+AFCLIP_EXTRA_DATASETS = ("dagm", "brainmri", "br35h", "isic", "clinicdb", "colondb", "kvasir")
 OFFLINE_DATASETS = ("sample", "synthetic")
 MAX_SIDE = 4096  # --image-size and --eval-size above this are typos, not experiments
 MIN_EVAL_SIDE = 16  # below this, resized masks lose small defects (no anomalous pixel left)
-PATCH = {"paper": 14, "tiny": 8}  # ViT-L/14 and the tiny test backbone
+TINY_PATCH = 8  # the tiny test backbone's patch (the real ones: the method's BackboneRecipe)
+PATCH = {"paper": 14, "tiny": TINY_PATCH}  # predict's backbones: ViT-L/14 and the tiny one
 PROFILE_NAMES = ("official", "paper")
 
 
@@ -59,47 +74,55 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--data-root",
         type=Path,
-        help="folder holding the data sets (mvtec/, visa/, btad/, mpdd/, dtd/; see "
-        "docs/reproducing.md); without it: the offline sample + synthetic data",
+        help="folder holding the data sets (mvtec/, visa/, btad/, mpdd/, dtd/; --method "
+        "afclip also dagm/ and the medical sets' folders; see docs/reproducing.md); without "
+        "it: the offline sample + synthetic data",
     )
     p.add_argument("--datasets", nargs="+", help="data set keys to evaluate (default: all found)")
     p.add_argument(
         "--method",
         choices=method_names(),
         default="res2clip",
-        help="the method to run (default: res2clip, the paper's)",
+        help="the method to run (default: res2clip, the paper's): "
+        + "; ".join(f"{e.name}: {e.title}" for e in METHODS.values()),
     )
     p.add_argument(
         "--shots",
         nargs="+",
         type=int,
-        default=[1, 2, 4],
-        help="numbers K of normal reference images per category, each ≥ 1 and distinct "
-        "(paper: 1 2 4)",
+        help="numbers K of normal reference images per category, distinct, each ≥ 1 (0: "
+        "zero-shot, afclip and winclip only) (default: the method's paper: res2clip 1 2 4; "
+        "afclip, winclip 0 1 2 4)",
     )
     p.add_argument(
         "--seeds",
         nargs="+",
         type=int,
-        default=[111, 222, 333],
         help="seeds that draw the references, 0 … 2**32-1, distinct; the tables show mean "
-        "± std over them (default: 111 222 333)",
+        "± std over them (default: 111 222 333; afclip, its paper's five runs: 111 222 333 "
+        "444 555)",
     )
     p.add_argument(
         "--mode",
         choices=["training-free", "fine-tune", "both"],
-        default="both",
         help="Res²CLIP* (training-free), Res²CLIP† (adapters fine-tuned on the auxiliary "
-        "data set) or both",
+        "data set) or both (default: every mode of the method; afclip is fine-tuned only, "
+        "winclip training-free only)",
     )
     p.add_argument(
         "--backbone",
         choices=["paper", "tiny"],
         default="paper",
-        help="paper: CLIP ViT-L/14-336 (pretrained weights needed); tiny: a small CLIP with "
-        "random weights for offline smoke runs (numbers not meaningful)",
+        help="paper: the method's CLIP (ViT-L/14-336; winclip: ViT-B-16-plus-240, "
+        "laion400m_e31; pretrained weights needed); tiny: a small CLIP with random weights "
+        "for offline smoke runs (numbers not meaningful)",
     )
-    p.add_argument("--checkpoint", type=Path, help="local CLIP weights file (ViT-L-14-336)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="local CLIP weights file of the method's backbone (ViT-L-14-336; winclip: "
+        "ViT-B-16-plus-240)",
+    )
     p.add_argument(
         "--trust-checkpoint",
         action="store_true",
@@ -111,8 +134,18 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--profile",
         choices=PROFILE_NAMES,
         default="paper",
-        help="the paper's settings, or the official code's (backbone, method, training "
-        "masks, metrics)",
+        help="the paper's settings, or the official code's (res2clip: backbone, method, "
+        "training masks, metrics; afclip: AFCLIPConfig.official_code(), needed by "
+        "--afclip-weights; winclip: anomalib's WinCLIPConfig.anomalib())",
+    )
+    p.add_argument(
+        "--afclip-weights",
+        type=Path,
+        metavar="DIR",
+        help="--method afclip: evaluate the released adapter and prompts of the official "
+        "AF-CLIP repository instead of training (DIR holds {mvtec,visa}_{adaptor,prompt}.pt: "
+        "visa_* for MVTec AD and the shipped MVTec AD sample, mvtec_* for every other data "
+        "set)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     p.add_argument(
@@ -128,9 +161,15 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--eval-size", type=int, help="mask/map side of the metrics, ≥ 16 (default: input side)"
     )
     p.add_argument(
-        "--epochs", type=int, default=10, help="training epochs of the adapters (paper: 10)"
+        "--epochs",
+        type=int,
+        help="training epochs of the adapters (default: the method's paper: res2clip 10, afclip 2)",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="training batch size")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="training batch size (default: the method's paper: res2clip 16, afclip 8)",
+    )
     p.add_argument(
         "--eval-batch-size", type=int, default=8, help="images per forward pass when evaluating"
     )
@@ -160,9 +199,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("results/res2clip"),
         help="the run's folder: results, heat maps, report, log (and, offline, the "
-        "synthetic data under data/) (default: results/res2clip)",
+        "synthetic data under data/) (default: results/METHOD)",
     )
     p.add_argument(
         "--no-progress",
@@ -183,29 +221,64 @@ def build_parser(prog: str = "resad-kit reproduce") -> argparse.ArgumentParser:
     return add_arguments(p)
 
 
+def dataset_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--datasets`` choices: the offline two without ``--data-root``; else the
+    paper's five, and for ``--method afclip`` also AF-CLIP's further Table 1 sets."""
+    if args.data_root is None:
+        return OFFLINE_DATASETS
+    return PAPER_DATASETS + (AFCLIP_EXTRA_DATASETS if args.method == "afclip" else ())
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the flags left unset with the method's defaults (:class:`MethodEntry
+    <resad_kit.cli.registry.MethodEntry>`); returns ``args``."""
+    entry = METHODS[args.method]
+    if args.shots is None:
+        args.shots = list(entry.shots)
+    if args.seeds is None:
+        args.seeds = list(entry.seeds)
+    if args.out is None:
+        args.out = Path("results") / args.method
+    return args
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Every check of the flags that needs no data and no backbone: the data flags first,
-    then the weights flags, then the work's.
+    then the weights flags, then the work's. Unset flags take the method's defaults
+    first (:func:`resolve_defaults`).
 
     Raises:
         UsageError: the first problem found, in one line.
     """
+    entry = METHODS[args.method]
+    resolve_defaults(args)
     if args.data_root is not None and not args.data_root.is_dir():
         raise UsageError(f"--data-root {args.data_root} is not a folder")
-    keys = PAPER_DATASETS if args.data_root is not None else OFFLINE_DATASETS
+    keys = dataset_keys(args)
     if args.datasets is not None:
         unknown = [d for d in args.datasets if d not in keys]
         if unknown:
             raise UsageError(f"--datasets {unknown} unknown; choose from {list(keys)}")
         if len(set(args.datasets)) != len(args.datasets):
             raise UsageError(f"--datasets must be distinct; got {args.datasets}")
-    check_ints("--shots", args.shots, 1)
+    if 0 in args.shots and not entry.zero_shot:
+        raise UsageError(
+            f"--shots 0 (zero-shot) is not a setting of --method {args.method}; its shots "
+            "must be ≥ 1"
+        )
+    check_ints("--shots", args.shots, 0 if entry.zero_shot else 1)
     check_ints("--seeds", args.seeds, 0, 2**32 - 1)
+    modes = {"training-free": "training_free", "fine-tune": "fine_tuned"}
+    if args.mode in modes and modes[args.mode] not in entry.modes:
+        raise UsageError(
+            f"--mode {args.mode}: --method {args.method} has only "
+            f"{[m.replace('_', '-').replace('tuned', 'tune') for m in entry.modes]}"
+        )
     if args.checkpoint is not None:
         if args.backbone == "tiny":
             raise UsageError(
-                "--checkpoint loads ViT-L-14-336 weights, but --backbone tiny has random "
-                "weights; drop one of them"
+                f"--checkpoint loads {entry.backbone.model} weights, but --backbone tiny has "
+                "random weights; drop one of them"
             )
         if not args.checkpoint.is_file():
             raise UsageError(
@@ -214,13 +287,29 @@ def check_args(args: argparse.Namespace) -> None:
             )
     if args.trust_checkpoint and args.checkpoint is None:
         raise UsageError("--trust-checkpoint needs --checkpoint (a local weights file)")
+    if args.afclip_weights is not None:
+        if args.method != "afclip":
+            raise UsageError(
+                f"--afclip-weights holds AF-CLIP's released weights; it needs --method afclip "
+                f"(got --method {args.method})"
+            )
+        if args.profile != "official":
+            raise UsageError(
+                "--afclip-weights needs --profile official (the released prompts were trained "
+                "with the official code's layout, context before <SOT>)"
+            )
+        if not args.afclip_weights.is_dir():
+            raise UsageError(
+                f"--afclip-weights {args.afclip_weights} is not a folder (the official "
+                "repository's weight/ folder)"
+            )
     for flag in ("epochs", "batch_size", "eval_batch_size"):
         value = getattr(args, flag)
-        if value < 1:
+        if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be ≥ 1; got {value}")
     if args.heatmaps < 0:
         raise UsageError(f"--heatmaps must be ≥ 0; got {args.heatmaps}")
-    patch = PATCH[args.backbone]
+    patch = TINY_PATCH if args.backbone == "tiny" else entry.backbone.patch
     if args.image_size is not None and not (
         patch <= args.image_size <= MAX_SIDE and args.image_size % patch == 0
     ):

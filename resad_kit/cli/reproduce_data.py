@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from resad_kit.cli._common import UsageError
-from resad_kit.cli.reproduce_args import PAPER_DATASETS
+from resad_kit.cli.registry import METHODS
+from resad_kit.cli.reproduce_args import dataset_keys
 from resad_kit.clip import BackboneConfig, ClipBackbone
 from resad_kit.data import AnomalyDataset, find_categories, standard_categories, synthesize_dataset
 from resad_kit.engine.distributed import DistContext, barrier
@@ -22,7 +23,7 @@ from resad_kit.metrics import MetricConfig
 
 __all__ = [
     "FOLDERS", "PROFILES", "SAMPLE_ROOT", "SYNTHETIC", "Profile", "auxiliary", "discover",
-    "find_dataset", "plan", "training_sets",
+    "find_dataset", "plan", "released_weights", "training_sets",
 ]  # fmt: skip
 
 # The real MVTec AD sample shipped in the repository (examples/data/mvtec_mini).
@@ -34,9 +35,17 @@ FOLDERS = {
     "btad": ("btad", "BTAD", "BTech_Dataset_transformed"),
     "mpdd": ("mpdd", "MPDD"),
     "dtd": ("dtd", "DTD-Synthetic", "dtd_synthetic", "DTD_Synthetic"),
+    "dagm": ("dagm", "DAGM", "DAGM_KaggleUpload", "dagm2007"),
 }
+# The medical sets of AF-CLIP's Table 1: one category each, the set's own folder, directly
+# under --data-root or under --data-root/medical (the data root is the folder holding it).
+MEDICAL = ("brainmri", "br35h", "isic", "clinicdb", "colondb", "kvasir")
 # Offline data (no --data-root): each trains the adapters evaluated on the other.
 OFFLINE_AUXILIARY = {"sample": "synthetic", "synthetic": "sample"}
+# Which released AF-CLIP model (trained on "mvtec" or "visa") stands for the model trained
+# on each auxiliary data set: offline, the shipped MVTec AD sample is evaluated as MVTec AD
+# (with the VisA-trained files) and the synthetic set as any other data set.
+RELEASED = {"mvtec": "mvtec", "visa": "visa", "sample": "mvtec", "synthetic": "visa"}
 SYNTHETIC = {"categories": ["brick", "coins"], "n_train": 6, "n_test": 8, "image_size": 128}
 
 
@@ -78,7 +87,11 @@ PROFILES = {
 
 
 def find_dataset(root: Path, key: str) -> Path | None:
-    """The folder under ``root`` that holds data set ``key`` (:data:`FOLDERS`), if any."""
+    """The folder under ``root`` that holds data set ``key`` (:data:`FOLDERS`; a medical
+    set: the folder that holds its own folder, see :data:`MEDICAL`), if any."""
+    if key in MEDICAL:
+        (folder,) = standard_categories(key)
+        return next((r for r in (root, root / "medical") if (r / folder).is_dir()), None)
     for name in FOLDERS[key]:
         if (root / name).is_dir():
             return root / name
@@ -106,7 +119,7 @@ def discover(args: argparse.Namespace, out: Path, dist: DistContext) -> dict[str
             "synthetic": DatasetSpec("synthetic", synthetic, tuple(SYNTHETIC["categories"])),
         }
     specs = {}
-    for key in PAPER_DATASETS:
+    for key in dataset_keys(args):
         root = find_dataset(args.data_root, key)
         if root is None:
             continue
@@ -122,7 +135,7 @@ def discover(args: argparse.Namespace, out: Path, dist: DistContext) -> dict[str
         if present:
             specs[key] = DatasetSpec(key, root, present)
     if not specs:
-        names = {k: v[0] for k, v in FOLDERS.items()}
+        names = {k: v[0] for k, v in FOLDERS.items() if k in dataset_keys(args)}
         raise UsageError(
             f"no data set found under {args.data_root}; expected folders such as {names}"
         )
@@ -130,8 +143,17 @@ def discover(args: argparse.Namespace, out: Path, dist: DistContext) -> dict[str
 
 
 def auxiliary(key: str) -> str:
-    """The data set whose test split trains the adapters evaluated on ``key``."""
-    return OFFLINE_AUXILIARY.get(key) or AUXILIARY_DATASET[key]
+    """The data set whose test split trains the adapters evaluated on ``key``: VisA for
+    MVTec AD, MVTec AD for every other data set (AF-CLIP's further sets included)."""
+    return OFFLINE_AUXILIARY.get(key) or AUXILIARY_DATASET.get(key, "mvtec")
+
+
+def released_weights(weight_dir: Path, aux: str) -> tuple[str, str]:
+    """``(adaptor, prompt)`` released AF-CLIP files standing for the model trained on
+    ``aux`` (:data:`RELEASED`; :func:`resad_kit.engine.checkpoint_afclip.official_weight_files`)."""
+    from resad_kit.engine.checkpoint_afclip import official_weight_files
+
+    return official_weight_files(weight_dir, RELEASED[aux])
 
 
 def _normals(spec: DatasetSpec, category: str, split: str) -> int:
@@ -154,14 +176,24 @@ def plan(
     unknown = [t for t in targets if t not in specs]
     if unknown:
         raise UsageError(f"--datasets {unknown} not found; available: {sorted(specs)}")
+    entry = METHODS[args.method]
     modes = {"training-free": ["training_free"], "fine-tune": ["fine_tuned"]}.get(
-        args.mode, ["training_free", "fine_tuned"]
+        args.mode or "both", ["training_free", "fine_tuned"]
     )
+    modes = [m for m in modes if m in entry.modes]
+    released = getattr(args, "afclip_weights", None)
     auxes: list[str] = []
     if "fine_tuned" in modes:
         for target in targets:
             aux = auxiliary(target)
-            if aux not in specs:
+            if released is not None:  # no training: the released files stand for it
+                for path in released_weights(released, aux):
+                    if not Path(path).is_file():
+                        raise UsageError(
+                            f"--afclip-weights: {path} is missing (the released model for "
+                            f"{target}; see docs/reproducing.md)"
+                        )
+            elif aux not in specs:
                 raise UsageError(
                     f"fine-tuning for {target} needs its auxiliary data set {aux!r} under "
                     f"--data-root (paper Sec. 4.1); add it or use --mode training-free"
@@ -169,7 +201,8 @@ def plan(
             if aux not in auxes:
                 auxes.append(aux)
     profile = PROFILES[args.profile]
-    for aux in auxes:  # each training query's reference is another normal image
+    # each training query's reference is another normal image (Res²CLIP's training)
+    for aux in auxes if entry.training_references and released is None else ():
         spec = specs[aux]
         for category in spec.categories:
             normals = _normals(spec, category, "test")
@@ -186,6 +219,8 @@ def plan(
         spec = specs[target]
         for category in spec.categories:
             _normals(spec, category, "test")  # reads its file list: a missing mask stops here
+            if k == 0:  # zero-shot: no train split is read (segmentation-only sets have none)
+                continue
             normals = _normals(spec, category, "train")
             if normals < k:
                 raise UsageError(
