@@ -1,4 +1,5 @@
-"""The papers' reported numbers: Res²CLIP (Table 1, Tables 6–10) and AF-CLIP (Tables 1–2).
+"""The papers' reported numbers: Res²CLIP (Table 1, Tables 6–10, with its WinCLIP+
+baseline) and AF-CLIP (Tables 1–2).
 
 Two read-only tables, in percent, exactly as printed (one decimal):
 
@@ -23,7 +24,9 @@ AF-CLIP (Fang, Lv, Su, ACM MM 2025): :data:`AFCLIP_RESULTS` holds its Table 1 (z
 Table 2 (AF-CLIP+, 1/2/4 shots on MVTec AD and VisA, mean ± std over five runs), keyed
 ``(dataset, shots)``; :data:`AFCLIP_RELEASED_LOGS` the two-decimal numbers of the result
 logs shipped with the official code (Faustinaqq/AF-CLIP, ``weight/*_res.txt``).
-:func:`paper_values` looks up either paper by method name.
+:data:`WINCLIP_RESULTS` holds the WinCLIP+ rows of Res²CLIP's Tables 6–10 (the baseline,
+training-free, all seven metrics) and :data:`WINCLIP_TABLE1` its Table 1 column with the
+Average row. :func:`paper_values` looks up any of them by method name.
 
 Example:
     >>> from resad_kit.engine.paper_results import PAPER_RESULTS, PAPER_TABLE1
@@ -64,7 +67,10 @@ __all__ = [
     "PAPER_TABLE1",
     "PAPER_TABLES",
     "TABLE1_METRICS",
+    "WINCLIP_RESULTS",
+    "WINCLIP_TABLE1",
     "PaperValue",
+    "paper_average",
     "paper_values",
 ]
 
@@ -322,6 +328,30 @@ AFCLIP_RELEASED_LOGS: Mapping[str, Mapping[str, float]] = MappingProxyType(
 """Zero-shot numbers of the official code's released logs (two decimals): dataset → metric."""
 
 
+# WinCLIP+ (Res²CLIP's baseline) lives in its own module; it needs the names above.
+from resad_kit.engine.paper_results_winclip import (  # noqa: E402
+    WINCLIP_RESULTS,
+    WINCLIP_TABLE1,
+)
+
+
+def paper_average(method: str, shots: int, mode: str) -> Mapping[str, float] | None:
+    """The paper's Table 1 Average row (I-AUROC / P-AP / PRO over the five data sets) of
+    ``method``, or ``None``: Res²CLIP (:data:`PAPER_TABLE1`) and WinCLIP+
+    (:data:`WINCLIP_TABLE1`, training-free) have one.
+
+    Example:
+        >>> from resad_kit.engine.paper_results import paper_average
+        >>> dict(paper_average("winclip", 1, "training_free"))
+        {'I-AUROC': 85.6, 'P-AP': 35.1, 'PRO': 81.9}
+    """
+    if method == "res2clip":
+        return PAPER_TABLE1.get(("average", shots, mode))
+    if method == "winclip" and mode == "training_free":
+        return WINCLIP_TABLE1.get(("average", shots))
+    return None
+
+
 def paper_values(
     method: str, dataset: str, shots: int, mode: str
 ) -> Mapping[str, PaperValue] | None:
@@ -329,7 +359,8 @@ def paper_values(
 
     ``"res2clip"``: :data:`PAPER_RESULTS` (all seven metrics); ``"afclip"``:
     :data:`AFCLIP_RESULTS` (the metrics AF-CLIP reports; its models are fine-tuned, so
-    ``mode`` must be ``"fine_tuned"``). Whether the group is comparable (the complete
+    ``mode`` must be ``"fine_tuned"``); ``"winclip"``: :data:`WINCLIP_RESULTS` (WinCLIP+,
+    training-free, Res²CLIP's Tables 6–10). Whether the group is comparable (the complete
     category list) is the caller's check.
 
     Example:
@@ -340,9 +371,13 @@ def paper_values(
         ['P-AUROC', 'PRO']
         >>> paper_values("afclip", "mvtec", 8, "fine_tuned") is None
         True
+        >>> paper_values("winclip", "btad", 1, "training_free")["PRO"]
+        PaperValue(mean=66.7, std=1.4)
     """
     if method == "res2clip":
         return PAPER_RESULTS.get((dataset, shots, mode))
     if method == "afclip" and mode == "fine_tuned":
         return AFCLIP_RESULTS.get((dataset, shots))
+    if method == "winclip" and mode == "training_free":
+        return WINCLIP_RESULTS.get((dataset, shots))
     return None

@@ -11,7 +11,16 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from resad_kit.engine.results_records import CategoryResult, DatasetAggregate
-from resad_kit.engine.results_render import NA, _dataset_name, _delta, _mark, _mean_std, _pct
+from resad_kit.engine.results_render import (
+    NA,
+    _dataset_name,
+    _delta,
+    _mark,
+    _mean_std,
+    _paper_cell,
+    _paper_mean,
+    _pct,
+)
 from resad_kit.metrics import METRIC_NAMES
 
 __all__ = ["category_table", "html_table", "summary_table_html"]
@@ -35,7 +44,7 @@ def summary_table_html(aggs: Sequence[DatasetAggregate]) -> str:
     header = ["Data set", "Shots", "Model", "", "seeds", "categories", *METRIC_NAMES]
     rows = []
     for agg in aggs:
-        model = _mark(agg.method, agg.mode)
+        model = _mark(agg.method, agg.mode, agg.shots)
         head = [_dataset_name(agg.dataset), agg.shots, model]
         rows.append(
             [*head, "ours", agg.n_seeds, len(agg.categories)]
@@ -50,10 +59,10 @@ def summary_table_html(aggs: Sequence[DatasetAggregate]) -> str:
                 "paper",
                 "",
                 "",
-                *(f"{paper[m].mean:.1f}±{paper[m].std:.1f}" for m in METRIC_NAMES),
+                *(_paper_cell(paper, m) for m in METRIC_NAMES),
             ]
         )
-        deltas = [_delta(agg.mean[m], paper[m].mean) for m in METRIC_NAMES]
+        deltas = [_delta(agg.mean[m], _paper_mean(paper, m)) for m in METRIC_NAMES]
         rows.append([*head, "Δ", "", "", *deltas])
     return html_table(header, rows, "summary")
 
@@ -71,6 +80,6 @@ def category_table(records: Sequence[CategoryResult]) -> str:
         for m in METRIC_NAMES:
             got = [r.metrics[m] for r in group]
             values.append(NA if None in got else _pct(sum(got) / len(got)))
-        name, model, n = _dataset_name(dataset), _mark(method, mode), group[0].n_images
+        name, model, n = _dataset_name(dataset), _mark(method, mode, shots), group[0].n_images
         rows.append([name, category, shots, model, len(group), n, *values])
     return html_table(header, rows, "categories")

@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 
 from resad_kit.data import standard_categories
-from resad_kit.engine.paper_results import MODES, PAPER_DATASETS, PAPER_RESULTS, PaperValue
+from resad_kit.engine.paper_results import (
+    AFCLIP_DATASETS,
+    MODES,
+    PAPER_DATASETS,
+    PaperValue,
+    paper_values,
+)
 from resad_kit.metrics import METRIC_NAMES
 
 __all__ = [
@@ -143,8 +149,9 @@ class DatasetAggregate:
 
     Attributes:
         dataset, shots, mode: the group's key.
-        method: the method whose records these are (the paper's numbers exist for
-            ``"res2clip"`` only).
+        method: the method whose records these are (paper numbers exist for
+            ``"res2clip"``, ``"afclip"`` and ``"winclip"``:
+            :func:`~resad_kit.engine.paper_results.paper_values`).
         mean: metric → mean over seeds of the per-seed unweighted class mean (fractions);
             ``None`` when a record of the group has no value for it.
         std: metric → standard deviation of the same over seeds (``ddof`` = :data:`STD_DDOF`),
@@ -194,14 +201,15 @@ class DatasetAggregate:
 
     @property
     def paper(self) -> Mapping[str, PaperValue] | None:
-        """The paper's Tables 6–10 row for this group, or ``None`` when not comparable.
+        """The method's paper numbers for this group, or ``None`` when not comparable.
 
-        Comparable means: one of the paper's five data sets, its complete standard
-        category list, and 1, 2 or 4 shots.
+        :func:`~resad_kit.engine.paper_results.paper_values` of ``(method, dataset,
+        shots, mode)``: Res²CLIP's Tables 6–10, AF-CLIP's Tables 1–2 (only the metrics
+        it reports), WinCLIP+ in Res²CLIP's Tables 6–10. Comparable means: the paper
+        reports the data set at these shots, and the group holds the data set's
+        complete standard category list.
         """
-        if self.method != "res2clip":
-            return None
-        row = PAPER_RESULTS.get((self.dataset, self.shots, self.mode))
+        row = paper_values(self.method, self.dataset, self.shots, self.mode)
         if row is None or set(self.categories) != set(standard_categories(self.dataset)):
             return None
         return row
@@ -234,8 +242,12 @@ def _std(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) else float(np.std(values, ddof=STD_DDOF))
 
 
+_ORDER = (*PAPER_DATASETS, *(d for ds in AFCLIP_DATASETS.values() for d in ds))
+
+
 def _dataset_order(dataset: str) -> tuple[int, str]:
-    return (PAPER_DATASETS.index(dataset) if dataset in PAPER_DATASETS else 99, dataset)
+    """The papers' row order (Res²CLIP's five, then AF-CLIP's further sets), then others."""
+    return (_ORDER.index(dataset) if dataset in _ORDER else len(_ORDER), dataset)
 
 
 def _check_results(fn: str, results: object) -> list[CategoryResult]:

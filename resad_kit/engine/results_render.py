@@ -11,13 +11,15 @@ import numpy as np
 
 from resad_kit.data import standard_categories
 from resad_kit.engine.paper_results import (
+    AFCLIP_DATASET_NAMES,
     MODES,
     PAPER_DATASET_NAMES,
     PAPER_DATASETS,
     PAPER_DISCREPANCIES,
-    PAPER_TABLE1,
     PAPER_TABLES,
     TABLE1_METRICS,
+    PaperValue,
+    paper_average,
 )
 from resad_kit.engine.results_records import STD_DDOF, DatasetAggregate, _dataset_order
 from resad_kit.metrics import METRIC_NAMES
@@ -30,7 +32,9 @@ UNTRAINED_WARNING = "backbone untrained (random weights) — numbers are NOT com
 
 _MARK = {"training_free": "Res²CLIP*", "fine_tuned": "Res²CLIP†"}
 #: Display names of the methods (others are shown by their ``name``).
-METHOD_TITLES = {"res2clip": "Res²CLIP"}
+METHOD_TITLES = {"res2clip": "Res²CLIP", "afclip": "AF-CLIP", "winclip": "WinCLIP"}
+#: Methods whose papers name the few-shot variant with a "+" (AF-CLIP+, WinCLIP+).
+_PLUS = ("afclip", "winclip")
 
 
 NA = "–"
@@ -56,21 +60,51 @@ def _delta(ours: float | None, paper: float | None) -> str:
 
 
 def _dataset_name(dataset: str) -> str:
-    return PAPER_DATASET_NAMES.get(dataset, dataset)
+    return PAPER_DATASET_NAMES.get(dataset) or AFCLIP_DATASET_NAMES.get(dataset, dataset)
+
+
+def _paper_cell(paper: Mapping[str, PaperValue] | None, metric: str) -> str:
+    """``mean±std`` of a paper value, "–" where the paper reports none."""
+    value = None if paper is None else paper.get(metric)
+    return NA if value is None else f"{value.mean:.1f}±{value.std:.1f}"
+
+
+def _paper_mean(paper: Mapping[str, PaperValue] | None, metric: str) -> float | None:
+    value = None if paper is None else paper.get(metric)
+    return None if value is None else value.mean
+
+
+def _paper_source(method: str, dataset: str, shots: int | None = None) -> str | None:
+    """Where the paper numbers of a data set come from (``None``: no paper has it)."""
+    if method == "afclip":
+        if dataset not in AFCLIP_DATASET_NAMES:
+            return None
+        if shots is None:
+            return "AF-CLIP Tables 1–2" if dataset in ("mvtec", "visa") else "AF-CLIP Table 1"
+        return f"AF-CLIP Table {1 if shots == 0 else 2}"
+    table = PAPER_TABLES.get(dataset)
+    if table is None:
+        return None
+    return f"paper Table {table}" + (", WinCLIP+ row" if method == "winclip" else "")
 
 
 def _md_row(cells: Iterable[object]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def _mark(method: str, mode: str) -> str:
+def _mark(method: str, mode: str, shots: int | None = None) -> str:
+    """The model's name in the tables: Res²CLIP\\*/†, AF-CLIP (0 shots) / AF-CLIP+ (≥ 1),
+    WinCLIP / WinCLIP+, else ``method (mode)``."""
     if method == "res2clip":
         return _MARK[mode]
+    if method in _PLUS:
+        title = METHOD_TITLES[method]
+        return {None: f"{title}/{title}+", 0: title}.get(shots, f"{title}+")
     return f"{method} ({mode.replace('_', '-')})"
 
 
-def _md_mark(mode: str, method: str = "res2clip") -> str:
-    return _mark(method, mode).replace("*", "\\*")
+def _md_mark(mode: str, method: str = "res2clip", shots: int | None = None) -> str:
+    return _mark(method, mode, shots).replace("*", "\\*")
 
 
 def _average(
@@ -83,7 +117,8 @@ def _average(
     values = {m: [a.mean[m] for a in group] for m in TABLE1_METRICS}
     ours = {m: None if None in v else float(np.mean(v)) for m, v in values.items()}
     complete = sorted(a.dataset for a in group if a.paper is not None) == sorted(PAPER_DATASETS)
-    paper = PAPER_TABLE1.get(("average", shots, mode)) if complete and len(group) == 5 else None
+    method = group[0].method
+    paper = paper_average(method, shots, mode) if complete and len(group) == 5 else None
     return ours, paper
 
 
@@ -113,7 +148,7 @@ def _table1_section(aggs: Sequence[DatasetAggregate]) -> list[str]:
                     if agg is None:
                         row += ["–", "–", "–"]
                         continue
-                    p = paper[metric].mean if paper is not None else None
+                    p = _paper_mean(paper, metric)
                     row += [_pct(agg.mean[metric]), "–" if p is None else f"{p:.1f}"]
                     row.append(_delta(agg.mean[metric], p))
             lines.append(_md_row(row))
@@ -132,8 +167,8 @@ def _table1_section(aggs: Sequence[DatasetAggregate]) -> list[str]:
 
 
 def _dataset_section(dataset: str, aggs: Sequence[DatasetAggregate]) -> list[str]:
-    table = PAPER_TABLES.get(dataset)
-    title = _dataset_name(dataset) + (f" (paper Table {table})" if table else " (not in the paper)")
+    source = _paper_source(aggs[0].method, dataset)
+    title = _dataset_name(dataset) + (f" ({source})" if source else " (not in the paper)")
     cats = sorted({c for a in aggs for c in a.categories})
     lines = [
         f"## {title}",
@@ -150,26 +185,35 @@ def _dataset_section(dataset: str, aggs: Sequence[DatasetAggregate]) -> list[str
             _md_row(
                 [
                     agg.shots,
-                    _md_mark(agg.mode, agg.method),
+                    _md_mark(agg.mode, agg.method, agg.shots),
                     seeds,
                     *(_mean_std(agg, m) for m in METRIC_NAMES),
                 ]
             )
         )
-        cells = [f"{paper[m].mean:.1f}±{paper[m].std:.1f}" if paper else "–" for m in METRIC_NAMES]
-        lines.append(_md_row([agg.shots, _md_mark(agg.mode, agg.method), "paper", *cells]))
-        deltas = [_delta(agg.mean[m], paper[m].mean if paper else None) for m in METRIC_NAMES]
-        lines.append(_md_row([agg.shots, _md_mark(agg.mode, agg.method), "Δ", *deltas]))
+        mark = _md_mark(agg.mode, agg.method, agg.shots)
+        cells = [_paper_cell(paper, m) for m in METRIC_NAMES]
+        lines.append(_md_row([agg.shots, mark, "paper", *cells]))
+        deltas = [_delta(agg.mean[m], _paper_mean(paper, m)) for m in METRIC_NAMES]
+        lines.append(_md_row([agg.shots, mark, "Δ", *deltas]))
     return lines
 
 
 def _notes(aggs: Sequence[DatasetAggregate]) -> list[str]:
+    winclip = aggs[0].method == "winclip"
     notes = [
         "Percent. Ours: for each seed the unweighted mean over the categories, then mean ± "
         f"standard deviation over the seeds (population std, numpy ddof={STD_DDOF}; the paper "
         "does not say which std it reports). One seed: mean only.",
         "Δ = ours − paper in percentage points. Paper numbers: data-set rows from Tables 6–10 "
-        "(mean ± std over the paper's three runs), Table 1's Average row as printed. The "
+        "(mean ± std over the paper's three runs), Table 1's Average row as printed"
+        + (
+            " (Res²CLIP's paper, its WinCLIP+ baseline: 1, 2, 4 shots; zero-shot WinCLIP is "
+            "not in it)"
+            if winclip
+            else ""
+        )
+        + ". The "
         "Average row of ours is the unweighted mean over the data sets listed; the paper's "
         "Average is shown only when all five data sets are present with all their categories.",
     ]
@@ -195,10 +239,15 @@ def _notes(aggs: Sequence[DatasetAggregate]) -> list[str]:
 
 
 def _method_sections(aggs: Sequence[DatasetAggregate], level: str) -> list[str]:
-    lines = [*_table1_section(aggs), ""]
+    if aggs[0].method == "afclip":  # AF-CLIP's own layouts (its Tables 1 and 2)
+        from resad_kit.engine.results_render_afclip import afclip_notes, afclip_tables
+
+        lines = afclip_tables(aggs)
+    else:
+        lines = [*_table1_section(aggs), ""]
     for dataset in sorted({a.dataset for a in aggs}, key=_dataset_order):
         lines += [*_dataset_section(dataset, [a for a in aggs if a.dataset == dataset]), ""]
-    lines += _notes(aggs)
+    lines += afclip_notes(aggs) if aggs[0].method == "afclip" else _notes(aggs)
     return [line.replace("## ", level, 1) if line.startswith("## ") else line for line in lines]
 
 
@@ -225,6 +274,13 @@ def render_table_md(
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def _short_source(agg: DatasetAggregate) -> str:
+    """``T8`` (Res²CLIP's Table 8; WinCLIP+ rows too), ``AF-T1`` / ``AF-T2`` (AF-CLIP's)."""
+    if agg.method == "afclip":
+        return f"AF-T{1 if agg.shots == 0 else 2}"
+    return f"T{PAPER_TABLES.get(agg.dataset, '?')}"
+
+
 def render_summary(aggs: Sequence[DatasetAggregate], *, trained: bool) -> str:
     rows = [["method", "dataset", "shots", "mode", "seeds", "cats", *METRIC_NAMES]]
     for agg in aggs:
@@ -235,18 +291,21 @@ def render_summary(aggs: Sequence[DatasetAggregate], *, trained: bool) -> str:
         )
         paper = agg.paper
         if paper is not None:
-            label = f"paper (T{PAPER_TABLES[agg.dataset]})"
-            rows.append(
-                ["", "", "", label, "", ""] + [f"{paper[m].mean:.1f}" for m in METRIC_NAMES]
-            )
+            label = f"paper ({_short_source(agg)})"
+            means = [_paper_mean(paper, m) for m in METRIC_NAMES]
+            rows.append(["", "", "", label, "", ""] + [_pct(m and m / 100) for m in means])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [] if trained else [f"WARNING: {UNTRAINED_WARNING}"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.append(f"percent; mean±std over seeds (population std, ddof={STD_DDOF})")
-    tables = sorted({PAPER_TABLES[a.dataset] for a in aggs if a.paper is not None})
-    if tables:
-        names = ", ".join(f"T{t} = paper Table {t}" for t in tables)
-        lines.append(f"paper rows: the paper's mean over its three runs ({names})")
+    sources = {_short_source(a): _paper_source(a.method, a.dataset, a.shots) for a in aggs}
+    sources = {k: v for k, v in sorted(sources.items()) if any(
+        a.paper is not None and _short_source(a) == k for a in aggs
+    )}  # fmt: skip
+    if sources:
+        names = ", ".join(f"{k} = {v}" for k, v in sources.items())
+        runs = "its three runs" if all(k.startswith("T") for k in sources) else "its runs"
+        lines.append(f"paper rows: the paper's mean over {runs} ({names})")
     else:
         lines.append(
             "no paper numbers: these data sets or category subsets are not in the paper "
