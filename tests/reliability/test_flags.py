@@ -22,7 +22,7 @@ TINY = ["--backbone", "tiny", "--device", "cpu", "--no-progress"]
 # (id, flags; "{tmp}" is the test's temporary folder, "{file}" a file in it, expected words)
 BAD_FLAGS = [
     ("duplicate shots", ["--shots", "1", "1"], "--shots must be distinct"),
-    ("zero shots", ["--shots", "0", "1"], "--shots must be ≥ 1"),
+    ("zero shots (res2clip)", ["--shots", "0", "1"], "--shots 0 (zero-shot) is not a setting"),
     ("negative shots", ["--shots", "-2"], "--shots must be ≥ 1"),
     ("duplicate seeds", ["--seeds", "111", "111"], "--seeds must be distinct"),
     ("negative seed", ["--seeds", "-1"], "--seeds must be ≥ 0"),
@@ -53,6 +53,30 @@ BAD_FLAGS = [
     ("unknown mode", ["--mode", "zero-shot"], "invalid choice"),
     ("unknown flag", ["--epoch", "3"], "unrecognized arguments"),
     ("more shots than normal images", ["--shots", "7"], "--shots 7 needs 7 normal"),
+    ("negative shots (afclip)", ["--method", "afclip", "--shots", "-1"], "--shots must be ≥ 0"),
+    ("afclip is not training-free", ["--method", "afclip", "--mode", "training-free"], "has only"),
+    ("winclip is not fine-tuned", ["--method", "winclip", "--mode", "fine-tune"], "has only"),
+    ("afclip weights without afclip", ["--afclip-weights", "{tmp}"], "needs --method afclip"),
+    (
+        "afclip weights with the paper profile",
+        ["--method", "afclip", "--afclip-weights", "{tmp}"],
+        "needs --profile official",
+    ),
+    (
+        "afclip weights not a folder",
+        ["--method", "afclip", "--profile", "official", "--afclip-weights", "{tmp}/nowhere"],
+        "is not a folder (the official repository",
+    ),
+    (
+        "afclip weights without the released files",
+        ["--method", "afclip", "--profile", "official", "--afclip-weights", "{tmp}"],
+        "visa_adaptor.pt is missing (the released model for sample",
+    ),
+    (
+        "afclip data set unknown offline",
+        ["--method", "afclip", "--datasets", "dagm"],
+        "--datasets ['dagm'] unknown",
+    ),
 ]
 
 
