@@ -29,9 +29,16 @@ def _records(method, dataset, shots, seeds, mode, value=0.875, *, missing=(), ca
     metrics = {m: None if m in missing else value for m in METRIC_NAMES}
     return [
         CategoryResult(
-            dataset, c, shots, s, mode, metrics, tuple(f"r{i}.png" for i in range(shots)), 4,
+            dataset,
+            c,
+            shots,
+            s,
+            mode,
+            metrics,
+            tuple(f"r{i}.png" for i in range(shots)),
+            4,
             method,
-        )  # fmt: skip
+        )
         for c in cats
         for s in seeds
     ]
@@ -49,9 +56,9 @@ def test_winclip_table1_average_is_the_mean_of_its_tables_6_to_10_rows() -> None
             rows = [WINCLIP_RESULTS[(d, shots)][metric].mean for d in PAPER_DATASETS]
             assert abs(np.mean(rows) - WINCLIP_TABLE1[("average", shots)][metric]) <= 0.05
             for d in PAPER_DATASETS:
-                assert WINCLIP_TABLE1[(d, shots)][metric] == WINCLIP_RESULTS[(d, shots)][
-                    metric
-                ].mean
+                assert (
+                    WINCLIP_TABLE1[(d, shots)][metric] == WINCLIP_RESULTS[(d, shots)][metric].mean
+                )
     assert set(WINCLIP_RESULTS) == {(d, k) for d in PAPER_DATASETS for k in (1, 2, 4)}
     assert WINCLIP_RESULTS[("btad", 1)]["I-AP"].std == 4.4  # Table 8's largest std
 
@@ -123,7 +130,8 @@ def test_winclip_rows_sit_beside_res2clip_with_the_published_winclip_plus_number
     res2clip = _records("res2clip", "btad", 1, (0,), "training_free", 0.875)
     table = _table(tmp_path, res2clip + winclip)
     assert "# Res²CLIP, WinCLIP results" in table
-    assert "## WinCLIP" in table and "## Res²CLIP" in table
+    assert "## WinCLIP" in table
+    assert "## Res²CLIP" in table
     assert "### BTAD (paper Table 8, WinCLIP+ row)" in table
     assert "| 1 | WinCLIP+ | paper | 85.0±3.7 | 80.6±4.4 | 78.2±3.9 | 95.6±0.4 |" in table
     assert "| 1 | WinCLIP+ | Δ | +2.5 | +6.9 | +9.3 | -8.1 | +45.5 | +40.1 | +20.8 |" in table
@@ -143,7 +151,8 @@ def test_summary_and_html_show_dashes_for_metrics_the_paper_omits(method) -> Non
     paper = paper_values(method, "mvtec", 1, mode)
     first = f"{paper['I-AUROC'].mean:.1f}"
     assert f"paper ({'AF-T2' if method == 'afclip' else 'T6'})" in summary
-    assert first in summary and first in html
+    assert first in summary
+    assert first in html
     if method == "afclip":  # AF-CLIP reports no I-F1max: "–" in the paper row
         row = next(line for line in summary.splitlines() if line.strip().startswith("paper"))
         assert row.split()[2:5] == ["95.5", "98.0", "–"]
