@@ -204,7 +204,6 @@ METHODS: dict[str, MethodEntry] = {
         zero_shot=True,
         official_metrics=False,
         predict=False,
-        training_references=False,
     ),
 }
 

@@ -1,0 +1,129 @@
+"""`resad-kit reproduce --method afclip` and `--method winclip` end to end, offline, on the
+tiny backbone and the synthetic data (the shipped MVTec AD sample trains AF-CLIP): the
+runs finish, table.md holds the methods' rows in their layouts, and `--afclip-weights`
+with files in the official repository's layout, written here from the trained
+checkpoint, gives the same numbers as the natively trained weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from resad_kit.cli.registry import METHODS
+from resad_kit.cli.reproduce import main
+from resad_kit.clip import ClipBackbone
+from resad_kit.engine.checkpoint import load_checkpoint
+from resad_kit.engine.results import load_results
+from resad_kit.methods import AFCLIP, AFCLIPConfig, Method
+
+SMALL = [
+    "--backbone", "tiny", "--device", "cpu", "--no-progress", "--datasets", "synthetic",
+    "--shots", "0", "1", "--seeds", "111", "--image-size", "32", "--heatmaps", "0",
+]  # fmt: skip
+
+
+def _metrics(out) -> list[tuple]:
+    return sorted(
+        (r.dataset, r.category, r.shots, r.seed, r.mode, tuple(r.metrics.items()))
+        for r in load_results(out)
+    )
+
+
+@pytest.fixture(scope="module")
+def afclip_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("afclip") / "run"
+    argv = [*SMALL, "--method", "afclip", "--profile", "official", "--epochs", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    return out
+
+
+def test_afclip_runs_end_to_end_and_fills_its_table_layouts(afclip_run):
+    out = afclip_run
+    results = load_results(out)
+    assert {(r.method, r.mode, r.shots) for r in results} == {
+        ("afclip", "fine_tuned", 0),
+        ("afclip", "fine_tuned", 1),
+    }
+    assert {r.category for r in results} == {"brick", "coins"}
+    table = (out / "table.md").read_text()
+    assert "# AF-CLIP results" in table
+    assert "AF-CLIP Table 1 layout: zero-shot" in table
+    assert "| Other | image | synthetic |" in table
+    assert "| 1-shot (AF-CLIP+) | ours |" in table
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["epochs"] == 1
+    assert config["train"]["batch_size"] == 8  # TrainConfig.afclip()
+    assert config["train"]["lr_schedule"] == "constant"
+    assert config["method"]["fine_tuned"]["prompt_position"] == "before_sot"
+    assert config["backbone_config"]["tap_output"] == "residual"
+    # trained on the shipped MVTec AD sample (the auxiliary data set of "synthetic")
+    assert (out / "checkpoints" / "sample" / "checkpoint.safetensors").is_file()
+
+
+def _write_official(checkpoint, weight_dir) -> None:
+    """The trained adapter and prompts in the official repository's file layout:
+    ``mvtec_adaptor.pt`` (the Adaptor's keys: ``attention.norm``, ``attention.attn.to_q``,
+    ``attention.attn.to_out.0``) and ``mvtec_prompt.pt`` (a ``(1, M, W)`` Parameter)."""
+    backbone = ClipBackbone.tiny(
+        seed=0, image_size=32, vv_blocks=0, tap_output="residual", tap_cls=True
+    )
+    model = AFCLIP(backbone, AFCLIPConfig.official_code())
+    load_checkpoint(checkpoint, model)
+    official = {}
+    for key, value in model.adapter.state_dict().items():
+        key = ("attn." + key if key.startswith("to_") else key).replace("to_out.", "to_out.0.")
+        official["attention." + key] = value.clone()
+    weight_dir.mkdir()
+    torch.save(official, weight_dir / "mvtec_adaptor.pt")
+    torch.save(
+        torch.nn.Parameter(model.prompts.ctx.detach().clone()), weight_dir / "mvtec_prompt.pt"
+    )
+
+
+def test_afclip_weights_in_the_official_layout_give_the_native_numbers(afclip_run, tmp_path):
+    """`synthetic` is evaluated by the model trained on the MVTec AD sample, for which the
+    released files are `mvtec_*` (docs/reproducing.md)."""
+    weights = tmp_path / "weight"
+    _write_official(afclip_run / "checkpoints" / "sample" / "checkpoint.safetensors", weights)
+    out = tmp_path / "released"
+    argv = [*SMALL, "--method", "afclip", "--profile", "official", "--afclip-weights"]
+    assert main([*argv, str(weights), "--out", str(out)]) == 0
+    assert not (out / "checkpoints").exists()  # no training
+    assert _metrics(out) == _metrics(afclip_run)
+    assert "released AF-CLIP weights for sample" in (out / "log.txt").read_text()
+
+
+def test_winclip_runs_end_to_end_training_free(tmp_path):
+    out = tmp_path / "run"
+    assert main([*SMALL, "--method", "winclip", "--out", str(out)]) == 0
+    results = load_results(out)
+    assert {(r.method, r.mode, r.shots) for r in results} == {
+        ("winclip", "training_free", 0),
+        ("winclip", "training_free", 1),
+    }
+    table = (out / "table.md").read_text()
+    assert "# WinCLIP results" in table
+    assert "| 0 | WinCLIP | ours (1 seed) |" in table
+    assert "| 1 | WinCLIP+ | ours (1 seed) |" in table
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"] is None
+    assert config["backbone"].count("+windows") == 1  # the window-embedding backbone
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_registry_entries_agree_with_their_method_classes(name):
+    """The registry's light copies of class facts (no torch at import) match the classes."""
+    entry = METHODS[name]
+    backbone = ClipBackbone.tiny(image_size=32, **entry.backbone.tiny)
+    if entry.backbone.windows:
+        from resad_kit.clip.windows import WindowBackbone
+
+        backbone = WindowBackbone.wrap(backbone)
+    model = entry.build(backbone, entry.modes[-1], "paper")
+    assert isinstance(model, Method)
+    assert model.name == name
+    assert type(model).supports_zero_shot == entry.zero_shot
+    assert type(model).uses_training_references == entry.training_references
+    assert (0 in entry.shots) == entry.zero_shot
