@@ -14,7 +14,7 @@ import torch
 from resad_kit.cli.registry import METHODS
 from resad_kit.cli.reproduce import main
 from resad_kit.clip import ClipBackbone
-from resad_kit.engine.checkpoint import load_checkpoint
+from resad_kit.engine.checkpoint import load_checkpoint, save_checkpoint
 from resad_kit.engine.results import load_results
 from resad_kit.methods import AFCLIP, AFCLIPConfig, Method
 
@@ -127,3 +127,53 @@ def test_registry_entries_agree_with_their_method_classes(name):
     assert type(model).supports_zero_shot == entry.zero_shot
     assert type(model).uses_training_references == entry.training_references
     assert (0 in entry.shots) == entry.zero_shot
+
+
+def test_afclip_reads_the_medical_sets_under_data_root_and_reports_dashes(tmp_path):
+    """A classification-only set (BrainMRI: no/, yes/) and a segmentation-only set
+    (CVC-ClinicDB: images/, masks/) directly under --data-root, evaluated zero-shot with
+    released-format weights (no auxiliary data needed): image metrics only for one, pixel
+    metrics only for the other, the paper's Table 1 numbers beside them, "–" elsewhere."""
+    import numpy as np
+    from PIL import Image
+
+    root, rng = tmp_path / "data", np.random.default_rng(0)
+    for sub in ("no", "yes"):
+        (root / "BrainMRI" / sub).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "BrainMRI" / sub / f"{i}.jpg")
+    for sub in ("images", "masks"):
+        (root / "CVC-ClinicDB" / sub).mkdir(parents=True)
+    for i in range(3):
+        pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "CVC-ClinicDB" / "images" / f"{i}.png")
+        mask = np.zeros((32, 32), dtype=np.uint8)
+        mask[4 + i : 12, 4:12] = 255
+        Image.fromarray(mask).save(root / "CVC-ClinicDB" / "masks" / f"{i}.png")
+    backbone = ClipBackbone.tiny(
+        seed=0, image_size=32, vv_blocks=0, tap_output="residual", tap_cls=True
+    )
+    model = AFCLIP(backbone, AFCLIPConfig.official_code())
+    checkpoint = tmp_path / "native.safetensors"
+    save_checkpoint(checkpoint, model)
+    _write_official(checkpoint, tmp_path / "weight")
+    out = tmp_path / "run"
+    argv = [
+        "--method", "afclip", "--backbone", "tiny", "--image-size", "32", "--device", "cpu",
+        "--data-root", str(root), "--profile", "official", "--afclip-weights",
+        str(tmp_path / "weight"), "--shots", "0", "--heatmaps", "0", "--no-progress",
+    ]  # fmt: skip
+    assert main([*argv, "--out", str(out)]) == 0
+    by_set = {r.dataset: r.metrics for r in load_results(out)}
+    assert sorted(by_set) == ["brainmri", "clinicdb"]
+    assert by_set["brainmri"]["P-AUROC"] is None
+    assert by_set["brainmri"]["I-AUROC"] is not None
+    assert by_set["clinicdb"]["I-AUROC"] is None
+    assert by_set["clinicdb"]["PRO"] is not None
+    table = (out / "table.md").read_text()
+    assert "| Medical | image | BrainMRI | (" in table
+    assert "| (95.2, 96.3) |" in table
+    assert "| Medical | pixel | ClinicDB | (" in table
+    assert "| (87.1, 70.0) |" in table
+    assert "| image | ClinicDB |" not in table
