@@ -11,6 +11,12 @@ Offline smoke run on the shipped real sample and a synthetic data set (written u
 Full reproduction on a GPU (see docs/reproducing.md)::
 
     python examples/res2clip_full.py --data-root /data --checkpoint /weights/ViT-L-14-336px.pt
+
+The same script runs the other methods of the command (one code path): AF-CLIP / AF-CLIP+
+(its Tables 1–2) and the WinCLIP / WinCLIP+ baseline, offline here::
+
+    python examples/res2clip_full.py --method afclip --backbone tiny --out results/afclip_smoke
+    python examples/res2clip_full.py --method winclip --backbone tiny --out results/winclip_smoke
 """
 
 from __future__ import annotations
