@@ -23,8 +23,8 @@ COMMANDS = {
     "reproduce": (
         "resad_kit.cli.reproduce_args",
         "resad_kit.cli.reproduce",
-        "reproduce the paper's few-shot evaluation (Tables 1, 6–10); results, heat maps, "
-        "an HTML report",
+        "reproduce the papers' evaluations (Res²CLIP Tables 1, 6–10; AF-CLIP Tables 1–2; "
+        "the WinCLIP baseline); results, heat maps, an HTML report",
     ),
     "predict": (
         "resad_kit.cli.predict_args",

@@ -16,10 +16,13 @@ cannot support is "–"), ``metrics.json`` (full-precision records, aggregates a
 metadata; read back by :func:`load_results`) and ``table.md`` (the layout of the paper's
 Table 1, then one
 Tables 6–10 style table per data set, each with the paper's number and the difference
-Δ = ours − paper in percentage points). A group gets paper numbers only when its data set
-is one of the paper's five with the complete standard category list
-(:func:`resad_kit.data.standard_categories`) and 1, 2 or 4 shots; a category subset or
-another data set shows "–". With ``trained=False`` the first line of ``table.md``, the
+Δ = ours − paper in percentage points; AF-CLIP's block follows the layouts of its Tables 1
+and 2 instead, :mod:`resad_kit.engine.results_render_afclip`). A group gets paper numbers
+only when its method's paper (:func:`~resad_kit.engine.paper_results.paper_values`:
+Res²CLIP, AF-CLIP, WinCLIP+ in Res²CLIP's tables) reports its data set at its shots and
+the group has the complete standard category list
+(:func:`resad_kit.data.standard_categories`); a category subset, another data set or a
+metric the paper omits shows "–". With ``trained=False`` the first line of ``table.md``, the
 first line of :func:`summary_table` and the ``warning`` field of ``metrics.json`` say that
 the backbone is untrained and the numbers are not comparable to the paper.
 """
