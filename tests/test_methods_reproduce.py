@@ -177,3 +177,19 @@ def test_afclip_reads_the_medical_sets_under_data_root_and_reports_dashes(tmp_pa
     assert "| Medical | pixel | ClinicDB | (" in table
     assert "| (87.1, 70.0) |" in table
     assert "| image | ClinicDB |" not in table
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "paper", "official"),
+    [
+        ("afclip", "prompt_position", "after_sot", "before_sot"),
+        ("afclip", "aggregation_border", "renormalize", "zero"),
+        ("winclip", "prompts", "paper", "anomalib"),
+    ],
+)
+def test_profile_selects_the_method_preset(name, field, paper, official):
+    entry = METHODS[name]
+    backbone = ClipBackbone.tiny(image_size=32, **entry.backbone.tiny)
+    got = {p: getattr(entry.build(backbone, entry.modes[0], p).config, field) for p in
+           ("paper", "official")}  # fmt: skip
+    assert got == {"paper": paper, "official": official}
