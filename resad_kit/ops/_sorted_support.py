@@ -23,14 +23,13 @@ SparsemaxK = int | Literal["auto", "dense"] | None
 ``"dense"`` (the full stable sort, every row kept ``M`` wide: no device-to-host sync)."""
 
 AUTO_K = 64
-"""Start width of the top-k path of ``k="auto"`` (rows shorter than ``SCREEN_MIN_COLUMNS``).
-Measured (docs/benchmarks.md, "first pass") on retrieval similarities with N = 1,369: close
-to the fastest start at K = 4 shots and several times faster than narrower starts at K = 16,
-whose supports approach 64."""
+"""Start width of the top-k path of ``k="auto"`` (rows shorter than ``SCREEN_MIN_COLUMNS``, and
+rows the screen cannot narrow): rows whose support does not fit are widened, so the result does
+not depend on it; docs/benchmarks.md ("first pass") times it against a wider start."""
 
 SCREEN_MIN_COLUMNS = 2048
-"""``k="auto"`` screens rows of at least this many entries (:func:`_screened_top`; faster than
-the top-k path from K = 2 shots of N = 1,369 patches on, docs/benchmarks.md)."""
+"""``k="auto"`` screens rows of at least this many entries (:func:`_screened_top`): on shorter
+rows the levels of block maxima are too few to narrow the row."""
 
 _SCREEN_BLOCK = 8  # entries per block maximum (each level of block maxima is 8× narrower)
 _SCREEN_COARSE = 512  # levels of block maxima are added while the last is at least this wide

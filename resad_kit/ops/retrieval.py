@@ -222,8 +222,9 @@ def retrieve(
         bank_radius: ``(M,)`` radius of every bank entry, e.g. ``radial_distance(h, w).repeat(K)``.
         gamma: radial penalty strength γ ≥ 0 (paper and code: 0.01).
         k: how sparsemax finds each row's sorted support (see
-            :func:`resad_kit.ops.sparsemax`): ``"auto"`` (default, the fastest measured: a
-            screen by block maxima, or the adaptive top-k for banks under 2,048 entries), an
+            :func:`resad_kit.ops.sparsemax`): ``"auto"`` (default: a screen by block maxima, or
+            the adaptive top-k for banks under 2,048 entries and for rows the screen cannot
+            narrow, as at the supports of real images; docs/benchmarks.md times both), an
             int start width for the adaptive top-k, or ``None`` for the full sort. All give
             identical results. ``"dense"``: no device-to-host sync (the others read the support
             sizes on the host): the full stable sort, weights over all ``M`` slots (``S = M``)
@@ -247,9 +248,9 @@ def retrieve(
         compile: run the similarity (GEMM and penalty) and the weight computation through
             ``torch.compile`` (compiled on first use, ``dynamic=True``).
             If compilation is unavailable or fails, the eager code runs instead. Off by
-            default: on CPU it gave no speed-up (the GEMM dominates) and the first call, which
-            compiles, took about 12 s on 2 cores (docs/benchmarks.md); results match eager to
-            float rounding.
+            default: the first call compiles, and on CPU the GEMM dominates the cost (measure
+            before switching it on: ``pytest benchmarks/bench_retrieval.py --benchmark-only
+            --compile -k compiled``); results match eager to float rounding.
 
     Returns:
         :class:`Retrieval` with ``reference`` ``(..., N, D)`` in the query's dtype and sparse

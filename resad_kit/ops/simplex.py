@@ -16,8 +16,10 @@ Three exact ways to get that sorted prefix are offered (argument ``k``):
 * ``k="auto"``: rows of at least ``SCREEN_MIN_COLUMNS`` entries are screened first: the
   threshold of a subset of a row's entries (here maxima of blocks of entries) is a lower bound
   of the row's τ, so only the entries above it can be in the support, and only the blocks
-  whose maximum reaches it need to be opened. The few tens of entries left (out of thousands
-  in retrieval) are sorted; a row whose support takes them all gets a wider pass. Shorter rows
+  whose maximum reaches it need to be opened. The entries left are sorted; a row whose
+  support takes them all gets a wider pass. (On the CLIP-like features of docs/benchmarks.md,
+  with supports of ≈ 150 as on real images, the screen keeps too many blocks and gives way to
+  the top-``k`` path.) Shorter rows
   (or rows the screen cannot narrow down) take the top-``k`` path from ``AUTO_K``;
 * ``k="dense"``: the full sort, stable (ties in column order), with every width taken from the
   shapes: no step reads a tensor value on the host (the other ways size their next step by the
@@ -130,13 +132,14 @@ def sparsemax(x: torch.Tensor, dim: int = -1, k: SparsemaxK = None) -> torch.Ten
         dim: dimension to project along (negative values count from the end).
         k: ``None`` for the exact sort-based algorithm; an int for the exact top-k algorithm,
             which sorts only the ``k`` largest entries and takes again, with a wider prefix,
-            only the slices whose support does not fit; ``"auto"`` for the fastest measured:
+            only the slices whose support does not fit; ``"auto"``:
             slices of at least 2,048 entries are screened by block maxima first (only the
-            entries above a lower bound of τ are sorted), shorter ones take the top-k
-            algorithm from ``AUTO_K`` = 64 (see the module doc); ``"dense"`` for the full
-            stable sort without any device-to-host sync (for GPU hot paths). All give
-            bit-identical results; the top-k and screened ones are much faster when supports
-            are small (tens out of thousands, as in retrieval).
+            entries above a lower bound of τ are sorted), shorter ones, and slices the screen
+            cannot narrow, take the top-k algorithm from ``AUTO_K`` = 64 (see the module
+            doc); ``"dense"`` for the full stable sort without any device-to-host sync (for
+            GPU hot paths). All give bit-identical results; the top-k and screened ones are
+            faster than the full sort when supports are small against the slice
+            (docs/benchmarks.md).
 
     Returns:
         Tensor of ``x``'s shape and dtype, non-negative, summing to one along ``dim``.
