@@ -71,9 +71,10 @@ def _reference_params(adapter: LocalConvAdapter) -> dict[str, torch.Tensor]:
 
 
 def test_public_surface() -> None:
-    """`__all__` lists exactly the four adapters, and each is importable."""
+    """`__all__` lists the four Res²CLIP adapters, and each is importable (the whole public
+    surface of ``resad_kit.nn`` is pinned in tests/test_public_api.py)."""
     expected = {"GlobalAdapter", "LocalConvAdapter", "Res2CLIPAdapters", "ResidualAdapter"}
-    assert set(resad_kit.nn.__all__) == expected
+    assert expected <= set(resad_kit.nn.__all__)
     for name in expected:
         assert getattr(resad_kit.nn, name) is not None
 
