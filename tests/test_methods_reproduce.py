@@ -1,8 +1,9 @@
 """`resad-kit reproduce --method afclip` and `--method winclip` end to end, offline, on the
-tiny backbone and the synthetic data (the shipped MVTec AD sample trains AF-CLIP): the
-runs finish, table.md holds the methods' rows in their layouts, and `--afclip-weights`
-with files in the official repository's layout, written here from the trained
-checkpoint, gives the same numbers as the natively trained weights."""
+tiny backbone and a --data-root of small synthetic data sets under MVTec AD and VisA
+category names (so the real auxiliary rule runs: VisA is evaluated by the model trained on
+MVTec AD's test split): the runs finish, table.md holds the methods' rows in their
+layouts, and `--afclip-weights` with files in the official repository's layout, written
+here from the trained checkpoint, gives the same numbers as the natively trained weights."""
 
 from __future__ import annotations
 
@@ -14,14 +15,32 @@ import torch
 from resad_kit.cli.registry import METHODS
 from resad_kit.cli.reproduce import main
 from resad_kit.clip import ClipBackbone
+from resad_kit.data import synthesize_dataset
 from resad_kit.engine.checkpoint import load_checkpoint, save_checkpoint
 from resad_kit.engine.results import load_results
 from resad_kit.methods import AFCLIP, AFCLIPConfig, Method
 
 SMALL = [
-    "--backbone", "tiny", "--device", "cpu", "--no-progress", "--datasets", "synthetic",
-    "--shots", "0", "1", "--seeds", "111", "--image-size", "32", "--heatmaps", "0",
+    "--backbone", "tiny", "--device", "cpu", "--no-progress", "--datasets", "visa",
+    "--allow-subset", "--shots", "0", "1", "--seeds", "111", "--image-size", "32",
+    "--heatmaps", "0",
 ]  # fmt: skip
+CATEGORIES = {"mvtec": ("bottle", "cable"), "visa": ("candle", "capsules")}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """``mvtec/{bottle,cable}`` and ``visa/{candle,capsules}``: synthetic 32 px categories
+    (MVTec AD layout) under standard category names."""
+    root = tmp_path_factory.mktemp("data")
+    for key, names in CATEGORIES.items():
+        made = synthesize_dataset(
+            root / f"made_{key}", ["brick", "coins"], n_train=2, n_test=4, image_size=32
+        )
+        (root / key).mkdir()
+        for source, name in zip(("brick", "coins"), names, strict=True):
+            (made / source).rename(root / key / name)
+    return root
 
 
 def _metrics(out) -> list[tuple]:
@@ -32,10 +51,10 @@ def _metrics(out) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def afclip_run(tmp_path_factory):
+def afclip_run(tmp_path_factory, data_root):
     out = tmp_path_factory.mktemp("afclip") / "run"
     argv = [*SMALL, "--method", "afclip", "--profile", "official", "--epochs", "1"]
-    assert main([*argv, "--out", str(out)]) == 0
+    assert main([*argv, "--data-root", str(data_root), "--out", str(out)]) == 0
     return out
 
 
@@ -46,11 +65,12 @@ def test_afclip_runs_end_to_end_and_fills_its_table_layouts(afclip_run):
         ("afclip", "fine_tuned", 0),
         ("afclip", "fine_tuned", 1),
     }
-    assert {r.category for r in results} == {"brick", "coins"}
+    assert {(r.dataset, r.category) for r in results} == {("visa", "candle"), ("visa", "capsules")}
     table = (out / "table.md").read_text()
     assert "# AF-CLIP results" in table
     assert "AF-CLIP Table 1 layout: zero-shot" in table
-    assert "| Other | image | synthetic |" in table
+    assert "| Industrial | image | VisA | (" in table
+    assert "| – | – |" in table  # a category subset: no paper number, no Δ
     assert "| 1-shot (AF-CLIP+) | ours |" in table
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["epochs"] == 1
@@ -58,8 +78,9 @@ def test_afclip_runs_end_to_end_and_fills_its_table_layouts(afclip_run):
     assert config["train"]["lr_schedule"] == "constant"
     assert config["method"]["fine_tuned"]["prompt_position"] == "before_sot"
     assert config["backbone_config"]["tap_output"] == "residual"
-    # trained on the shipped MVTec AD sample (the auxiliary data set of "synthetic")
-    assert (out / "checkpoints" / "sample" / "checkpoint.safetensors").is_file()
+    # trained on MVTec AD's test split, the auxiliary data set of VisA (AF-CLIP Sec. 4.1)
+    assert (out / "checkpoints" / "mvtec" / "checkpoint.safetensors").is_file()
+    assert not (out / "checkpoints" / "visa").exists()
 
 
 def _write_official(checkpoint, weight_dir) -> None:
@@ -82,22 +103,25 @@ def _write_official(checkpoint, weight_dir) -> None:
     )
 
 
-def test_afclip_weights_in_the_official_layout_give_the_native_numbers(afclip_run, tmp_path):
-    """`synthetic` is evaluated by the model trained on the MVTec AD sample, for which the
-    released files are `mvtec_*` (docs/reproducing.md)."""
+def test_afclip_weights_in_the_official_layout_give_the_native_numbers(
+    afclip_run, data_root, tmp_path
+):
+    """VisA is evaluated by the model trained on MVTec AD: the released `mvtec_*` files."""
     weights = tmp_path / "weight"
-    _write_official(afclip_run / "checkpoints" / "sample" / "checkpoint.safetensors", weights)
+    _write_official(afclip_run / "checkpoints" / "mvtec" / "checkpoint.safetensors", weights)
     out = tmp_path / "released"
     argv = [*SMALL, "--method", "afclip", "--profile", "official", "--afclip-weights"]
-    assert main([*argv, str(weights), "--out", str(out)]) == 0
+    argv += [str(weights), "--data-root", str(data_root)]
+    assert main([*argv, "--out", str(out)]) == 0
     assert not (out / "checkpoints").exists()  # no training
     assert _metrics(out) == _metrics(afclip_run)
-    assert "released AF-CLIP weights for sample" in (out / "log.txt").read_text()
+    assert "released AF-CLIP weights for mvtec" in (out / "log.txt").read_text()
 
 
-def test_winclip_runs_end_to_end_training_free(tmp_path):
+def test_winclip_runs_end_to_end_training_free(data_root, tmp_path):
     out = tmp_path / "run"
-    assert main([*SMALL, "--method", "winclip", "--out", str(out)]) == 0
+    argv = [*SMALL, "--method", "winclip", "--data-root", str(data_root)]
+    assert main([*argv, "--out", str(out)]) == 0
     results = load_results(out)
     assert {(r.method, r.mode, r.shots) for r in results} == {
         ("winclip", "training_free", 0),
