@@ -51,6 +51,7 @@ from resad_kit.ops import (
     gaussian_blur,
     gaussian_window,
     global_residual,
+    harmonic_aggregate,
     knn_distance,
     magnitude_score,
     match_regions,
@@ -68,6 +69,7 @@ from resad_kit.ops import (
     top_fraction_mean,
     upsample_patches,
     visual_residual,
+    window_indices,
 )
 from resad_kit.ops import losses as L
 from resad_kit.ops._validation import VALUE_CHECKS_RUN
@@ -310,6 +312,11 @@ FACADES = {
     "query_former_loss": (
         lambda: query_former_loss(_BANK[:4], _BANK[4:8], _BANK[:4].flip(0)),
         lambda: query_former_loss(_BANK[:4], _BANK[4:8], _BANK[:4, None]),
+    ),
+    "window_indices": (lambda: window_indices((4, 4), 2), lambda: window_indices((4, 4), 5)),
+    "harmonic_aggregate": (
+        lambda: harmonic_aggregate(_MAP[:, :3, 3], window_indices((2, 2), 1)[:3], (2, 2)),
+        lambda: harmonic_aggregate(-_MAP[:, :3, 3], window_indices((2, 2), 1)[:3], (2, 2)),
     ),
     "ResidualAdapter": (lambda: _ADAPTER(_FEATS), lambda: _ADAPTER(_NAN.repeat(1, 2))),
     "LocalConvAdapter": (lambda: _LOCAL(_PATCHES), lambda: _LOCAL(_PATCHES * float("nan"))),

@@ -57,7 +57,8 @@ def window_indices(
 
     Raises:
         ValueError: ``grid`` is not a pair of positive ints, ``size`` or ``stride`` not a
-            positive int, or ``size`` larger than a side of the grid.
+            positive int, or ``size`` larger than a side of the grid (with checks on,
+            :func:`resad_kit.checks`).
 
     Shape:
         ``(W, s²)``.
@@ -73,11 +74,14 @@ def window_indices(
         (torch.Size([196, 4]), torch.Size([169, 9]))
     """
     fn = "window_indices"
-    h, w = patch_grid(fn, "grid", _area(grid), grid)
-    check_positive_int(fn, "size", size)
-    check_positive_int(fn, "stride", stride)
-    if size > min(h, w):
-        raise ValueError(f"{fn}: `size`={size} does not fit the grid ({h}, {w})")
+    if checks_enabled():
+        h, w = patch_grid(fn, "grid", _area(grid), grid)
+        check_positive_int(fn, "size", size)
+        check_positive_int(fn, "stride", stride)
+        if size > min(h, w):
+            raise ValueError(f"{fn}: `size`={size} does not fit the grid ({h}, {w})")
+    else:
+        h, w = grid
     rows = torch.arange(0, h - size + 1, stride, device=device)
     cols = torch.arange(0, w - size + 1, stride, device=device)
     offset = torch.arange(size, device=device)

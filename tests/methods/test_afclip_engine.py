@@ -104,7 +104,7 @@ def test_zero_and_one_shot_evaluate_and_reach_the_table(trained, root, cache, tm
         results, tmp_path, backbone_label="tiny", trained=False, config={"method": "afclip"}
     )
     table = files["table"].read_text() if "table" in files else (tmp_path / "table.md").read_text()
-    assert "afclip" in table
+    assert "AF-CLIP" in table
     assert "| 0 |" in table  # the zero-shot rows
 
 

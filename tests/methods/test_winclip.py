@@ -260,7 +260,7 @@ def test_runs_through_the_protocol_beside_res2clip(tmp_path):
         winclip + res2clip, tmp_path / "out", backbone_label="tiny", trained=False, config={}
     )
     text = table["table"].read_text()
-    assert "Res²CLIP" in text[: text.index("## winclip")]
-    block = text[text.index("## winclip") :]
+    assert "Res²CLIP" in text[: text.index("## WinCLIP")]
+    block = text[text.index("## WinCLIP") :]
     for result in winclip:
         assert f"| {result.shots} | synth | {100 * result.metrics['I-AUROC']:.1f} |" in block
