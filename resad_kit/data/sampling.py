@@ -2,7 +2,8 @@
 
 The paper evaluates with ``K ∈ {1, 2, 4}`` normal images of the target class, three runs
 with different reference sets, and does not publish the seeds; the official code
-(hito2448/Res2CLIP, ``test.py``) draws them from the **train split**, as this module does. Two selections are offered:
+(hito2448/Res2CLIP, ``test.py``) draws them from the **train split**, as this module does.
+Two selections are offered:
 
 * ``method="random"`` (default): sort the normal training images by their path relative to
   the data root, draw ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))``
