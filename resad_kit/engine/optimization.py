@@ -1,11 +1,14 @@
 """Optimisers and learning-rate schedules of :func:`~resad_kit.engine.training.train`.
 
 Built from what the method declares (:meth:`~resad_kit.methods.Method.optimizer_groups`):
-one Adam per :class:`~resad_kit.methods.OptimizerGroup` (β and weight decay from
-:class:`~resad_kit.engine.TrainConfig`), one parameter group per ``(module, lr)`` pair at
+one Adam (β and weight decay from :class:`~resad_kit.engine.TrainConfig`) or, with
+``TrainConfig.optimizer="sgd"`` (FineGrainedAD), one SGD (momentum and weight decay) per
+:class:`~resad_kit.methods.OptimizerGroup`, one parameter group per ``(module, lr)`` pair at
 ``lr × TrainConfig.lr_scale``, and a warm-up + cosine ``LambdaLR``
 (:mod:`resad_kit.engine.schedule`) counted in that optimiser's own active steps, or a
-constant learning rate (``TrainConfig.lr_schedule="constant"``, AF-CLIP). An
+constant learning rate (``TrainConfig.lr_schedule="constant"``, AF-CLIP), or a
+``CosineAnnealingLR`` to ``TrainConfig.min_lr`` over its active steps
+(``lr_schedule="cosine"``, FineGrainedAD). An
 optimiser steps only in the epochs of its phases, each step after clipping its gradients
 (``TrainConfig.grad_clip``).
 
@@ -22,7 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR
 
 from resad_kit.engine.schedule import active_epochs, warmup_cosine_scheduler
 from resad_kit.engine.train_config import TrainConfig
@@ -56,8 +59,8 @@ class Optimization:
     """The optimisers of a run, their schedulers and the phases in which each steps.
 
     Attributes:
-        optimizers: ``{group name: torch.optim.Adam}`` in the method's order.
-        schedulers: ``{group name: LambdaLR}`` (warm-up + cosine).
+        optimizers: ``{group name: torch.optim.Adam or SGD}`` in the method's order.
+        schedulers: ``{group name: LambdaLR or CosineAnnealingLR}``.
         phases: ``{group name: the phases in which it steps}``.
     """
 
@@ -101,18 +104,21 @@ def _check_groups(fn: str, model: Method, groups: Sequence[OptimizerGroup]) -> N
 
 
 def build_optimization(model: Method, config: TrainConfig, steps_per_epoch: int) -> Optimization:
-    """One Adam and one warm-up + cosine schedule per declared optimiser group.
+    """One optimiser and one learning-rate schedule per declared optimiser group.
 
     Args:
         model: a trainable :class:`~resad_kit.methods.Method`.
-        config: the :class:`~resad_kit.engine.TrainConfig` (β, weight decay, ``lr_scale``,
-            ``epochs``, ``warmup_epochs``).
+        config: the :class:`~resad_kit.engine.TrainConfig` (``optimizer``, β or momentum,
+            weight decay, ``lr_scale``, ``epochs``, ``warmup_epochs``, ``lr_schedule``,
+            ``min_lr``).
         steps_per_epoch: batches per epoch.
 
     Returns:
         :class:`Optimization`. Each optimiser warms up over ``warmup_epochs`` epochs of its
         own steps and decays over all its active steps (at least one epoch's); with
-        ``lr_schedule="constant"`` it keeps the group's learning rate.
+        ``lr_schedule="constant"`` it keeps the group's learning rate; with
+        ``lr_schedule="cosine"`` it decays from the group's rate to ``min_lr`` over all its
+        active steps, without warm-up.
 
     Raises:
         ValueError: no groups, duplicate names, phases outside ``model.phases``, a
@@ -145,13 +151,23 @@ def build_optimization(model: Method, config: TrainConfig, steps_per_epoch: int)
         ]
         for p in params:
             p["lr"] = p["lr"] * config.lr_scale
-        optimizers[group.name] = torch.optim.Adam(
-            params, betas=config.betas, weight_decay=config.weight_decay
-        )
+        if config.optimizer == "sgd":
+            optimizers[group.name] = torch.optim.SGD(
+                params, lr=params[0]["lr"], momentum=config.momentum,
+                weight_decay=config.weight_decay,
+            )  # fmt: skip
+        else:
+            optimizers[group.name] = torch.optim.Adam(
+                params, betas=config.betas, weight_decay=config.weight_decay
+            )
         phases[group.name] = tuple(group.phases)
         total = active_epochs(config.epochs, group.phases, model.phases) * steps_per_epoch
         if config.lr_schedule == "constant":
             schedulers[group.name] = LambdaLR(optimizers[group.name], ConstantFactor())
+        elif config.lr_schedule == "cosine":
+            schedulers[group.name] = CosineAnnealingLR(
+                optimizers[group.name], T_max=max(total, 1), eta_min=config.min_lr
+            )
         else:
             schedulers[group.name] = warmup_cosine_scheduler(
                 optimizers[group.name],

@@ -1,7 +1,8 @@
 """Settings and result of :func:`~resad_kit.engine.training.train`.
 
-:class:`TrainConfig` holds what is the engine's (epochs, batch size, warm-up, Adam's β and
-weight decay, gradient clipping, a scale on every learning rate, the seed);
+:class:`TrainConfig` holds what is the engine's (epochs, batch size, warm-up, the optimiser
+(Adam's β or SGD's momentum) and weight decay, the schedule, gradient clipping, a scale on
+every learning rate, the seed);
 the learning rates, phases and losses are the method's
 (:meth:`~resad_kit.methods.Method.optimizer_groups`). :class:`TrainResult` is the loss
 history of a run.
@@ -16,7 +17,8 @@ from typing import Any, Literal
 
 __all__ = ["TrainConfig", "TrainResult"]
 
-LR_SCHEDULES = ("warmup_cosine", "constant")
+LR_SCHEDULES = ("warmup_cosine", "constant", "cosine")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +50,17 @@ class TrainConfig:
             makes such a category an error.
         lr_schedule: ``"warmup_cosine"`` (Res²CLIP: linear warm-up over
             ``warmup_epochs`` then a half cosine to 0) or ``"constant"`` (the method's
-            learning rates throughout; AF-CLIP's official code has no scheduler).
+            learning rates throughout; AF-CLIP's official code has no scheduler) or
+            ``"cosine"`` (``CosineAnnealingLR``: ``lr_t = min_lr + (lr − min_lr)·(1 +
+            cos(π t / T))/2`` over each optimiser's ``T`` active steps, no warm-up;
+            FineGrainedAD).
+        optimizer: ``"adam"`` (Adam with ``betas``; Res²CLIP, AF-CLIP) or ``"sgd"`` (SGD
+            with ``momentum``; FineGrainedAD). Both use ``weight_decay``.
+        momentum: SGD momentum (unused by Adam).
+        min_lr: the floor ``eta_min`` of ``lr_schedule="cosine"`` (unused otherwise).
 
-    Presets: :meth:`paper` (Res²CLIP, the default) and :meth:`afclip` (AF-CLIP).
+    Presets: :meth:`paper` (Res²CLIP, the default), :meth:`afclip` (AF-CLIP) and
+    :meth:`finegrainedad` (FineGrainedAD).
 
     Example:
         >>> from resad_kit.engine.training import TrainConfig
@@ -58,7 +68,8 @@ class TrainConfig:
         TrainConfig(epochs=10, batch_size=16, warmup_epochs=1, betas=(0.5, 0.999),
                     weight_decay=0.0, grad_clip=1.0, lr_scale=1.0, seed=111,
                     keep_epoch_checkpoints=False, self_reference=False,
-                    lr_schedule='warmup_cosine')
+                    lr_schedule='warmup_cosine', optimizer='adam', momentum=0.9,
+                    min_lr=0.0)
         >>> TrainConfig.paper(epochs=2, warmup_epochs=0).epochs
         2
     """
@@ -73,10 +84,17 @@ class TrainConfig:
     seed: int = 111
     keep_epoch_checkpoints: bool = False
     self_reference: bool = False
-    lr_schedule: Literal["warmup_cosine", "constant"] = "warmup_cosine"
+    lr_schedule: Literal["warmup_cosine", "constant", "cosine"] = "warmup_cosine"
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9
+    min_lr: float = 0.0
 
     def __post_init__(self) -> None:
         fn = "TrainConfig"
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"{fn}: `optimizer` must be one of {OPTIMIZERS}; got {self.optimizer!r}"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"{fn}: `lr_schedule` must be one of {LR_SCHEDULES}; got {self.lr_schedule!r}"
@@ -91,7 +109,13 @@ class TrainConfig:
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ValueError(f"{fn}: `betas` must be two numbers in [0, 1); got {self.betas!r}")
         object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
-        for name, optional in (("weight_decay", False), ("grad_clip", True), ("lr_scale", False)):
+        for name, optional in (
+            ("weight_decay", False),
+            ("grad_clip", True),
+            ("lr_scale", False),
+            ("momentum", False),
+            ("min_lr", False),
+        ):
             value = getattr(self, name)
             if value is None and optional:
                 continue
@@ -131,6 +155,37 @@ class TrainConfig:
             "grad_clip": None,
             "seed": 122,
             "lr_schedule": "constant",
+        }
+        return cls(**{**values, **overrides})
+
+    @classmethod
+    def finegrainedad(cls, **overrides: Any) -> TrainConfig:
+        """FineGrainedAD's training (released code RetoFan233/FineGrainedAD,
+        ``train_seg_finegrained_patch.py``, built on PromptAD).
+
+        SGD (lr ``FineGrainedADConfig.lr`` = 2e-3), momentum 0.9, weight decay 5e-4,
+        ``CosineAnnealingLR(T_max=100, eta_min=1e-5)`` over 100 epochs, no warm-up, no
+        gradient clipping, seed 111. One step per epoch: the batch is all ``K`` shots
+        (``batch_size=16`` ≥ any ``K`` of the protocol), so the per-step cosine equals the
+        code's per-epoch one. ``overrides`` replace fields.
+
+        Example:
+            >>> from resad_kit.engine.training import TrainConfig
+            >>> c = TrainConfig.finegrainedad()
+            >>> c.optimizer, c.momentum, c.weight_decay, c.lr_schedule, c.min_lr, c.epochs
+            ('sgd', 0.9, 0.0005, 'cosine', 1e-05, 100)
+        """
+        values: dict[str, Any] = {
+            "epochs": 100,
+            "batch_size": 16,
+            "warmup_epochs": 0,
+            "weight_decay": 5e-4,
+            "grad_clip": None,
+            "seed": 111,
+            "lr_schedule": "cosine",
+            "optimizer": "sgd",
+            "momentum": 0.9,
+            "min_lr": 1e-5,
         }
         return cls(**{**values, **overrides})
 

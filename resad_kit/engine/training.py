@@ -25,7 +25,9 @@ protocol (paper Sec. 4.1 and App. F.2):
   learning rates. Only the optimisers of the epoch's phase step, each after clipping its
   gradients to norm 1.0. Each has a linear warm-up over one epoch of its own steps and a
   half cosine to 0 over all its steps; the first step of each runs at lr 0.
-  :meth:`TrainConfig.afclip` (AF-CLIP's code) has no clipping, warm-up or schedule.
+  :meth:`TrainConfig.afclip` (AF-CLIP's code) has no clipping, warm-up or schedule;
+  :meth:`TrainConfig.finegrainedad` (FineGrainedAD's code) uses SGD (momentum 0.9, weight
+  decay 5e-4) with a cosine decay to 1e-5 and no clipping or warm-up.
 - **Checkpoints** after every epoch (``out_dir/checkpoint.safetensors``, see
   :mod:`resad_kit.engine.checkpoint`), with the method's name and config, a checksum and a
   record of the training data (:func:`~resad_kit.engine.fingerprint.data_fingerprint`);

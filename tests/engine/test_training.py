@@ -403,7 +403,7 @@ def test_the_afclip_preset_and_the_constant_schedule():
     assert (c.grad_clip, c.weight_decay, c.seed, c.lr_schedule) == (None, 0.0, 122, "constant")
     assert TrainConfig.paper().lr_schedule == "warmup_cosine"
     with pytest.raises(ValueError, match="`lr_schedule` must be one of"):
-        TrainConfig(lr_schedule="cosine")
+        TrainConfig(lr_schedule="step")
     backbone = ClipBackbone.tiny(vv_blocks=0, tap_output="residual", tap_cls=True)
     opt = build_optimization(AFCLIP(backbone), c, steps_per_epoch=2)
     (optimizer,), (scheduler,) = opt.optimizers.values(), opt.schedulers.values()
