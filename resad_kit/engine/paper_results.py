@@ -26,7 +26,9 @@ Table 2 (AF-CLIP+, 1/2/4 shots on MVTec AD and VisA, mean ± std over five runs)
 logs shipped with the official code (Faustinaqq/AF-CLIP, ``weight/*_res.txt``).
 :data:`WINCLIP_RESULTS` holds the WinCLIP+ rows of Res²CLIP's Tables 6–10 (the baseline,
 training-free, all seven metrics) and :data:`WINCLIP_TABLE1` its Table 1 column with the
-Average row. :func:`paper_values` looks up any of them by method name.
+Average row. :data:`FINEGRAINEDAD_RESULTS` holds FineGrainedAD's Table 1 (image / pixel
+AUROC, MVTec AD and VisA, 1/2/4 shots, :mod:`.paper_results_finegrainedad`).
+:func:`paper_values` looks up any of them by method name.
 
 Example:
     >>> from resad_kit.engine.paper_results import PAPER_RESULTS, PAPER_TABLE1
@@ -58,6 +60,7 @@ __all__ = [
     "AFCLIP_RELEASED_LOGS",
     "AFCLIP_RESULTS",
     "AFCLIP_SHOTS",
+    "FINEGRAINEDAD_RESULTS",
     "MODES",
     "PAPER_DATASETS",
     "PAPER_DATASET_NAMES",
@@ -328,7 +331,9 @@ AFCLIP_RELEASED_LOGS: Mapping[str, Mapping[str, float]] = MappingProxyType(
 """Zero-shot numbers of the official code's released logs (two decimals): dataset → metric."""
 
 
-# WinCLIP+ (Res²CLIP's baseline) lives in its own module; it needs the names above.
+# WinCLIP+ (Res²CLIP's baseline) and FineGrainedAD live in their own modules; they need the
+# names above.
+from resad_kit.engine.paper_results_finegrainedad import FINEGRAINEDAD_RESULTS  # noqa: E402
 from resad_kit.engine.paper_results_winclip import (  # noqa: E402
     WINCLIP_RESULTS,
     WINCLIP_TABLE1,
@@ -360,8 +365,10 @@ def paper_values(
     ``"res2clip"``: :data:`PAPER_RESULTS` (all seven metrics); ``"afclip"``:
     :data:`AFCLIP_RESULTS` (the metrics AF-CLIP reports; its models are fine-tuned, so
     ``mode`` must be ``"fine_tuned"``); ``"winclip"``: :data:`WINCLIP_RESULTS` (WinCLIP+,
-    training-free, Res²CLIP's Tables 6–10). Whether the group is comparable (the complete
-    category list) is the caller's check.
+    training-free, Res²CLIP's Tables 6–10); ``"finegrainedad"``:
+    :data:`FINEGRAINEDAD_RESULTS` (image / pixel AUROC of its Table 1,
+    ``mode="fine_tuned"``). Whether the group is comparable (the complete category list) is
+    the caller's check.
 
     Example:
         >>> from resad_kit.engine.paper_results import paper_values
@@ -373,6 +380,8 @@ def paper_values(
         True
         >>> paper_values("winclip", "btad", 1, "training_free")["PRO"]
         PaperValue(mean=66.7, std=1.4)
+        >>> paper_values("finegrainedad", "mvtec", 1, "fine_tuned")["P-AUROC"]
+        PaperValue(mean=95.49, std=0.0)
     """
     if method == "res2clip":
         return PAPER_RESULTS.get((dataset, shots, mode))
@@ -380,4 +389,6 @@ def paper_values(
         return AFCLIP_RESULTS.get((dataset, shots))
     if method == "winclip" and mode == "training_free":
         return WINCLIP_RESULTS.get((dataset, shots))
+    if method == "finegrainedad" and mode == "fine_tuned":
+        return FINEGRAINEDAD_RESULTS.get((dataset, shots))
     return None
