@@ -45,8 +45,8 @@ class FineGrainedADConfig:
         lambda_mean: weight λ₁ of ℓ_mean (code ``--lambda1``: 0.001).
         lambda_reg: weight of ℓ_reg (paper §4.4: 1).
         triplet_margin: margin ε of ℓ_trip (PromptAD ``TripletLoss(margin=1.0)``; paper: 1).
-        lr: SGD learning rate (code: 2e-3; momentum 0.9, weight decay 5e-4, cosine to 1e-5
-            over 100 epochs — the engine's optimiser settings, not applied here).
+        lr: SGD learning rate (code: 2e-3); momentum 0.9, weight decay 5e-4 and the cosine
+            to 1e-5 over 100 epochs are the engine's (``TrainConfig.finegrainedad()``).
         blur_sigma: σ of the Gaussian smoothing of the upsampled map (code: 4).
         eps: added to both denominators of the harmonic means (Eqs. 7-8).
 
