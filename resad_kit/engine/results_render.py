@@ -32,7 +32,12 @@ UNTRAINED_WARNING = "backbone untrained (random weights) — numbers are NOT com
 
 _MARK = {"training_free": "Res²CLIP*", "fine_tuned": "Res²CLIP†"}
 #: Display names of the methods (others are shown by their ``name``).
-METHOD_TITLES = {"res2clip": "Res²CLIP", "afclip": "AF-CLIP", "winclip": "WinCLIP"}
+METHOD_TITLES = {
+    "res2clip": "Res²CLIP",
+    "afclip": "AF-CLIP",
+    "winclip": "WinCLIP",
+    "finegrainedad": "FineGrainedAD",
+}
 #: Methods whose papers name the few-shot variant with a "+" (AF-CLIP+, WinCLIP+).
 _PLUS = ("afclip", "winclip")
 
@@ -82,6 +87,8 @@ def _paper_source(method: str, dataset: str, shots: int | None = None) -> str | 
         if shots is None:
             return "AF-CLIP Tables 1–2" if dataset in ("mvtec", "visa") else "AF-CLIP Table 1"
         return f"AF-CLIP Table {1 if shots == 0 else 2}"
+    if method == "finegrainedad":
+        return "FineGrainedAD Table 1" if dataset in ("mvtec", "visa") else None
     table = PAPER_TABLES.get(dataset)
     if table is None:
         return None
@@ -97,6 +104,8 @@ def _mark(method: str, mode: str, shots: int | None = None) -> str:
     WinCLIP / WinCLIP+, else ``method (mode)``."""
     if method == "res2clip":
         return _MARK[mode]
+    if method == "finegrainedad":
+        return "FineGrainedAD"
     if method in _PLUS:
         title = METHOD_TITLES[method]
         return {None: f"{title}/{title}+", 0: title}.get(shots, f"{title}+")
@@ -238,16 +247,37 @@ def _notes(aggs: Sequence[DatasetAggregate]) -> list[str]:
     return ["## Notes", "", *(f"- {n}" for n in notes)]
 
 
+def _finegrainedad_notes() -> list[str]:
+    notes = [
+        "Percent. Ours: for each seed the unweighted mean over the categories, then mean ± "
+        f"standard deviation over the seeds (population std, numpy ddof={STD_DDOF}). One "
+        "seed: mean only.",
+        "Δ = ours − paper in percentage points. Paper numbers: FineGrainedAD's Table 1 "
+        "(image / pixel AUROC on MVTec AD and VisA at 1, 2 and 4 shots; the paper reports "
+        "no standard deviation); – where the paper has no number.",
+    ]
+    return ["## Notes", "", *(f"- {n}" for n in notes)]
+
+
 def _method_sections(aggs: Sequence[DatasetAggregate], level: str) -> list[str]:
     if aggs[0].method == "afclip":  # AF-CLIP's own layouts (its Tables 1 and 2)
         from resad_kit.engine.results_render_afclip import afclip_notes, afclip_tables
 
         lines = afclip_tables(aggs)
+    elif aggs[0].method == "finegrainedad":  # the layout of FineGrainedAD's Table 1
+        from resad_kit.engine.results_render_finegrainedad import finegrainedad_table1
+
+        lines = [*finegrainedad_table1(aggs), ""]
     else:
         lines = [*_table1_section(aggs), ""]
     for dataset in sorted({a.dataset for a in aggs}, key=_dataset_order):
         lines += [*_dataset_section(dataset, [a for a in aggs if a.dataset == dataset]), ""]
-    lines += afclip_notes(aggs) if aggs[0].method == "afclip" else _notes(aggs)
+    if aggs[0].method == "afclip":
+        lines += afclip_notes(aggs)
+    elif aggs[0].method == "finegrainedad":
+        lines += _finegrainedad_notes()
+    else:
+        lines += _notes(aggs)
     return [line.replace("## ", level, 1) if line.startswith("## ") else line for line in lines]
 
 
@@ -278,6 +308,8 @@ def _short_source(agg: DatasetAggregate) -> str:
     """``T8`` (Res²CLIP's Table 8; WinCLIP+ rows too), ``AF-T1`` / ``AF-T2`` (AF-CLIP's)."""
     if agg.method == "afclip":
         return f"AF-T{1 if agg.shots == 0 else 2}"
+    if agg.method == "finegrainedad":
+        return "FG-T1"
     return f"T{PAPER_TABLES.get(agg.dataset, '?')}"
 
 

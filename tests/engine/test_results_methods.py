@@ -160,3 +160,24 @@ def test_summary_and_html_show_dashes_for_metrics_the_paper_omits(method) -> Non
         assert "AF-CLIP+" in html
     else:
         assert "WinCLIP+" in html
+
+
+def test_finegrainedad_rows_cite_its_own_table(tmp_path):
+    """FineGrainedAD's table.md uses the layout of its Table 1 with the paper's VisA 1-shot
+    numbers and Δ, and names its own table as the source, never Res²CLIP's tables."""
+    metrics = {**dict.fromkeys(METRIC_NAMES, 0.5), "I-AUROC": 0.9, "P-AUROC": 0.95}
+    records = [
+        CategoryResult(
+            "visa", c, 1, 0, "fine_tuned", metrics, ("r.png",), 4, method="finegrainedad"
+        )
+        for c in standard_categories("visa")
+    ]
+    files = write_results(records, tmp_path, backbone_label="tiny", trained=True, config={})
+    table = files["table"].read_text()
+    assert "# FineGrainedAD results" in table
+    assert "| ours | 90.0/95.0 |" in table
+    assert "| paper | 84.16/96.42 |" in table
+    assert "| Δ | +5.8/-1.4 |" in table
+    assert "FineGrainedAD Table 1" in table
+    assert "Tables 6–10" not in table
+    assert "paper Table" not in table
