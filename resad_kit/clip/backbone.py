@@ -137,6 +137,22 @@ class ClipBackbone(BackboneConstructors, nn.Module):
 
     # ------------------------------------------------------------------ state
 
+    def _construction_kwargs(self) -> dict[str, Any]:
+        """The arguments that rebuild this backbone over the same frozen model (used by the
+        wrappers' ``wrap``: :class:`~resad_kit.clip.windows.WindowBackbone`,
+        :class:`~resad_kit.clip.image_backbone.ImageBackbone`)."""
+        return {
+            "model": self.model,
+            "config": self.config,
+            "model_name": self.model_name,
+            "weights": self.weights,
+            "trained": self.trained,
+            "mean": self.mean,
+            "std": self.std,
+            "tokenizer": self.tokenizer,
+            "inference_mode": self.inference_mode,
+        }
+
     @property
     def device(self) -> torch.device:
         """Device of the model's parameters."""

@@ -59,17 +59,7 @@ class ImageBackbone(ClipBackbone):
     @classmethod
     def wrap(cls, backbone: ClipBackbone) -> ImageBackbone:
         """An :class:`ImageBackbone` over ``backbone``'s frozen model, config and labels."""
-        return cls(
-            backbone.model,
-            backbone.config,
-            model_name=backbone.model_name,
-            weights=backbone.weights,
-            trained=backbone.trained,
-            mean=backbone.mean,
-            std=backbone.std,
-            tokenizer=backbone.tokenizer,
-            inference_mode=backbone.inference_mode,
-        )
+        return cls(**backbone._construction_kwargs())
 
     @property
     def tap_dim(self) -> int:

@@ -250,19 +250,7 @@ class WindowBackbone(ClipBackbone):
         cls, backbone: ClipBackbone, *, scales: Sequence[int] = (2, 3), stride: int = 1
     ) -> WindowBackbone:
         """A :class:`WindowBackbone` over ``backbone``'s frozen model, config and labels."""
-        return cls(
-            backbone.model,
-            backbone.config,
-            model_name=backbone.model_name,
-            weights=backbone.weights,
-            trained=backbone.trained,
-            mean=backbone.mean,
-            std=backbone.std,
-            tokenizer=backbone.tokenizer,
-            inference_mode=backbone.inference_mode,
-            scales=scales,
-            stride=stride,
-        )
+        return cls(**backbone._construction_kwargs(), scales=scales, stride=stride)
 
     def forward(self, images: Tensor) -> Features:  # type: ignore[override]
         """The packed :class:`Features` of ``images`` (see the class docstring)."""
