@@ -228,6 +228,7 @@ def _evaluate_unit(
     *,
     eval_size: int | None,
     mask_interpolation: str,
+    shots: Sequence[int],
     **options: Any,
 ) -> list[CategoryResult]:
     image_size = cache.backbone.image_size
@@ -241,10 +242,11 @@ def _evaluate_unit(
         mask_interpolation=mask_interpolation,
         **norm,
     )
-    shots = options.get("shots", (1, 2, 4))
     # zero-shot only: no train split is read (some data sets have a test split only)
     train = AnomalyDataset(spec.root, category, "train", image_size, **norm) if any(shots) else None
-    results = evaluate_category(models, spec.name, test, train, cache, **options, **norm)
+    results = evaluate_category(
+        models, spec.name, test, train, cache, shots=shots, **options, **norm
+    )
     first = results[0]
     # the first metric the data set supports (a segmentation-only set has no I-AUROC)
     name, value = next(((k, v) for k, v in first.metrics.items() if v is not None), ("-", None))
