@@ -301,9 +301,8 @@ def mfsc_prompts(
     Two fixes: the code pastes the state with ``{}`` removed after the noun, which reads
     ``"handledamaged "`` for a prefix state such as ``"damaged {}"``; here every state is
     filled in (``"damaged handle"``). The random choices use ``random.Random(seed)``
-    (the code uses the global ``random`` module). Relation, colour, texture and shape
-    prompts are built by the code but enter neither its losses nor its scores; they are not
-    built here.
+    (the code uses the global ``random`` module). The relation, colour, texture and shape
+    prompts of the Attr-MoE gates are :func:`~resad_kit.clip.mfsc_attributes.attribute_prompts`'.
 
     Example:
         >>> from resad_kit.clip.mfsc import load_captions, load_vocabularies, mfsc_prompts

@@ -18,8 +18,24 @@ with ``position="after_sot"``: the code writes placeholder words ``"N N N N A <t
 and overwrites their embeddings, which is the same sequence. Initialisation 𝒩(0, 0.02²)
 as the code.
 
-Not built (the released code has it, the paper calls it Attr-MoE): sigmoid-gated sums of
-relation/colour/texture/shape prompt embeddings added to the image group's embeddings.
+**Attr-MoE** (``attributes``; paper §3.3: "learnable parameters between zero and one"
+per attribute, for the component-level prompts; its form from the code, which applies it
+to the image group): for a gated group with attributes ``a`` (texts
+:func:`~resad_kit.clip.mfsc_attributes.attribute_prompts`) and gates ``w ∈ ℝ^{2×A}``
+(𝒩(0, 1) as the code's ``torch.randn``; row 0 normal, row 1 abnormal), the **input
+embedding sequences** (``[SOT] [N_1 … N_4] …`` after context insertion, before the
+positional embedding) become
+
+* NHP: ``E(NHP) + Σ_a σ(w_0a) E(NHP_a)``;
+* AHP ``i``: ``E(AHP_i) + Σ_a σ(w_1a) E(AHP_a^{(j_a(i))})``, ``j_a`` the attribute's AHPs
+  ranked by the mean of their embedding sequence, descending (the code's ``topk``; the
+  shared context shifts every mean equally, so the ranking is fixed at construction);
+* ALP ``i``: ``E(ALP_i) + Σ_a σ(w_1a) E(ALP_a^{(i)})``, ``ALP_a^{(i)}`` =
+  ``[SOT] [N_1 … N_4] [A_i] <attribute text>.``;
+
+and the text tower reads the feature at the group prompt's own EOT (the code's
+``encode_text_embeddings(embedding, tokens)``). The sums run through
+:func:`_encode_embeddings`, the tail of :func:`encode_with_context` on given sequences.
 
 Shape legend: ``G`` groups, ``W`` text width, ``D`` joint dim.
 """
@@ -33,13 +49,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resad_kit.clip.learnable_prompts import _text_tower, encode_with_context
+from resad_kit.clip.learnable_prompts import _eot_index, _text_tower, encode_with_context
 from resad_kit.clip.mfsc import PromptGroup
+from resad_kit.clip.mfsc_attributes import AttributePrompts
 
 if TYPE_CHECKING:
     from resad_kit.clip.backbone import ClipBackbone
 
 __all__ = ["GroupPromptFeatures", "MultiLevelPrompts", "group_anchors"]
+
+#: The levels of the Attr-MoE gates (``FineGrainedADConfig.attr_moe``).
+ATTR_MOE_LEVELS: tuple[str, ...] = ("none", "image", "components")
 
 
 class GroupPromptFeatures(NamedTuple):
@@ -67,14 +87,18 @@ class MultiLevelPrompts(nn.Module):
         n_abnormal: learnable abnormal prompts per group ``N_ab`` (code and paper: 4).
         n_ctx_abnormal: learnable tokens per abnormal prompt (code: 1).
         init_std: std of the normal initialisation of both contexts (code: 0.02).
+        attributes: the Attr-MoE texts of the gated groups (module docstring;
+            :func:`~resad_kit.clip.mfsc_attributes.attribute_prompts`); ``()``: no gates.
 
     Attributes:
         normal_ctx: ``(1, n_ctx, W)``.
         abnormal_ctx: ``(n_abnormal, n_ctx_abnormal, W)``.
+        attr_gates: one ``(2, A)`` gate logit tensor per entry of ``attributes``.
 
     Raises:
-        ValueError: no groups, a non-positive count, a backbone without a text tower, or a
-            text too long for the context.
+        ValueError: no groups, a non-positive count, a backbone without a text tower, a
+            text too long for the context, ``attributes`` of an unknown or repeated group,
+            or an attribute with fewer abnormal texts than its group's AHPs.
 
     Example:
         >>> import torch
@@ -104,6 +128,7 @@ class MultiLevelPrompts(nn.Module):
         n_abnormal: int = 4,
         n_ctx_abnormal: int = 1,
         init_std: float = 0.02,
+        attributes: Sequence[AttributePrompts] = (),
     ) -> None:
         super().__init__()
         fn = type(self).__name__
@@ -133,9 +158,79 @@ class MultiLevelPrompts(nn.Module):
             torch.randn(n_abnormal, n_ctx_abnormal, width, device=device) * init_std
         )
         object.__setattr__(self, "backbone", backbone)  # a reference, not a submodule
+        self._init_gates(fn, tuple(attributes), backbone, n_ctx)
         with torch.no_grad():  # fail early on a text too long for the context
             self._encode_fixed()
             self._encode_learned()
+            if self.attributes:
+                self._encode_gated()
+
+    def _init_gates(
+        self, fn: str, attributes: tuple[AttributePrompts, ...], backbone, n_ctx: int
+    ) -> None:
+        g = len(self.groups)
+        if not all(isinstance(a, AttributePrompts) for a in attributes) or sorted(
+            {a.group for a in attributes}
+        ) != sorted(a.group for a in attributes if 0 <= a.group < g):
+            raise ValueError(
+                f"{fn}: `attributes` must be AttributePrompts of distinct groups in [0, {g})"
+            )
+        self.attributes = attributes
+        device = self.normal_ctx.device
+        model = backbone.model
+        length = model.positional_embedding.shape[0]
+        self.attr_gates = nn.ParameterList(
+            [nn.Parameter(torch.randn(2, len(a.names), device=device)) for a in attributes]
+        )
+        for i, a in enumerate(attributes):
+            k = len(self.groups[a.group].abnormal)
+            selected = []
+            for name, texts in zip(a.names, a.abnormal, strict=True):
+                if len(texts) < k:
+                    raise ValueError(
+                        f"{fn}: attribute {name!r} of group {self.groups[a.group].name!r} has "
+                        f"{len(texts)} abnormal texts; its group has {k} AHPs"
+                    )
+                ids = backbone.tokenizer([t + "." for t in texts]).to(device)
+                with torch.no_grad():  # the code's topk of the sequence means (context: 0)
+                    emb = model.token_embedding(ids).float()
+                    mean = (emb[:, 0].sum(-1) + emb[:, 1 : length - n_ctx].sum((1, 2))) / (
+                        length * emb.shape[-1]
+                    )
+                selected.append(ids[torch.topk(mean, k).indices])
+            normal_ids = backbone.tokenizer([t + "." for t in a.normal]).to(device)
+            self.register_buffer(f"attr_normal_tokens_{i}", normal_ids, persistent=False)
+            self.register_buffer(f"attr_abnormal_tokens_{i}", torch.stack(selected), False)
+
+    def _encode_gated(self) -> tuple[Tensor, Tensor]:
+        """``(fixed, learned)`` features with the Attr-MoE sums (module docstring)."""
+        model, g, n_ab = self.backbone.model, len(self.groups), self.n_abnormal
+        xf, eot_f = _embed(model, self.fixed_tokens, self.normal_ctx)
+        ctx_ab = torch.cat([self.normal_ctx.expand(n_ab, -1, -1), self.abnormal_ctx], dim=1)
+        tokens = self.learned_tokens.repeat_interleave(n_ab, dim=0)
+        xl, eot_l = _embed(model, tokens, ctx_ab.repeat(g, 1, 1))
+        starts = [0]
+        for group in self.groups:
+            starts.append(starts[-1] + 1 + len(group.abnormal))
+        for i, a in enumerate(self.attributes):
+            normal_ids = getattr(self, f"attr_normal_tokens_{i}")  # (A, L)
+            abnormal_ids = getattr(self, f"attr_abnormal_tokens_{i}")  # (A, k, L)
+            n_attr, k = abnormal_ids.shape[:2]
+            e_n, _ = _embed(model, normal_ids, self.normal_ctx)
+            e_h, _ = _embed(model, abnormal_ids.flatten(0, 1), self.normal_ctx)
+            ids_l = normal_ids.repeat_interleave(n_ab, dim=0)
+            e_l, _ = _embed(model, ids_l, ctx_ab.repeat(n_attr, 1, 1))
+            gate = torch.sigmoid(self.attr_gates[i]).to(e_n.dtype)
+            d_fixed = torch.cat([
+                torch.einsum("a,alw->lw", gate[0], e_n)[None],
+                torch.einsum("a,aklw->klw", gate[1], e_h.unflatten(0, (n_attr, k))),
+            ])  # fmt: skip
+            d_learned = torch.einsum("a,aklw->klw", gate[1], e_l.unflatten(0, (n_attr, n_ab)))
+            rows = torch.arange(starts[a.group], starts[a.group] + 1 + k, device=xf.device)
+            xf = xf.index_add(0, rows, d_fixed)
+            rows = torch.arange(a.group * n_ab, (a.group + 1) * n_ab, device=xl.device)
+            xl = xl.index_add(0, rows, d_learned)
+        return _encode_embeddings(model, xf, eot_f), _encode_embeddings(model, xl, eot_l)
 
     def _encode_fixed(self) -> Tensor:
         return encode_with_context(
@@ -152,8 +247,10 @@ class MultiLevelPrompts(nn.Module):
 
     def forward(self) -> tuple[GroupPromptFeatures, ...]:
         """Unnormalised features of every group's NHPs, AHPs and ALPs, in group order."""
-        fixed = self._encode_fixed()
-        learned = self._encode_learned()
+        if self.attributes:
+            fixed, learned = self._encode_gated()
+        else:
+            fixed, learned = self._encode_fixed(), self._encode_learned()
         out, start = [], 0
         for i, g in enumerate(self.groups):
             n_ab = len(g.abnormal)
@@ -163,6 +260,31 @@ class MultiLevelPrompts(nn.Module):
             ab = learned[i * self.n_abnormal : (i + 1) * self.n_abnormal]
             out.append(GroupPromptFeatures(normal, hand, ab))
         return tuple(out)
+
+
+def _embed(model: nn.Module, ids: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
+    """``[<SOT>, ctx, tokens…]`` cut to ``L`` (as ``encode_with_context(position="after_sot")``)
+    and the shifted EOT index: ``(P, L)`` ids, ``(1|P, M, W)`` ctx → ``(P, L, W)``, ``(P,)``."""
+    length = model.positional_embedding.shape[0]
+    eot = _eot_index("MultiLevelPrompts", model, ids) + ctx.shape[1]
+    if bool((eot >= length).any()):
+        raise ValueError(
+            f"MultiLevelPrompts: a prompt is too long for {ctx.shape[1]} context tokens: its "
+            f"EOT would sit at position {int(eot.max())} ≥ the context length {length}"
+        )
+    cast = model.transformer.get_cast_dtype()
+    emb = model.token_embedding(ids).to(cast)
+    c = ctx.to(cast).expand(ids.shape[0], -1, -1)
+    return torch.cat([emb[:, :1], c, emb[:, 1:]], dim=1)[:, :length], eot
+
+
+def _encode_embeddings(model: nn.Module, x: Tensor, eot: Tensor) -> Tensor:
+    """The text tower on embedding sequences ``(P, L, W)``, read at ``eot`` → ``(P, D)``."""
+    cast = model.transformer.get_cast_dtype()
+    x = model.transformer(x + model.positional_embedding.to(cast), attn_mask=model.attn_mask)
+    x = model.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot]
+    proj = model.text_projection
+    return (proj(x) if isinstance(proj, nn.Module) else x @ proj).float()
 
 
 def group_anchors(features: Sequence[GroupPromptFeatures]) -> tuple[Tensor, Tensor]:

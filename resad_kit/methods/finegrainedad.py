@@ -9,8 +9,9 @@
   unit abnormal feature; the :class:`~resad_kit.nn.QueryFormer` turns them into one
   intrinsic feature ``q_g`` per group; each token ``z`` (V-V stream, projected) takes the
   group ``g* = argmax_g cos(z, q_g)`` and scores ``softmax(τ·[cos(z, p_n^{g*}),
-  cos(z, p_a^{g*})])₁``. Eq. 6 (image-level re-weighting, absent from the released code)
-  is not applied.
+  cos(z, p_a^{g*})])₁``. With ``config.image_reweight`` (paper preset; absent from the
+  released code), Eq. 6 re-weights it: ``M_p = a / Σ_k a_k ⊙ M̂_p``, ``a`` each token's
+  Eq. 4 anomaly probability against the image group (see :meth:`FineGrainedAD.forward`).
 * **Fusion** (Eq. 7): ``M = 1 / (1/(M_v + ε) + 1/(M_p + ε))``, upsampled bilinearly and
   smoothed (σ = 4); image score (Eq. 8): the same harmonic mean of ``max M_v`` and the
   PAD score of the global feature.
@@ -20,7 +21,8 @@
   of the components and the background, and turned into per-token loss weights
   (:func:`~resad_kit.ops.match_regions`, :func:`~resad_kit.ops.region_weights`).
 * **Training**: :meth:`FineGrainedAD.losses` (Eqs. 2-3, :mod:`.finegrainedad_losses`)
-  on the ``K`` references themselves; only the prompt contexts and the Query Former learn.
+  on the ``K`` references themselves; only the prompt contexts, the Attr-MoE gates
+  (``config.attr_moe``) and the Query Former learn.
 
 The backbone is read through two views of the same frozen model (the released
 ``V2VTransformer``: V-V attention in every block for the patch tokens, LN_post on the
@@ -40,6 +42,7 @@ from torch import Tensor, nn
 
 from resad_kit.clip import ClipBackbone, Features
 from resad_kit.clip.mfsc import CategoryCaptions, Vocabularies, mfsc_prompts
+from resad_kit.clip.mfsc_attributes import attribute_prompts
 from resad_kit.clip.mllp import MultiLevelPrompts, group_anchors
 from resad_kit.methods.afclip_views import anomaly_probability
 from resad_kit.methods.base import (
@@ -138,6 +141,7 @@ class FineGrainedAD(Method):
         self.prompts = MultiLevelPrompts(
             backbone, self.groups, n_ctx=config.n_ctx, n_abnormal=config.n_abnormal,
             n_ctx_abnormal=config.n_ctx_abnormal, init_std=config.prompt_init_std,
+            attributes=attribute_prompts(captions, vocabularies, config.attr_moe),
         )  # fmt: skip
         dim = backbone.model.visual.output_dim
         self.query_former = QueryFormer(len(self.groups), dim, config.query_former)
@@ -239,10 +243,21 @@ class FineGrainedAD(Method):
         output_size: int | tuple[int, int] | None = None,
         return_intermediates: bool = False,
     ) -> Prediction:
-        """Fused map and score (Eqs. 1, 4-5, 7-8); branches ``"vad"`` and ``"pad"``.
+        """Fused map and score (Eqs. 1, 4-8); branches ``"vad"`` and ``"pad"``.
 
-        Intermediates: ``"vad"``, ``"pad"`` (``(B, N)`` patch scores), ``"groups"`` (``(B, N)``
-        routed group of every token), ``"intrinsic"`` (``(G, D)``).
+        Eq. 6 (``config.image_reweight``), as read here: the paper's
+        ``softmax(s(z_ij, p_img))`` is the two-way softmax of Eq. 4 itself (a softmax over
+        the tokens would make its denominator ``Σ_k`` equal to 1), i.e. the anomaly
+        probability ``a_ij = softmax(τ·[cos(z_ij, p_n^img), cos(z_ij, p̄_a^img)])₁`` of the
+        token against the image group's unit mean normal and abnormal features, and
+        ``M_p,ij = a_ij / Σ_k a_k · M̂_p,ij`` over the ``N`` tokens of the image. The
+        weights sum to 1, so ``M_p`` is about ``M̂_p / N`` and dominates the harmonic mean
+        of Eq. 7; the image score (Eq. 8, here from ``max M_v``) does not use ``M_p``.
+
+        Intermediates: ``"vad"``, ``"pad"`` (``(B, N)`` patch scores; ``M_p``, after Eq. 6
+        when on), ``"groups"`` (``(B, N)`` routed group of every token), ``"intrinsic"``
+        (``(G, D)``); with Eq. 6 also ``"pad_token"`` (``M̂_p``) and ``"image_weights"``
+        (``a / Σ_k a_k``, ``(B, N)``).
         """
         images = self._check_images(inputs)
         if self.bank1.numel() == 0:
@@ -253,7 +268,15 @@ class FineGrainedAD(Method):
         normal, abnormal = group_anchors(self.prompts())
         intrinsic = self.query_former(normal, abnormal)
         tokens = F.normalize(feats.patches[0], dim=-1)
-        pad = self._pad(tokens, normal, abnormal, intrinsic)
+        pad = pad_token = self._pad(tokens, normal, abnormal, intrinsic)
+        if self.config.image_reweight:  # Eq. 6
+            e = self.num_components
+            image = torch.stack(
+                [cosine_score(tokens, normal[e]), cosine_score(tokens, abnormal[e])], dim=-1
+            )
+            probability = anomaly_probability(self._scale() * image)  # (B, N)
+            weights = probability / probability.sum(-1, keepdim=True)
+            pad = weights * pad_token
         global_pad = self._pad(F.normalize(feats.cls, dim=-1), normal, abnormal, intrinsic)
         size = output_size or tuple(images.shape[-2:])
         sigma = self.config.blur_sigma
@@ -273,6 +296,8 @@ class FineGrainedAD(Method):
         if return_intermediates:
             route = cosine_score(tokens[..., None, :], intrinsic).argmax(-1)
             inter = {"vad": vad, "pad": pad, "groups": route, "intrinsic": intrinsic}
+            if self.config.image_reweight:
+                inter |= {"pad_token": pad_token, "image_weights": weights}
         return Prediction(
             score.float(),
             fused.float(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from resad_kit.clip.mllp import ATTR_MOE_LEVELS
 from resad_kit.nn import QueryFormerConfig
 
 __all__ = ["FineGrainedADConfig"]
@@ -49,6 +50,14 @@ class FineGrainedADConfig:
             to 1e-5 over 100 epochs are the engine's (``TrainConfig.finegrainedad()``).
         blur_sigma: σ of the Gaussian smoothing of the upsampled map (code: 4).
         eps: added to both denominators of the harmonic means (Eqs. 7-8).
+        image_reweight: Eq. 6, the image-level re-weighting of the PAD map (paper: on;
+            absent from the code: off). Read as ``M_p = a / Σ_k a_k ⊙ M̂_p`` with ``a`` the
+            Eq. 4 anomaly probability of every token against the **image** group's prompts
+            (see :meth:`FineGrainedAD.forward`).
+        attr_moe: the Attr-MoE gates of the MLLP prompts (:class:`~resad_kit.clip.mllp.
+            MultiLevelPrompts`): ``"image"`` (code: the image group's prompts get the gated
+            relation/colour/texture/shape prompts), ``"components"`` (paper §3.3: the
+            component-level prompts, with their colour/texture/shape) or ``"none"``.
 
     Example:
         >>> from resad_kit.methods.finegrainedad_config import FineGrainedADConfig
@@ -75,6 +84,8 @@ class FineGrainedADConfig:
     lr: float = 2e-3
     blur_sigma: float = 4.0
     eps: float = 1e-8
+    image_reweight: bool = False
+    attr_moe: Literal["none", "image", "components"] = "image"
 
     def __post_init__(self) -> None:
         fn = "FineGrainedADConfig"
@@ -95,6 +106,12 @@ class FineGrainedADConfig:
         if self.temperature not in ("raw", "exp"):
             raise ValueError(
                 f"{fn}: `temperature` must be 'raw' or 'exp'; got {self.temperature!r}"
+            )
+        if not isinstance(self.image_reweight, bool):
+            raise ValueError(f"{fn}: `image_reweight` must be a bool; got {self.image_reweight!r}")
+        if self.attr_moe not in ATTR_MOE_LEVELS:
+            raise ValueError(
+                f"{fn}: `attr_moe` must be one of {ATTR_MOE_LEVELS}; got {self.attr_moe!r}"
             )
         if not isinstance(self.query_former, QueryFormerConfig):
             raise ValueError(f"{fn}: `query_former` must be a QueryFormerConfig")
@@ -121,13 +138,20 @@ class FineGrainedADConfig:
 
     @classmethod
     def official_code(cls) -> FineGrainedADConfig:
-        """The released code: raw ``logit_scale``, own-group Query Former without loss."""
+        """The released code: raw ``logit_scale``, own-group Query Former without loss, no
+        Eq. 6, Attr-MoE on the image group."""
         return cls()
 
     @classmethod
     def paper(cls) -> FineGrainedADConfig:
-        """The paper's text: ``exp`` temperature, Query Former over all groups with its loss."""
-        return cls(temperature="exp", query_former=QueryFormerConfig.paper())
+        """The paper's text: ``exp`` temperature, Query Former over all groups with its loss,
+        Eq. 6, Attr-MoE on the component-level prompts."""
+        return cls(
+            temperature="exp",
+            query_former=QueryFormerConfig.paper(),
+            image_reweight=True,
+            attr_moe="components",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-serialisable values."""

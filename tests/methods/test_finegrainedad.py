@@ -65,6 +65,19 @@ def _vv_tokens(model, images):
     return v.ln_post(x_v[:, 1:]) @ v.proj, v.ln_post(x_o[:, 0]) @ v.proj
 
 
+def _pad_direct(z, normal, abnormal, intrinsic, scale):
+    """Eqs. 4-5: route to argmax_g cos(z, q_g), softmax of the scaled two cosines."""
+    z = F.normalize(z, dim=-1)
+    g = (z @ F.normalize(intrinsic, dim=-1).T).argmax(-1)
+    logits = scale * torch.stack([(z * normal[g]).sum(-1), (z * abnormal[g]).sum(-1)], -1)
+    return torch.softmax(logits, -1)[..., 1]
+
+
+def _smooth(fused):
+    up = F.interpolate(fused.reshape(-1, 1, 4, 4), size=(32, 32), mode="bilinear")[:, 0]
+    return torch.from_numpy(np.stack([gaussian_filter(m, sigma=4, mode="reflect") for m in up]))
+
+
 def test_forward_equals_direct_composition(fitted):
     model, refs = fitted
     clip = model.backbone.model
@@ -86,19 +99,70 @@ def test_forward_equals_direct_composition(fitted):
         scale = float(clip.logit_scale)  # official_code: the raw parameter
 
         def pad(z):
-            z = F.normalize(z, dim=-1)
-            g = (z @ F.normalize(intrinsic, dim=-1).T).argmax(-1)
-            logits = scale * torch.stack([(z * normal[g]).sum(-1), (z * abnormal[g]).sum(-1)], -1)
-            return torch.softmax(logits, -1)[..., 1]
+            return _pad_direct(z, normal, abnormal, intrinsic, scale)
 
         pad_map = pad(tokens)
         torch.testing.assert_close(pred.intermediates["pad"], pad_map, rtol=1e-4, atol=1e-5)
         fused = 1 / (1 / (vad + 1e-8) + 1 / (pad_map + 1e-8))
-        up = F.interpolate(fused.reshape(2, 1, 4, 4), size=(32, 32), mode="bilinear")[:, 0]
-        smooth = np.stack([gaussian_filter(m, sigma=4, mode="reflect") for m in up.numpy()])
-        torch.testing.assert_close(pred.anomaly_map, torch.from_numpy(smooth), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(pred.anomaly_map, _smooth(fused), rtol=1e-4, atol=1e-5)
+        assert "image_weights" not in pred.intermediates  # Eq. 6 off (official_code)
         score = 1 / (1 / (vad.max(-1).values + 1e-8) + 1 / (pad(cls) + 1e-8))
         torch.testing.assert_close(pred.image_score, score, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["official_code", "paper"])
+def test_eq6_image_reweighting_equals_direct_composition(fitted, preset):
+    model0, refs = fitted
+    base = dataclasses.replace(getattr(FineGrainedADConfig, preset)(), memory_layers=(1, 3))
+    clip = model0.backbone.model
+    torch.manual_seed(3)
+    on = FineGrainedAD(
+        model0.backbone, model0.captions, load_vocabularies(),
+        dataclasses.replace(base, image_reweight=True),
+    )  # fmt: skip
+    with torch.no_grad():  # non-identity parameters: prompts, gates and Query Former moved
+        for p in on.parts.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    off = FineGrainedAD(
+        model0.backbone, model0.captions, load_vocabularies(),
+        dataclasses.replace(base, image_reweight=False),
+    )  # fmt: skip
+    off.parts.load_state_dict(on.parts.state_dict())
+    on.fit_references(refs)
+    off.fit_references(refs)
+    query = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got, plain = on(query, return_intermediates=True), off(query, return_intermediates=True)
+        tokens, cls = _vv_tokens(clip, query)
+        normal, abnormal = group_anchors(on.prompts())
+        intrinsic = on.query_former(normal, abnormal)
+        scale = float(clip.logit_scale)
+        scale = scale if preset == "official_code" else math.exp(scale)
+        pad_hat = _pad_direct(tokens, normal, abnormal, intrinsic, scale)
+        z, e = F.normalize(tokens, dim=-1), on.num_components  # the image group's index
+        prob = torch.softmax(scale * torch.stack([z @ normal[e], z @ abnormal[e]], -1), -1)[..., 1]
+        weights = prob / prob.sum(-1, keepdim=True)  # Eq. 6: a / Σ_k a_k over the 16 tokens
+        assert float(weights.std()) > 0  # not uniform: the test sees the weights
+        torch.testing.assert_close(
+            got.intermediates["image_weights"], weights, rtol=1e-4, atol=1e-6
+        )
+        torch.testing.assert_close(got.intermediates["pad_token"], pad_hat, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            got.intermediates["pad"], weights * pad_hat, rtol=1e-4, atol=1e-6
+        )
+        vad = got.intermediates["vad"]
+        fused = 1 / (1 / (vad + 1e-8) + 1 / (weights * pad_hat + 1e-8))  # Eq. 7 on M_p
+        torch.testing.assert_close(got.anomaly_map, _smooth(fused), rtol=1e-4, atol=1e-6)
+        # off: the current behaviour, M̂_p fused as it is; the image score is unchanged by Eq. 6
+        torch.testing.assert_close(plain.intermediates["pad"], pad_hat, rtol=1e-4, atol=1e-5)
+        fused_off = 1 / (1 / (vad + 1e-8) + 1 / (pad_hat + 1e-8))
+        torch.testing.assert_close(plain.anomaly_map, _smooth(fused_off), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got.image_score, plain.image_score)
+        want = 1 / (
+            1 / (vad.max(-1).values + 1e-8)
+            + 1 / (_pad_direct(cls, normal, abnormal, intrinsic, scale) + 1e-8)
+        )
+        torch.testing.assert_close(got.image_score, want, rtol=1e-4, atol=1e-6)
 
 
 def test_global_feature_is_open_clips_encode_image(fitted):
@@ -132,15 +196,26 @@ def test_training_touches_only_prompts_and_query_former(fitted, preset):
     out["total"].backward()
     assert float(model.prompts.normal_ctx.grad.abs().max()) > 0
     assert float(model.prompts.abnormal_ctx.grad.abs().max()) > 0
+    # Attr-MoE: the code gates the image group, the paper each component (trainable)
+    gated = [a.group for a in model.prompts.attributes]
+    e = model.num_components
+    assert gated == ([e] if preset == "official_code" else list(range(e)))
+    assert all(float(g.grad.abs().min()) > 0 for g in model.prompts.attr_gates)
     qf_grads = [p.grad for p in model.query_former.parameters()]
     if preset == "paper":
         assert all(g is not None for g in qf_grads)
     else:  # released code: the Query Former is in no loss
         assert all(g is None for g in qf_grads)
     assert all(p.grad is None for p in model.backbone.parameters())
+    prompt_params = [
+        model.prompts.normal_ctx, model.prompts.abnormal_ctx, *model.prompts.attr_gates
+    ]  # fmt: skip
     assert {id(p) for p in model.trainable_module().parameters()} == {
-        id(p) for p in [*model.prompts.parameters(), *model.query_former.parameters()]
+        id(p) for p in [*prompt_params, *model.query_former.parameters()]
     }
+    assert {id(p) for p in model.parameters() if p.requires_grad} == {
+        id(p) for p in model.trainable_module().parameters()
+    } | {id(p) for p in model.backbone.parameters() if p.requires_grad}
 
 
 def test_temperature_presets(fitted):
@@ -160,6 +235,13 @@ def test_config_round_trip_and_errors():
         FineGrainedADConfig(memory_layers=(3,))
     with pytest.raises(ValueError, match="temperature"):
         FineGrainedADConfig(temperature="log")
+    with pytest.raises(ValueError, match="image_reweight"):
+        FineGrainedADConfig(image_reweight=1)
+    with pytest.raises(ValueError, match="attr_moe"):
+        FineGrainedADConfig(attr_moe="foreground")
+    code, paper = FineGrainedADConfig.official_code(), FineGrainedADConfig.paper()
+    assert (code.image_reweight, code.attr_moe) == (False, "image")
+    assert (paper.image_reweight, paper.attr_moe) == (True, "components")
     with pytest.raises(ValueError, match="unknown"):
         FineGrainedADConfig.from_dict({"nope": 1})
 
