@@ -12,12 +12,13 @@ import json
 import pytest
 import torch
 
-from resad_kit.cli.registry import METHODS
+from resad_kit.cli.registry import METHODS, finegrainedad_config
 from resad_kit.cli.reproduce import main
 from resad_kit.clip import ClipBackbone
 from resad_kit.data import synthesize_dataset
 from resad_kit.engine.checkpoint import load_checkpoint, save_checkpoint
 from resad_kit.engine.results import load_results
+from resad_kit.engine.training import TrainConfig
 from resad_kit.methods import AFCLIP, AFCLIPConfig, Method
 
 SMALL = [
@@ -145,12 +146,37 @@ def test_registry_entries_agree_with_their_method_classes(name):
         from resad_kit.clip.windows import WindowBackbone
 
         backbone = WindowBackbone.wrap(backbone)
-    model = entry.build(backbone, entry.modes[-1], "paper")
+    if entry.backbone.images:
+        from resad_kit.clip.image_backbone import ImageBackbone
+
+        backbone = ImageBackbone.wrap(backbone)
+    per_category = {"category": "coins", "tiny": True} if entry.per_category else {}
+    model = entry.build(backbone, entry.modes[-1], "paper", **per_category)
     assert isinstance(model, Method)
     assert model.name == name
     assert type(model).supports_zero_shot == entry.zero_shot
     assert type(model).uses_training_references == entry.training_references
     assert (0 in entry.shots) == entry.zero_shot
+    if entry.per_category:  # FineGrainedAD's copied facts
+        from resad_kit.engine.paper_results import FINEGRAINEDAD_RESULTS
+        from resad_kit.methods import FineGrainedAD, FineGrainedADConfig
+
+        # the data sets and shots of its Table 1; the code's seed and 400 px maps
+        assert {(d, k) for d in entry.datasets for k in entry.shots} == set(FINEGRAINEDAD_RESULTS)
+        assert entry.seeds == (TrainConfig.finegrainedad().seed,)
+        assert entry.train().epochs == TrainConfig.finegrainedad().epochs
+        assert entry.eval_size == 400
+        # the real backbone's memory blocks are the preset's; the tiny ones fit its 4 blocks
+        assert finegrainedad_config("paper").memory_layers == (3, 8)
+        assert finegrainedad_config("official") == FineGrainedADConfig.official_code()
+        assert model.config.memory_layers == entry.tiny_config["memory_layers"]
+        assert model.config.temperature == FineGrainedADConfig.paper().temperature
+        FineGrainedAD(backbone, model.captions, model.vocabularies, model.config)  # fits
+        recipe = entry.backbone
+        assert (recipe.model, recipe.pretrained, recipe.patch) == (
+            "ViT-B-16-plus-240", "laion400m_e32", 16,
+        )  # fmt: skip
+        assert recipe.config("paper").image_size == 240
 
 
 def test_afclip_reads_the_medical_sets_under_data_root_and_reports_dashes(tmp_path):

@@ -4,7 +4,10 @@ Each entry says how to build a model of one mode on a backbone, which backbone t
 needs (:class:`BackboneRecipe`), how it trains and which shots and seeds its paper reports;
 the run does the rest (training through :func:`resad_kit.engine.train`, evaluation through
 :func:`resad_kit.engine.run_evaluation`, prediction through ``fit_references`` and
-``forward``), whatever the method. To add one, append a :class:`MethodEntry` to
+``forward``), whatever the method. A method trained per category on its shots
+(``per_category``, FineGrainedAD) runs through
+:func:`~resad_kit.engine.finegrainedad_protocol.evaluate_finegrainedad` instead of the
+training on an auxiliary data set. To add one, append a :class:`MethodEntry` to
 :data:`METHODS` (its builders import lazily, so that ``--help`` stays fast: this module
 imports no torch).
 """
@@ -21,7 +24,8 @@ if TYPE_CHECKING:
     from resad_kit.methods import Method
 
 __all__ = [
-    "METHODS", "BackboneRecipe", "MethodEntry", "build_method", "method_names",
+    "METHODS", "BackboneRecipe", "MethodEntry", "build_method", "finegrainedad_config",
+    "method_names",
 ]  # fmt: skip
 
 
@@ -43,6 +47,15 @@ def _winclip_backbone(profile: str) -> BackboneConfig:
     return WinCLIPConfig.backbone_config()
 
 
+def _finegrainedad_backbone(profile: str) -> BackboneConfig:
+    from resad_kit.clip import BackboneConfig
+
+    # 240 px (code: --img-resize 240); the method reads the model through its own two views
+    # (V-V in all 12 blocks + LN_post on the global feature; ordinary stream of 2 blocks),
+    # this config is the first of them (FineGrainedAD.__init__ replaces the rest).
+    return BackboneConfig(image_size=240, layers=(12,), vv_blocks=12, global_ln_post=True)
+
+
 @dataclass(frozen=True)
 class BackboneRecipe:
     """The backbone a method runs on.
@@ -56,6 +69,8 @@ class BackboneRecipe:
             for ``--backbone tiny`` (the same tap mode as the real one).
         windows: wrap the backbone in :class:`~resad_kit.clip.windows.WindowBackbone`
             (WinCLIP's window embeddings through the feature cache).
+        images: wrap the backbone in :class:`~resad_kit.clip.image_backbone.ImageBackbone`
+            (the feature cache holds the images; FineGrainedAD reads the model itself).
     """
 
     model: str
@@ -64,6 +79,7 @@ class BackboneRecipe:
     patch: int
     tiny: dict[str, Any] = field(default_factory=dict)
     windows: bool = False
+    images: bool = False
 
 
 RES2CLIP_BACKBONE = BackboneRecipe("ViT-L-14-336", "openai", _res2clip_backbone, 14)
@@ -82,6 +98,16 @@ WINCLIP_BACKBONE = BackboneRecipe(
     {"vv_blocks": 0, "global_ln_post": True},
     windows=True,
 )
+# RetoFan233/FineGrainedAD, train_seg_finegrained_patch.py: --backbone ViT-B-16-plus-240,
+# --pretrained_dataset laion400m_e32, --img-resize 240.
+FINEGRAINEDAD_BACKBONE = BackboneRecipe(
+    "ViT-B-16-plus-240",
+    "laion400m_e32",
+    _finegrainedad_backbone,
+    16,
+    {"layers": (4,), "vv_blocks": 4, "global_ln_post": True},
+    images=True,
+)
 
 
 def _res2clip_train(**overrides: Any) -> TrainConfig:
@@ -96,6 +122,12 @@ def _afclip_train(**overrides: Any) -> TrainConfig:
     return TrainConfig.afclip(**overrides)
 
 
+def _finegrainedad_train(**overrides: Any) -> TrainConfig:
+    from resad_kit.engine.training import TrainConfig
+
+    return TrainConfig.finegrainedad(**overrides)
+
+
 @dataclass(frozen=True)
 class MethodEntry:
     """One method of the command line.
@@ -105,7 +137,8 @@ class MethodEntry:
         title: what the help text calls it.
         modes: the modes it has (``"training_free"``, ``"fine_tuned"``).
         build: ``(backbone, mode, profile) → Method``; ``profile`` is ``"paper"`` or
-            ``"official"`` (``reproduce --profile``; ``predict`` uses ``"paper"``).
+            ``"official"`` (``reproduce --profile``; ``predict`` uses ``"paper"``); a
+            ``per_category`` method also takes ``category=`` and ``tiny=``.
         backbone: the backbone it runs on.
         train: ``(**overrides) → TrainConfig`` of its fine-tuned mode (``None``: none).
         shots: ``reproduce``'s default ``--shots`` (``0``: zero-shot).
@@ -118,12 +151,22 @@ class MethodEntry:
         training_references: its training pairs each query with normal references
             (``Method.uses_training_references`` of its class; a test checks they agree),
             so each auxiliary category needs two normal test images.
+        per_category: one model per category (its captions), trained on every draw of
+            shots, no auxiliary data set (FineGrainedAD): ``build`` takes the category as
+            the keyword ``category`` (and ``tiny``), and ``reproduce`` runs
+            :func:`~resad_kit.engine.finegrainedad_protocol.evaluate_finegrainedad`.
+        tiny_config: overrides of the method's config for ``--backbone tiny`` (its 4
+            blocks; FineGrainedAD's memory blocks 3 and 8 of 12 become 1 and 3).
+        datasets: the data sets its paper reports, ``reproduce``'s default ``--datasets``
+            under ``--data-root`` (``None``: every data set found).
+        eval_size: ``reproduce``'s default ``--eval-size`` with ``--backbone paper``
+            (``None``: the input side).
     """
 
     name: str
     title: str
     modes: tuple[str, ...]
-    build: Callable[[ClipBackbone, str, str], Method]
+    build: Callable[..., Method]
     backbone: BackboneRecipe = RES2CLIP_BACKBONE
     train: Callable[..., TrainConfig] | None = _res2clip_train
     shots: tuple[int, ...] = (1, 2, 4)
@@ -132,6 +175,10 @@ class MethodEntry:
     official_metrics: bool = True
     predict: bool = True
     training_references: bool = True
+    per_category: bool = False
+    tiny_config: dict[str, Any] = field(default_factory=dict)
+    datasets: tuple[str, ...] | None = None
+    eval_size: int | None = None
 
 
 def _res2clip(backbone: ClipBackbone, mode: str, profile: str) -> Method:
@@ -161,6 +208,34 @@ def _winclip(backbone: ClipBackbone, mode: str, profile: str) -> Method:
 
     config = WinCLIPConfig.anomalib() if profile == "official" else WinCLIPConfig.paper()
     return WinCLIP(backbone, config)
+
+
+def finegrainedad_config(profile: str, *, tiny: bool = False) -> Any:
+    """FineGrainedAD's config of ``--profile``: ``FineGrainedADConfig.paper()`` or
+    ``.official_code()`` (the released code), with the ``--backbone tiny`` overrides of
+    its entry (``tiny_config``) when ``tiny``."""
+    import dataclasses
+
+    from resad_kit.methods import FineGrainedADConfig
+
+    preset = (
+        FineGrainedADConfig.official_code if profile == "official" else FineGrainedADConfig.paper
+    )
+    overrides = METHODS["finegrainedad"].tiny_config if tiny else {}
+    return dataclasses.replace(preset(), **overrides)
+
+
+def _finegrainedad(
+    backbone: ClipBackbone, mode: str, profile: str, *, category: str, tiny: bool = False
+) -> Method:
+    from resad_kit.clip.image_backbone import ImageBackbone
+    from resad_kit.clip.mfsc import load_captions
+    from resad_kit.engine.finegrainedad_protocol import FewShotFineGrainedAD
+
+    if not isinstance(backbone, ImageBackbone):
+        backbone = ImageBackbone.wrap(backbone)
+    config = finegrainedad_config(profile, tiny=tiny)
+    return FewShotFineGrainedAD(backbone, load_captions(category), config, _finegrainedad_train())
 
 
 METHODS: dict[str, MethodEntry] = {
@@ -205,6 +280,23 @@ METHODS: dict[str, MethodEntry] = {
         official_metrics=False,
         predict=False,
     ),
+    "finegrainedad": MethodEntry(
+        "finegrainedad",
+        "FineGrainedAD, Fan et al., trained per category on each draw of shots with its "
+        "MFSC captions (FineGrainedADConfig.paper / .official_code; TrainConfig.finegrainedad)",
+        ("fine_tuned",),
+        _finegrainedad,
+        backbone=FINEGRAINEDAD_BACKBONE,
+        train=_finegrainedad_train,
+        seeds=(111,),  # the released code's one run (--seed 111); the paper gives no std
+        official_metrics=False,
+        predict=False,
+        training_references=False,
+        per_category=True,
+        tiny_config={"memory_layers": (1, 3)},
+        datasets=("mvtec", "visa"),  # its Table 1 (Real-IAD has no loader here)
+        eval_size=400,  # the code's --resolution 400
+    ),
 }
 
 
@@ -213,15 +305,25 @@ def method_names(*, predict: bool = False) -> list[str]:
     return [name for name, entry in METHODS.items() if entry.predict or not predict]
 
 
-def build_method(name: str, backbone: ClipBackbone, mode: str, profile: str = "paper") -> Any:
+def build_method(
+    name: str, backbone: ClipBackbone, mode: str, profile: str = "paper", **per_category: Any
+) -> Any:
     """A model of method ``name`` in ``mode`` on ``backbone``.
 
+    ``per_category``: ``category=`` (and ``tiny=``) for a method of one category
+    (``MethodEntry.per_category``).
+
     Raises:
-        ValueError: an unknown method, or a mode the method does not have.
+        ValueError: an unknown method, a mode the method does not have, a per-category
+            method without ``category``.
     """
     if name not in METHODS:
         raise ValueError(f"--method {name!r} unknown; choose from {method_names()}")
     entry = METHODS[name]
     if mode not in entry.modes:
         raise ValueError(f"--method {name} has no mode {mode!r}; it has {list(entry.modes)}")
-    return entry.build(backbone, mode, profile)
+    if entry.per_category and "category" not in per_category:
+        raise ValueError(
+            f"--method {name} builds one model per category (its captions); pass category="
+        )
+    return entry.build(backbone, mode, profile, **per_category)

@@ -118,6 +118,10 @@ def build_backbone(args: argparse.Namespace, device: torch.device) -> ClipBackbo
         from resad_kit.clip.windows import WindowBackbone
 
         backbone = WindowBackbone.wrap(backbone)
+    if recipe.images:
+        from resad_kit.clip.image_backbone import ImageBackbone
+
+        backbone = ImageBackbone.wrap(backbone)
     return backbone.to(device)
 
 
@@ -213,6 +217,23 @@ def _run_work(
         entry.train(**overrides, self_reference=profile.self_reference) if entry.train else None
     )
     metrics = profile.metrics if entry.official_metrics else MetricConfig.exact()
+    autocast = (
+        torch.autocast(
+            device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+        )
+        if args.precision != "fp32"
+        else contextlib.nullcontext()
+    )
+    if entry.per_category:  # FineGrainedAD: one model per category, trained on its shots
+        from resad_kit.cli.reproduce_finegrainedad import evaluate_per_category
+
+        specs = [all_specs[t] for t in targets]
+        with autocast:
+            config, results = evaluate_per_category(
+                args, dist, backbone, specs, train_config, metrics, write_config
+            )
+        _write_outputs(args, dist, backbone, config, results, warnings)
+        return
 
     def build(mode: str) -> Any:
         return build_method(args.method, backbone, mode, args.profile)
@@ -231,13 +252,6 @@ def _run_work(
         write_config(args.out, config)
     cache = FeatureCache(
         backbone, args.cache_dir, batch_size=args.eval_batch_size, progress=progress and is_main
-    )
-    autocast = (
-        torch.autocast(
-            device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-        )
-        if args.precision != "fp32"
-        else contextlib.nullcontext()
     )
     models: dict[tuple[str, str], Any] = {}
     trained: dict[str, Any] = {}
@@ -298,7 +312,19 @@ def _run_work(
             dist=dist,
             progress=progress,
         )
-    if is_main:
+    _write_outputs(args, dist, backbone, config, results, warnings)
+
+
+def _write_outputs(
+    args: argparse.Namespace,
+    dist: DistContext,
+    backbone: ClipBackbone,
+    config: dict,
+    results: list,
+    warnings: WarningCollector,
+) -> None:
+    """The main rank writes config.json, the results (table.md, …) and the report."""
+    if dist.is_main:
         write_config(args.out, config)
         provenance = run_provenance(backbone, warnings.messages, world_size=dist.world_size)
         write_results(

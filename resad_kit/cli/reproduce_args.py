@@ -44,8 +44,11 @@ shots, five seeds), AF-CLIP Tables 1–2; its adapter and prompts are trained on
 auxiliary data set's test split (TrainConfig.afclip()), or read from the official
 repository's released files with --afclip-weights. With --data-root it also reads DAGM and
 the medical sets of AF-CLIP's Table 1. WinCLIP (--method winclip): the training-free
-baseline, zero-shot WinCLIP and few-shot WinCLIP+ on open_clip's ViT-B-16-plus-240. Each
-method's defaults (shots, seeds, epochs, batch size) are its paper's; see
+baseline, zero-shot WinCLIP and few-shot WinCLIP+ on open_clip's ViT-B-16-plus-240.
+FineGrainedAD (--method finegrainedad): one model per category (its MFSC captions; your own
+with --captions FILE), trained on every draw of shots (TrainConfig.finegrainedad(): SGD,
+100 epochs), no auxiliary data set; MVTec AD and VisA by default, maps evaluated at 400 px.
+Each method's defaults (shots, seeds, epochs, batch size) are its paper's; see
 docs/reproducing.md.
 
 Multi-GPU: torchrun --nproc_per_node=N -m resad_kit.cli reproduce ... (training with
@@ -91,8 +94,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         nargs="+",
         type=int,
         help="numbers K of normal reference images per category, distinct, each ≥ 1 (0: "
-        "zero-shot, afclip and winclip only) (default: the method's paper: res2clip 1 2 4; "
-        "afclip, winclip 0 1 2 4)",
+        "zero-shot, afclip and winclip only) (default: the method's paper: res2clip, "
+        "finegrainedad 1 2 4; afclip, winclip 0 1 2 4)",
     )
     p.add_argument(
         "--seeds",
@@ -100,28 +103,29 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=int,
         help="seeds that draw the references, 0 … 2**32-1, distinct; the tables show mean "
         "± std over them (default: 111 222 333; afclip, its paper's five runs: 111 222 333 "
-        "444 555)",
+        "444 555; finegrainedad, its code's one run: 111)",
     )
     p.add_argument(
         "--mode",
         choices=["training-free", "fine-tune", "both"],
         help="Res²CLIP* (training-free), Res²CLIP† (adapters fine-tuned on the auxiliary "
-        "data set) or both (default: every mode of the method; afclip is fine-tuned only, "
-        "winclip training-free only)",
+        "data set) or both (default: every mode of the method; afclip and finegrainedad are "
+        "fine-tuned only, winclip training-free only)",
     )
     p.add_argument(
         "--backbone",
         choices=["paper", "tiny"],
         default="paper",
         help="paper: the method's CLIP (ViT-L/14-336; winclip: ViT-B-16-plus-240, "
-        "laion400m_e31; pretrained weights needed); tiny: a small CLIP with random weights "
-        "for offline smoke runs (numbers not meaningful)",
+        "laion400m_e31; finegrainedad: ViT-B-16-plus-240, laion400m_e32; pretrained weights "
+        "needed); tiny: a small CLIP with random weights for offline smoke runs (numbers not "
+        "meaningful)",
     )
     p.add_argument(
         "--checkpoint",
         type=Path,
-        help="local CLIP weights file of the method's backbone (ViT-L-14-336; winclip: "
-        "ViT-B-16-plus-240)",
+        help="local CLIP weights file of the method's backbone (ViT-L-14-336; winclip, "
+        "finegrainedad: ViT-B-16-plus-240)",
     )
     p.add_argument(
         "--trust-checkpoint",
@@ -136,7 +140,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default="paper",
         help="the paper's settings, or the official code's (res2clip: backbone, method, "
         "training masks, metrics; afclip: AFCLIPConfig.official_code(), needed by "
-        "--afclip-weights; winclip: anomalib's WinCLIPConfig.anomalib())",
+        "--afclip-weights; winclip: anomalib's WinCLIPConfig.anomalib(); finegrainedad: "
+        "FineGrainedADConfig.paper() / .official_code())",
     )
     p.add_argument(
         "--afclip-weights",
@@ -146,6 +151,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "AF-CLIP repository instead of training (DIR holds {mvtec,visa}_{adaptor,prompt}.pt: "
         "visa_* for MVTec AD and the shipped MVTec AD sample, mvtec_* for every other data "
         "set)",
+    )
+    p.add_argument(
+        "--captions",
+        type=Path,
+        metavar="FILE",
+        help="--method finegrainedad: a JSON file of MFSC captions (schema in "
+        "docs/finegrainedad.md) that adds to or replaces the shipped table, e.g. for a "
+        "category it does not cover",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     p.add_argument(
@@ -158,17 +171,22 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--image-size", type=int, help="input side, a multiple of the patch (paper 518; tiny 64)"
     )
     p.add_argument(
-        "--eval-size", type=int, help="mask/map side of the metrics, ≥ 16 (default: input side)"
+        "--eval-size",
+        type=int,
+        help="mask/map side of the metrics, ≥ 16 (default: input side; finegrainedad with "
+        "--backbone paper: 400, its code's)",
     )
     p.add_argument(
         "--epochs",
         type=int,
-        help="training epochs of the adapters (default: the method's paper: res2clip 10, afclip 2)",
+        help="training epochs of the adapters (default: the method's paper: res2clip 10, "
+        "afclip 2, finegrainedad 100 per draw of shots)",
     )
     p.add_argument(
         "--batch-size",
         type=int,
-        help="training batch size (default: the method's paper: res2clip 16, afclip 8)",
+        help="training batch size (default: the method's paper: res2clip 16, afclip 8; "
+        "finegrainedad has none: each epoch is one step on all K shots)",
     )
     p.add_argument(
         "--eval-batch-size", type=int, default=8, help="images per forward pass when evaluating"
@@ -239,6 +257,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.seeds = list(entry.seeds)
     if args.out is None:
         args.out = Path("results") / args.method
+    if args.eval_size is None and args.backbone == "paper":
+        args.eval_size = entry.eval_size
     return args
 
 
@@ -303,6 +323,19 @@ def check_args(args: argparse.Namespace) -> None:
                 f"--afclip-weights {args.afclip_weights} is not a folder (the official "
                 "repository's weight/ folder)"
             )
+    if args.captions is not None:
+        if not entry.per_category:
+            raise UsageError(
+                f"--captions holds FineGrainedAD's MFSC captions; it needs --method "
+                f"finegrainedad (got --method {args.method})"
+            )
+        if not args.captions.is_file():
+            raise UsageError(f"--captions {args.captions}: no such file")
+    if entry.per_category and args.batch_size is not None:
+        raise UsageError(
+            f"--batch-size: --method {args.method} trains on all K shots at once (one step "
+            "per epoch); drop the flag"
+        )
     for flag in ("epochs", "batch_size", "eval_batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:

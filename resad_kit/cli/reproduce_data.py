@@ -169,21 +169,34 @@ def plan(
     Raises:
         UsageError: an unknown or missing data set, a missing auxiliary data set, a
             category with fewer normal training images than the largest ``--shots``, an
-            auxiliary category with fewer than two normal test images, or a data set that
-            cannot be read (the reader's message).
+            auxiliary category with fewer than two normal test images, a category without
+            captions (a per-category method), or a data set that cannot be read (the
+            reader's message).
     """
-    targets = args.datasets or list(specs)  # default: every data set found
+    entry = METHODS[args.method]
+    found = list(specs)  # default: every data set found (the method's paper's, if it says)
+    if args.data_root is not None and entry.datasets is not None:
+        found = [key for key in specs if key in entry.datasets]
+        if not found and args.datasets is None:
+            raise UsageError(
+                f"--method {args.method} evaluates {list(entry.datasets)} by default; none is "
+                f"under --data-root (found {sorted(specs)}; choose with --datasets)"
+            )
+    targets = args.datasets or found
     unknown = [t for t in targets if t not in specs]
     if unknown:
         raise UsageError(f"--datasets {unknown} not found; available: {sorted(specs)}")
-    entry = METHODS[args.method]
     modes = {"training-free": ["training_free"], "fine-tune": ["fine_tuned"]}.get(
         args.mode or "both", ["training_free", "fine_tuned"]
     )
     modes = [m for m in modes if m in entry.modes]
     released = getattr(args, "afclip_weights", None)
     auxes: list[str] = []
-    if "fine_tuned" in modes:
+    if entry.per_category:  # trained on its shots: no auxiliary data set; captions needed
+        from resad_kit.cli.reproduce_finegrainedad import check_captions
+
+        check_captions(args, [specs[t] for t in targets])
+    elif "fine_tuned" in modes:
         for target in targets:
             aux = auxiliary(target)
             if released is not None:  # no training: the released files stand for it
