@@ -9,17 +9,27 @@ its captions are the category's. The engine's pieces for it:
   per epoch with all ``K`` as the batch (the released code's full batch), with the
   optimiser and schedule of :func:`~resad_kit.engine.optimization.build_optimization`
   (:meth:`TrainConfig.finegrainedad`: SGD 2e-3, momentum 0.9, weight decay 5e-4, cosine to
-  1e-5 over 100 epochs). The last epoch is kept: no model selection on the test set.
+  1e-5 over 100 epochs). The last epoch is kept: no model selection on the test set,
+  unless ``select_epoch_on_test`` is given (below).
 - :class:`FewShotFineGrainedAD`: a :class:`~resad_kit.methods.Method` the protocol can
   run: its ``fit_references`` builds a fresh model (seeded) and trains it on the shots;
   inputs are :class:`~resad_kit.clip.image_backbone.ImageBackbone` features (the images).
 - :func:`evaluate_finegrainedad`: :func:`~resad_kit.engine.run_evaluation` category by
   category, each with the model of its own captions.
+
+**Best-on-test epoch** (``select_epoch_on_test``, off by default): the released code
+(``train_seg_finegrained_patch.py``) evaluates on the test set after every epoch and keeps
+the epoch of the best pixel AUROC. This is model selection on the test set: its numbers
+are optimistic. It is offered only under that name; it emits a ``UserWarning`` and its
+results carry the method name :data:`TEST_SELECTED_METHOD`
+(``"finegrainedad_test_selected"``), so that ``results.csv`` and ``table.md`` show them
+under that name, apart from FineGrainedAD's rows and without the paper's numbers.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,6 +39,7 @@ from torch import Tensor, nn
 from resad_kit.clip import Features
 from resad_kit.clip.image_backbone import ImageBackbone
 from resad_kit.clip.mfsc import CategoryCaptions, load_captions, load_vocabularies
+from resad_kit.data import AnomalyDataset
 from resad_kit.engine.features import FeatureCache
 from resad_kit.engine.optimization import build_optimization, step_optimizers
 from resad_kit.engine.protocol import DatasetSpec, run_evaluation
@@ -36,12 +47,54 @@ from resad_kit.engine.results import CategoryResult
 from resad_kit.engine.train_config import TrainConfig
 from resad_kit.methods import Method, Prediction, TrainingBatch
 from resad_kit.methods.finegrainedad import FineGrainedAD, FineGrainedADConfig
+from resad_kit.metrics import pixel_auroc
 
-__all__ = ["FewShotFineGrainedAD", "evaluate_finegrainedad", "train_on_shots"]
+__all__ = [
+    "TEST_SELECTED_METHOD", "FewShotFineGrainedAD", "evaluate_finegrainedad", "train_on_shots"
+]  # fmt: skip
+
+#: The method name of results whose epoch was selected on the test set (optimistic).
+TEST_SELECTED_METHOD = "finegrainedad_test_selected"
+TEST_SELECTION_WARNING = (
+    "select_epoch_on_test: the training epoch is selected on the TEST set (best pixel AUROC, "
+    "as the released FineGrainedAD code); the results are optimistic and not comparable to "
+    f"a clean run; they are labelled method {TEST_SELECTED_METHOD!r}"
+)
+
+
+def _check_test_set(fn: str, test: object) -> tuple[Tensor, Tensor]:
+    if (
+        not isinstance(test, (tuple, list))
+        or len(test) != 2
+        or not all(isinstance(t, Tensor) for t in test)
+        or test[0].ndim != 4
+        or test[1].ndim != 3
+        or test[0].shape[0] != test[1].shape[0]
+    ):
+        raise ValueError(
+            f"{fn}: `select_epoch_on_test` must be (images (M, 3, H, W), masks (M, h, w)) of "
+            "the test set"
+        )
+    return test[0], test[1]
+
+
+def _test_pixel_auroc(model: FineGrainedAD, images: Tensor, masks: Tensor) -> float:
+    """Pixel AUROC of ``model``'s maps (at the masks' size) on the test set."""
+    size = tuple(masks.shape[-2:])
+    with torch.no_grad():
+        maps = [
+            model(images[i : i + 8], output_size=size).anomaly_map.float().cpu()
+            for i in range(0, images.shape[0], 8)
+        ]
+    return pixel_auroc(torch.cat(maps), masks.cpu() > 0.5)
 
 
 def train_on_shots(
-    model: FineGrainedAD, images: Tensor, config: TrainConfig | None = None
+    model: FineGrainedAD,
+    images: Tensor,
+    config: TrainConfig | None = None,
+    *,
+    select_epoch_on_test: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[dict[str, Any], ...]:
     """Fit ``model`` to its ``K`` shots and train it on them; returns the loss history.
 
@@ -51,13 +104,20 @@ def train_on_shots(
         config: :class:`TrainConfig` (default :meth:`TrainConfig.finegrainedad`); its
             optimiser, momentum, weight decay, schedule, ``epochs`` and ``grad_clip`` are
             used; every epoch is one step on all ``K`` shots (``batch_size`` is not used).
+        select_epoch_on_test: ``None`` (default): the last epoch is kept. ``(images,
+            masks)`` of the **test set** (``(M, 3, H, W)`` preprocessed, ``(M, h, w)``):
+            after every epoch the pixel AUROC of the maps (at ``(h, w)``) is computed and
+            the prompts and Query Former of the best epoch (the first on a tie) are kept,
+            as the released code. Optimistic; emits a ``UserWarning``.
 
     Returns:
         One dict per step: ``epoch``, the loss terms (``clip``, ``trip``, ``mean``, ``reg``,
-        ``total``, …) and ``lr``.
+        ``total``, …) and ``lr``; with ``select_epoch_on_test`` also ``test_P-AUROC`` and
+        ``selected`` (``True`` for the kept epoch).
 
     Raises:
-        ValueError: ``model`` is not a FineGrainedAD; images not ``(K, 3, H, W)``.
+        ValueError: ``model`` is not a FineGrainedAD; images not ``(K, 3, H, W)``; a
+            malformed ``select_epoch_on_test``.
         FloatingPointError: a non-finite loss.
 
     Example:
@@ -84,6 +144,9 @@ def train_on_shots(
     if not isinstance(model, FineGrainedAD):
         raise ValueError(f"{fn}: `model` must be a FineGrainedAD; got {type(model).__name__}")
     config = TrainConfig.finegrainedad() if config is None else config
+    test = None if select_epoch_on_test is None else _check_test_set(fn, select_epoch_on_test)
+    if test is not None:
+        warnings.warn(TEST_SELECTION_WARNING, UserWarning, stacklevel=2)
     model.fit_references(images)
     optimization = build_optimization(model, config, steps_per_epoch=1)
     active = optimization.active("train")
@@ -94,6 +157,7 @@ def train_on_shots(
     was_training = trainable.training
     trainable.train()
     history: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, Tensor]] | None = None
     try:
         for epoch in range(config.epochs):
             for optimizer in optimization.optimizers.values():
@@ -105,8 +169,20 @@ def train_on_shots(
             losses["total"].backward()
             lrs = dict(step_optimizers(optimization, active, config.grad_clip))
             history.append({"epoch": epoch, **values, "lr": lrs})
+            if test is not None:  # the released code's best-on-test epoch (opt-in)
+                trainable.eval()
+                auroc = _test_pixel_auroc(model, *test)
+                trainable.train()
+                history[-1]["test_P-AUROC"] = auroc
+                if best is None or auroc > best[0]:
+                    state = {k: v.detach().clone() for k, v in trainable.state_dict().items()}
+                    best = (auroc, epoch, state)
     finally:
         trainable.train(was_training)
+    if best is not None:
+        trainable.load_state_dict(best[2])
+        for entry in history:
+            entry["selected"] = entry["epoch"] == best[1]
     return tuple(history)
 
 
@@ -120,6 +196,10 @@ class FewShotFineGrainedAD(Method):
         config: :class:`~resad_kit.methods.finegrainedad.FineGrainedADConfig`.
         train_config: :meth:`TrainConfig.finegrainedad` by default; its ``seed`` seeds the
             prompt and Query Former initialisation of every fresh model.
+        select_epoch_on_test: ``None`` (default), or the test set's ``(images, masks)``
+            for the released code's best-on-test epoch (:func:`train_on_shots`;
+            optimistic, warned); the method's :attr:`name` is then
+            :data:`TEST_SELECTED_METHOD`, which labels its results.
 
     :meth:`fit_references` builds a fresh FineGrainedAD (torch seeded with
     ``train_config.seed``) and trains it on the references (:func:`train_on_shots`); the
@@ -154,6 +234,8 @@ class FewShotFineGrainedAD(Method):
         captions: CategoryCaptions,
         config: FineGrainedADConfig | None = None,
         train_config: TrainConfig | None = None,
+        *,
+        select_epoch_on_test: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, ImageBackbone):
@@ -170,6 +252,11 @@ class FewShotFineGrainedAD(Method):
         self.vocabularies = load_vocabularies()
         self.model: FineGrainedAD | None = None
         self.history: tuple[dict[str, Any], ...] = ()
+        self.select_epoch_on_test = None
+        if select_epoch_on_test is not None:
+            fn = "FewShotFineGrainedAD"
+            self.select_epoch_on_test = _check_test_set(fn, select_epoch_on_test)
+            self.name = TEST_SELECTED_METHOD  # labels the results: optimistic
 
     @property
     def mode(self) -> str:
@@ -185,7 +272,9 @@ class FewShotFineGrainedAD(Method):
         torch.manual_seed(self.train_config.seed)
         model = FineGrainedAD(self.backbone, self.captions, self.vocabularies, self.config)
         model = model.to(self.backbone.device)
-        self.history = train_on_shots(model, images, self.train_config)
+        self.history = train_on_shots(
+            model, images, self.train_config, select_epoch_on_test=self.select_epoch_on_test
+        )
         self.model = model
         return self
 
@@ -215,6 +304,7 @@ def evaluate_finegrainedad(
     config: FineGrainedADConfig | None = None,
     train_config: TrainConfig | None = None,
     captions: Callable[[str], CategoryCaptions] = load_captions,
+    select_epoch_on_test: bool = False,
     **options: Any,
 ) -> list[CategoryResult]:
     """The few-shot protocol for FineGrainedAD, one category (and its captions) at a time.
@@ -226,12 +316,18 @@ def evaluate_finegrainedad(
         config, train_config: of every model (see :class:`FewShotFineGrainedAD`).
         captions: ``category → CategoryCaptions`` (default: the shipped MFSC table,
             :func:`~resad_kit.clip.mfsc.load_captions`; an unknown category is its error).
+        select_epoch_on_test: ``False`` (default). ``True``: every model keeps the epoch of
+            the best pixel AUROC on its category's test split (read as the protocol reads
+            it: ``eval_size``, ``mask_interpolation``), as the released code: model
+            selection on the test set, optimistic. Emits a ``UserWarning``; the results'
+            method is :data:`TEST_SELECTED_METHOD`.
         options: passed to :func:`~resad_kit.engine.run_evaluation` (``shots``, ``seeds``,
             ``eval_size``, ``heatmap_dir``, …).
 
     Returns:
         The :class:`~resad_kit.engine.results.CategoryResult` list (method
-        ``"finegrainedad"``, mode ``"fine_tuned"``) in data set, category, shots, seed order.
+        ``"finegrainedad"``, or :data:`TEST_SELECTED_METHOD` with ``select_epoch_on_test``;
+        mode ``"fine_tuned"``) in data set, category, shots, seed order.
 
     Raises:
         ValueError: a cache of another backbone than an ImageBackbone, an unknown category.
@@ -242,10 +338,24 @@ def evaluate_finegrainedad(
             "evaluate_finegrainedad: `cache` must encode with an ImageBackbone "
             f"(ImageBackbone.wrap(backbone)); got {type(backbone).__name__}"
         )
+    if select_epoch_on_test:
+        warnings.warn(TEST_SELECTION_WARNING, UserWarning, stacklevel=2)
     results: list[CategoryResult] = []
     for spec in datasets:
         for category in spec.categories:
-            method = FewShotFineGrainedAD(backbone, captions(category), config, train_config)
+            test = None
+            if select_epoch_on_test:
+                split = AnomalyDataset(
+                    spec.root, category, "test", backbone.image_size,
+                    mask_size=options.get("eval_size"),
+                    mask_interpolation=options.get("mask_interpolation", "nearest"),
+                    mean=backbone.mean, std=backbone.std,
+                )  # fmt: skip
+                index = range(len(split))
+                test = (split.images(index).to(backbone.device), split.masks(index))
+            method = FewShotFineGrainedAD(
+                backbone, captions(category), config, train_config, select_epoch_on_test=test
+            )
             unit = DatasetSpec(spec.name, spec.root, (category,))
             results.extend(
                 run_evaluation({("fine_tuned", spec.name): method}, [unit], cache, **options)

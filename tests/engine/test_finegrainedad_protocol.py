@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from resad_kit.clip import ClipBackbone
 from resad_kit.clip.image_backbone import ImageBackbone
@@ -13,12 +16,14 @@ from resad_kit.clip.mfsc import load_captions, load_vocabularies
 from resad_kit.data import AnomalyDataset, synthesize_dataset
 from resad_kit.engine import DatasetSpec, FeatureCache
 from resad_kit.engine.finegrainedad_protocol import (
+    TEST_SELECTED_METHOD,
     FewShotFineGrainedAD,
     evaluate_finegrainedad,
     train_on_shots,
 )
 from resad_kit.engine.results import write_results
 from resad_kit.engine.training import TrainConfig
+from resad_kit.methods import TrainingBatch
 from resad_kit.methods.finegrainedad import FineGrainedAD, FineGrainedADConfig
 
 CONFIG = FineGrainedADConfig(memory_layers=(1, 3))
@@ -121,3 +126,89 @@ def test_protocol_run_writes_table_rows(tmp_path, backbone):
     assert len(rows) == 3  # ours, paper, Δ rows of the data set
     assert "Tables 6–10" not in table  # Res²CLIP's sources are not named for it
     assert "Categories (2): coins, grass." in table
+
+
+def _reference_epochs(backbone, shots, queries, size, lr, epochs):
+    """The test's own loop: SGD (momentum 0.9, wd 5e-4), closed-form cosine lr, one full
+    batch step per epoch; the maps of the test images after every epoch."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(CONFIG, lr=lr)
+    model = FineGrainedAD(backbone, load_captions("coins"), load_vocabularies(), config)
+    model.fit_references(shots)
+    params = list(model.trainable_module().parameters())
+    sgd = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+    with torch.no_grad():
+        query = model.encode(shots)
+    batch = TrainingBatch(query, None, torch.zeros(shots.shape[0], SIZE, SIZE))
+    maps, states = [], []
+    for t in range(epochs):
+        for group in sgd.param_groups:
+            group["lr"] = 1e-5 + (lr - 1e-5) * (1 + math.cos(math.pi * t / epochs)) / 2
+        sgd.zero_grad()
+        model.losses(batch, "train")["total"].backward()
+        sgd.step()
+        with torch.no_grad():
+            maps.append(model(queries, output_size=size).anomaly_map)
+        states.append({k: v.clone() for k, v in model.trainable_module().state_dict().items()})
+    return maps, states
+
+
+def test_best_on_test_epoch_is_opt_in_warned_and_keeps_the_best_pixel_auroc(tmp_path, backbone):
+    root = synthesize_dataset(tmp_path, ["coins"], n_train=2, n_test=6, image_size=SIZE)
+    test = AnomalyDataset(root, "coins", "test", SIZE, mask_size=16)
+    queries, masks = test.images(range(len(test))), test.masks(range(len(test)))
+    shots = AnomalyDataset(root, "coins", "train", SIZE).images([0, 1])
+    lr, epochs = 0.5, 3  # a large step: the epochs' maps differ
+    maps, states = _reference_epochs(backbone, shots, queries, 16, lr, epochs)
+    aurocs = [roc_auc_score(masks.flatten().numpy() > 0.5, m.flatten().numpy()) for m in maps]
+    assert len(set(aurocs)) > 1  # the selection has something to choose
+    best = max(range(epochs), key=lambda t: (aurocs[t], -t))  # the first best epoch
+    config = dataclasses.replace(CONFIG, lr=lr)
+    train_config = TrainConfig.finegrainedad(epochs=epochs)
+
+    def fresh():
+        torch.manual_seed(0)
+        return FineGrainedAD(backbone, load_captions("coins"), load_vocabularies(), config)
+
+    model = fresh()
+    with pytest.warns(UserWarning, match="TEST set.*optimistic"):
+        history = train_on_shots(model, shots, train_config, select_epoch_on_test=(queries, masks))
+    assert [h["test_P-AUROC"] for h in history] == pytest.approx(aurocs, abs=1e-6)
+    assert [h["selected"] for h in history] == [t == best for t in range(epochs)]
+    kept = model.trainable_module().state_dict()
+    for k, v in states[best].items():
+        torch.testing.assert_close(kept[k], v, rtol=1e-5, atol=1e-6)
+    # without the option: no warning, the last epoch is kept
+    plain = fresh()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = train_on_shots(plain, shots, train_config)
+    assert all("selected" not in h for h in history)
+    kept = plain.trainable_module().state_dict()
+    for k, v in states[-1].items():
+        torch.testing.assert_close(kept[k], v, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="select_epoch_on_test"):
+        train_on_shots(fresh(), shots, train_config, select_epoch_on_test=(queries,))
+
+
+def test_test_selected_results_are_labelled_apart(tmp_path, backbone):
+    root = synthesize_dataset(tmp_path / "data", ["coins"], n_train=2, n_test=4, image_size=SIZE)
+    cache = FeatureCache(ImageBackbone.wrap(backbone), progress=False)
+    run = dict(config=CONFIG, train_config=TrainConfig.finegrainedad(epochs=2))
+    specs = [DatasetSpec("synthetic", root, ("coins",))]
+    opts = dict(shots=(1,), seeds=(0,), progress=False)
+    with pytest.warns(UserWarning, match="optimistic"):
+        results = evaluate_finegrainedad(specs, cache, **run, select_epoch_on_test=True, **opts)
+    assert [r.method for r in results] == [TEST_SELECTED_METHOD]
+    paths = write_results(
+        results, tmp_path / "run", backbone_label="tiny", trained=False, config={}
+    )
+    table = paths["table"].read_text()
+    assert f"# {TEST_SELECTED_METHOD} results" in table
+    assert "| FineGrainedAD |" not in table  # not FineGrainedAD's rows, no paper Δ
+    assert "FineGrainedAD results" not in table
+    assert TEST_SELECTED_METHOD in paths["csv"].read_text()
+    with warnings.catch_warnings():  # the default: no warning, the plain method name
+        warnings.simplefilter("error")
+        clean = evaluate_finegrainedad(specs, cache, **run, **opts)
+    assert [r.method for r in clean] == ["finegrainedad"]
