@@ -44,7 +44,7 @@ RES2CLIP_LOSSES = {"text_branch_loss", "visual_branch_loss", "residual_branch_lo
 CLIP = {
     "ClipBackbone", "Features", "BackboneConfig", "WeightsNotFoundError", "ImagePreprocess",
     "TextAnchors", "build_prompts", "encode_prompt_ensemble", "vv_attention", "dual_attention",
-    "interpolate_pos_embed", "convert_to_safetensors", "LearnablePrompts",
+    "interpolate_pos_embed", "convert_to_safetensors", "LearnablePrompts", "ImageBackbone",
 }  # fmt: skip
 DATA = {
     "AnomalyDataset", "AnomalyItem", "Sample", "scan_samples", "detect_layout",
@@ -70,6 +70,7 @@ ENGINE = {
     "DatasetSpec", "CategoryResult", "aggregate", "write_results", "load_results",
     "summary_table", "PAPER_RESULTS", "PAPER_TABLE1", "overlay", "save_heatmaps",
     "init_distributed", "DistContext",
+    "FewShotFineGrainedAD", "train_on_shots",
 }  # fmt: skip
 
 # Each public module, the names it must export, and the document that describes them.

@@ -9,6 +9,8 @@
 - :func:`convert_to_safetensors`: a checkpoint (OpenAI's TorchScript ``.pt``) to a
   ``.safetensors`` file, without running code from it;
 - :class:`ImagePreprocess`: the image preprocessing matching the weights;
+- :class:`ImageBackbone`: a backbone whose features are the preprocessed images, for a
+  method that reads the model itself (FineGrainedAD) through the engine's feature cache;
 - :func:`build_prompts`, :func:`encode_prompt_ensemble`: the paper's prompt
   ensemble, text anchors and text residual (App. B, eqs. 3, 32).
 """
@@ -18,6 +20,7 @@ from resad_kit.clip.backbone import ClipBackbone, Features
 from resad_kit.clip.checkpoints import WeightsNotFoundError
 from resad_kit.clip.config import BackboneConfig
 from resad_kit.clip.conversion import convert_to_safetensors
+from resad_kit.clip.image_backbone import ImageBackbone
 from resad_kit.clip.learnable_prompts import LearnablePrompts
 from resad_kit.clip.positional import interpolate_pos_embed
 from resad_kit.clip.preprocess import ImagePreprocess
@@ -27,6 +30,7 @@ __all__ = [
     "BackboneConfig",
     "ClipBackbone",
     "Features",
+    "ImageBackbone",
     "ImagePreprocess",
     "LearnablePrompts",
     "TextAnchors",

@@ -15,6 +15,9 @@ package; ``examples/res2clip_full.py`` drives it. See docs/engine.md.
   (``checkpoint.py``), phases and warm-up + cosine schedules (``schedule.py``);
 - :func:`run_evaluation`, :class:`DatasetSpec` (``protocol.py``): data sets × categories ×
   shots × seeds × modes;
+- :class:`FewShotFineGrainedAD`, :func:`train_on_shots` and ``evaluate_finegrainedad``
+  (``finegrainedad_protocol.py``): FineGrainedAD's protocol, one model per category trained
+  on every draw of shots;
 - :class:`CategoryResult`, :func:`write_results`, :func:`summary_table` (``results.py``),
   :data:`PAPER_RESULTS` (``paper_results.py``), :func:`save_heatmaps` (``heatmaps.py``);
 - :func:`init_distributed`, :class:`DistContext` (``dist_context.py``) and the collectives
@@ -24,6 +27,7 @@ package; ``examples/res2clip_full.py`` drives it. See docs/engine.md.
 from resad_kit.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from resad_kit.engine.distributed import DistContext, init_distributed
 from resad_kit.engine.features import FeatureCache
+from resad_kit.engine.finegrainedad_protocol import FewShotFineGrainedAD, train_on_shots
 from resad_kit.engine.heatmaps import overlay, save_heatmaps
 from resad_kit.engine.paper_results import PAPER_RESULTS, PAPER_TABLE1
 from resad_kit.engine.protocol import DatasetSpec, evaluate_category, run_evaluation
@@ -45,6 +49,7 @@ __all__ = [
     "DatasetSpec",
     "DistContext",
     "FeatureCache",
+    "FewShotFineGrainedAD",
     "TrainConfig",
     "TrainResult",
     "aggregate",
@@ -58,5 +63,6 @@ __all__ = [
     "save_heatmaps",
     "summary_table",
     "train",
+    "train_on_shots",
     "write_results",
 ]
