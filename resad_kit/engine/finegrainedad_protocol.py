@@ -331,6 +331,28 @@ def evaluate_finegrainedad(
 
     Raises:
         ValueError: a cache of another backbone than an ImageBackbone, an unknown category.
+
+    Example:
+        >>> from resad_kit.clip import ClipBackbone
+        >>> from resad_kit.clip.image_backbone import ImageBackbone
+        >>> from resad_kit.data import synthesize_dataset
+        >>> from resad_kit.engine import DatasetSpec, FeatureCache
+        >>> from resad_kit.engine.finegrainedad_protocol import evaluate_finegrainedad
+        >>> from resad_kit.engine.training import TrainConfig
+        >>> from resad_kit.methods.finegrainedad import FineGrainedADConfig
+        >>> root = synthesize_dataset(getfixture("tmp_path"), ["grass"], 2, 4, image_size=32)
+        >>> cache = FeatureCache(ImageBackbone.wrap(ClipBackbone.tiny(image_size=32)))
+        >>> results = evaluate_finegrainedad(
+        ...     [DatasetSpec("synthetic", root, ["grass"])],
+        ...     cache,
+        ...     config=FineGrainedADConfig(memory_layers=(1, 3)),
+        ...     train_config=TrainConfig.finegrainedad(epochs=1),
+        ...     shots=(1,),
+        ...     seeds=(0,),
+        ...     progress=False,
+        ... )
+        >>> [(r.category, r.shots, r.method, r.mode) for r in results]
+        [('grass', 1, 'finegrainedad', 'fine_tuned')]
     """
     backbone = cache.backbone
     if not isinstance(backbone, ImageBackbone):

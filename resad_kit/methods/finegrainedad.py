@@ -164,11 +164,13 @@ class FineGrainedAD(Method):
         return ("train",)
 
     def optimizer_groups(self) -> list[OptimizerGroup]:
-        """One optimiser over the prompt contexts and the Query Former at ``config.lr``."""
+        """One optimiser over the prompts (contexts, Attr-MoE gates) and the Query Former at
+        ``config.lr``."""
         return [OptimizerGroup("finegrainedad", ((self.parts, self.config.lr),), ("train",))]
 
     def trainable_module(self) -> nn.Module:
-        """The prompt contexts and the Query Former: what a checkpoint stores."""
+        """The prompts (contexts, Attr-MoE gates) and the Query Former: what a checkpoint
+        stores."""
         return self.parts
 
     @property

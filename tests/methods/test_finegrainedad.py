@@ -143,6 +143,7 @@ def test_eq6_image_reweighting_equals_direct_composition(fitted, preset):
         prob = torch.softmax(scale * torch.stack([z @ normal[e], z @ abnormal[e]], -1), -1)[..., 1]
         weights = prob / prob.sum(-1, keepdim=True)  # Eq. 6: a / Σ_k a_k over the 16 tokens
         assert float(weights.std()) > 0  # not uniform: the test sees the weights
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2))  # M_p ≈ M̂_p / N
         torch.testing.assert_close(
             got.intermediates["image_weights"], weights, rtol=1e-4, atol=1e-6
         )
@@ -153,6 +154,7 @@ def test_eq6_image_reweighting_equals_direct_composition(fitted, preset):
         vad = got.intermediates["vad"]
         fused = 1 / (1 / (vad + 1e-8) + 1 / (weights * pad_hat + 1e-8))  # Eq. 7 on M_p
         torch.testing.assert_close(got.anomaly_map, _smooth(fused), rtol=1e-4, atol=1e-6)
+        assert bool((fused <= weights * pad_hat + 1e-6).all())  # the harmonic mean ≤ M_p
         # off: the current behaviour, M̂_p fused as it is; the image score is unchanged by Eq. 6
         torch.testing.assert_close(plain.intermediates["pad"], pad_hat, rtol=1e-4, atol=1e-5)
         fused_off = 1 / (1 / (vad + 1e-8) + 1 / (pad_hat + 1e-8))
