@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from resad_kit.cli.reproduce import main
+from resad_kit.cli.reproduce_args import build_parser, resolve_defaults
 from resad_kit.cli.reproduce_data import SAMPLE_ROOT
 from resad_kit.clip import ClipBackbone, mfsc
 from resad_kit.clip.image_backbone import ImageBackbone
@@ -190,3 +191,14 @@ def test_captions_flag_needs_finegrainedad(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--backbone", "tiny", "--captions", str(file), "--out", str(tmp_path / "r")])
     assert "it needs --method finegrainedad" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("backbone", "eval_size"), [("paper", 400), ("tiny", None)])
+def test_defaults_of_the_method(backbone, eval_size):
+    """1/2/4 shots, the code's seed 111, 400 px maps with the real backbone (its
+    `--resolution 400`), the input side with the tiny one."""
+    args = build_parser().parse_args(["--method", "finegrainedad", "--backbone", backbone])
+    resolve_defaults(args)
+    assert (args.shots, args.seeds, args.eval_size) == ([1, 2, 4], [111], eval_size)
+    args = build_parser().parse_args(["--method", "finegrainedad", "--eval-size", "256"])
+    assert resolve_defaults(args).eval_size == 256
