@@ -140,12 +140,9 @@ def _retrieve_groups(
             ref, idx, w = _dense_block(sim, banks, start, stop, total, compile)
             references.append(ref)
         else:
-            idx, w = _sparse_sparsemax(sim, k, compile)
-            flat_idx = idx + bank_offset[start:stop]  # one gather-and-sum over all the banks
-            flat_bank = banks.reshape(groups * m, d)
-            references.append(
-                F.embedding_bag(flat_idx, flat_bank, per_sample_weights=w, mode="sum")
-            )
+            idx, w, support = _sparse_sparsemax(sim, k, compile)
+            flat_bank = banks.reshape(groups * m, d)  # one gather-and-sum over all the banks
+            references.append(_gather_sum(idx + bank_offset[start:stop], w, support, flat_bank))
         del sim  # free this block before the next one is allocated
         indices.append(idx)
         values.append(w)
@@ -239,14 +236,15 @@ def _similarity(
 
 def _sparse_sparsemax(
     sim: torch.Tensor, k: SparsemaxK, compile: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row-wise sparsemax of ``(R, M)`` similarities in sparse form ``(indices, values)``.
 
     The support is found without gradients
     (:func:`resad_kit.ops._sorted_support.sorted_support`) and put in a canonical order:
     weight descending, ties by bank index, so that every ``k`` gives the same tensors. The
     weights are then recomputed from the gathered similarities with differentiable ops
-    (:func:`_support_weights`).
+    (:func:`_support_weights`). Returns ``(indices, weights, support)``: ``(R, W)``, ``(R, W)``
+    (0 past each row's support) and ``(R, 1)``.
     """
     with torch.no_grad():
         top = sorted_support(sim, k)
@@ -256,7 +254,24 @@ def _sparse_sparsemax(
             idx, vals = idx.gather(-1, by_index), top.values.gather(-1, by_index)
             idx = idx.gather(-1, vals.argsort(dim=-1, descending=True, stable=True))
     weights_fn = _COMPILED_SUPPORT_WEIGHTS if compile else _support_weights
-    return weights_fn(sim, idx, top.support)
+    return (*weights_fn(sim, idx, top.support), top.support)
+
+
+def _gather_sum(
+    indices: torch.Tensor, weights: torch.Tensor, support: torch.Tensor, bank: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 34, ``Σ_j w_j b_{idx_j}`` over the first ``support`` slots of every row: ``(R, D)``.
+
+    Only the support's entries are passed to ``F.embedding_bag`` (one bag per row, by offsets),
+    not the ``(R, W)`` slots padded to the widest support: the gather-and-sum reads a bank row
+    per entry, so the padding would cost as much as real entries.
+    """
+    inside = torch.arange(indices.shape[-1], device=indices.device) < support
+    counts = support.squeeze(-1)
+    offsets = counts.cumsum(0) - counts
+    return F.embedding_bag(
+        indices[inside], bank, offsets, per_sample_weights=weights[inside], mode="sum"
+    )
 
 
 def _dense_block(

@@ -36,6 +36,7 @@ _SCREEN_COARSE = 512  # levels of block maxima are added while the last is at le
 _SCREEN_MAX_SHARE = 0.5  # give up when the kept blocks hold more than this share of a level
 _SCREEN_STEPS = 3  # Michelot steps of the coarse bound (every step is a valid bound)
 _SCREEN_FINE_STEPS = 1  # and of the bound on the gathered entries
+_BELOW_SCALE = 2.0**100  # see _largest_at_or_below
 
 
 def check_k(fn: str, k: object) -> SparsemaxK:
@@ -142,48 +143,59 @@ def _threshold_lower_bound(
     Michelot's fixed point ``τ ← (Σ_{y>τ} y − 1)/|{y > τ}|``, started at any lower bound of
     ``τ(y)`` (``start``, else ``max(y) − 1``), rises monotonically to ``τ(y)`` without passing
     it, so every step is a lower bound: ``bound`` is the last step, ``entry`` the largest entry
-    of ``y`` at or below it (``bound`` where there is none). Rows without a finite entry get
+    of ``y`` at or below it (:func:`_largest_at_or_below`). Rows without a finite entry get
     ``-inf``.
     """
     top = y.amax(dim=-1, keepdim=True)
     shifted = y - top
     tau = torch.full_like(top, -1.0) if start is None else (start - top).clamp_min(-1.0)
+    # a start that rounds up to the maximum (huge entries) leaves no entry above it: use −1
+    tau = torch.where(tau < 0, tau, -1.0)
     for _ in range(steps):
         excess = (shifted - tau).clamp_min_(0)
         total = excess.sum(dim=-1, keepdim=True)
         tau = tau + (total - 1) / excess.sign_().sum(dim=-1, keepdim=True)
     finite = torch.isfinite(top)
     bound = torch.where(finite, top + tau, -torch.inf)
-    below = y.masked_fill(shifted > tau, -torch.inf).amax(dim=-1, keepdim=True)
-    return bound, torch.where(finite & ~torch.isneginf(below), below, bound)
+    below = _largest_at_or_below(y, bound)
+    return bound, torch.where(finite & (below > -torch.inf), below, bound)
 
 
-def _compact(keep: torch.Tensor, payload: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``payload`` entries where ``keep`` holds, moved to the front of their row in order.
+def _largest_at_or_below(y: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """``max{y_j : y_j ≤ bound}`` of every row ``(R, 1)``, at most ``bound`` (``-inf`` or NaN
+    where no entry qualifies; callers replace those).
 
-    Returns ``(R, Q)`` (``Q`` the largest count; the rest of every row is 0) and the counts
-    ``(R, 1)``. A running count gives every kept entry its slot, and one scatter moves it
-    there (the entries not kept all go to a spare column, dropped), which is cheaper than
-    ``nonzero`` on CPU.
+    Written with arithmetic rather than a boolean mask (masked fills are several times slower
+    on CPU): an entry above the bound becomes ``(bound − y)·2¹⁰⁰ + bound``, far below every
+    entry of the row, and an entry at or below it stays itself exactly. Where an entry lies
+    above the bound by less than about ``2⁻¹⁰⁰`` times the row's spread, the result may be a
+    value between the entries (still at most ``bound``): a valid but looser cut.
     """
-    slots = keep.cumsum(dim=-1)
-    counts = slots[:, -1:]
+    lifted = (bound - y).mul_(_BELOW_SCALE).add_(bound)
+    return torch.minimum(y, lifted).amax(dim=-1, keepdim=True)
+
+
+def _compact(
+    keep: torch.Tensor, values: torch.Tensor, columns: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The entries of ``values`` where ``keep`` holds, moved to the front of their row in order.
+
+    Returns ``(values, columns, counts)``: ``(R, Q)`` kept values (``-inf`` past each row's
+    count), their ``columns`` (the entries of ``columns`` if given, else the column numbers;
+    0 past the count), ``Q`` the largest count, and the counts ``(R, 1)``. ``nonzero`` lists
+    the kept entries row by row, and each goes to the slot of its rank within its row (one
+    indexed write): cheaper on CPU than a running count over the whole row.
+    """
+    rows, kept = keep.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=keep.shape[0])
+    starts = counts.cumsum(0) - counts
+    slots = torch.arange(rows.shape[0], device=keep.device) - starts[rows]
     width = int(counts.max())
-    target = torch.where(keep, slots - 1, width)
-    out = payload.new_zeros(keep.shape[0], width + 1).scatter_(-1, target, payload)
-    return out[:, :width], counts
-
-
-def _children(parents: torch.Tensor, counts: torch.Tensor, width: int):
-    """Columns ``(R, 8·P)`` of a ``width``-wide level under the blocks ``parents`` ``(R, P)``
-    (the first ``counts`` of every row real), and which of them are real: the columns
-    ``j + c·i`` of every block ``j``, offset-major, so ascending where the parents are."""
-    c = _block_stride(width)
-    offsets = c * torch.arange(_SCREEN_BLOCK, device=parents.device)[:, None]
-    columns = parents[:, None, :] + offsets  # (R, 8, P)
-    real = (torch.arange(parents.shape[-1], device=parents.device) < counts)[:, None, :]
-    real = real & (columns < width)
-    return columns.flatten(1).clamp_max_(width - 1), real.flatten(1)
+    out_values = values.new_full((keep.shape[0], width), -torch.inf)
+    out_values[rows, slots] = values[rows, kept]
+    out_columns = kept.new_zeros(keep.shape[0], width)
+    out_columns[rows, slots] = kept if columns is None else columns[rows, kept]
+    return out_values, out_columns, counts[:, None]
 
 
 def _screened_top(
@@ -194,14 +206,15 @@ def _screened_top(
     The sparsemax threshold only grows when entries are added (τ = max over ``m`` of
     ``(Σ_{j≤m} z_(j) − 1)/m``), so the threshold of any subset of a row's entries is a lower
     bound of the row's τ, and every entry of the support lies above it. The subsets used are
-    block maxima (levels of :func:`_strided_max`, each 8× narrower than the one below): an
-    entry ``b`` at or below the threshold of the coarsest level keeps only the blocks whose
-    maximum reaches it, level by level down to the entries, so every entry ``≥ b`` is gathered.
-    There a tighter bound (``≥ b``, from the entries gathered) selects the candidates: exactly
-    the entries of the row at or above it, sorted stably (ties stay in column order), which is
-    a prefix of the full sort whatever the rounding of the bounds. Being entries at or below
-    τ, the bounds keep at least one entry outside the support; a row whose support takes all
-    candidates nevertheless is resolved by the widening rounds of :func:`sorted_support`.
+    block maxima (levels of :func:`_strided_max`, each 8× narrower than the one below; each is
+    a subset of the next finer one, so the bound of a coarse level starts the finer one's):
+    an entry ``b`` at or below the bound of the finest level of maxima selects the entries
+    ``≥ b`` of the row (one comparison over the row). A tighter bound from those
+    (``≥ b``) leaves the candidates: exactly the entries of the row at or above it, sorted
+    stably (ties stay in column order), which is a prefix of the full sort whatever the
+    rounding of the bounds. Being entries at or below τ, the bounds keep at least one entry
+    outside the support; a row whose support takes all candidates nevertheless is resolved by
+    the widening rounds of :func:`sorted_support`.
 
     Returns:
         ``(values, indices, counts)``: ``(R, Q)`` descending values and their columns, padded
@@ -211,24 +224,18 @@ def _screened_top(
     levels = [z]
     while levels[-1].shape[-1] >= _SCREEN_COARSE:
         levels.append(_strided_max(levels[-1]))
-    values = levels[-1]
-    columns = torch.arange(values.shape[-1], device=z.device).expand(values.shape[0], -1)
-    step, entry = _threshold_lower_bound(values, None, _SCREEN_STEPS)
-    for level in range(len(levels) - 1, 0, -1):
-        parents, counts = _compact(values >= entry, columns)
-        width = levels[level - 1].shape[-1]
-        if parents.shape[-1] * _SCREEN_BLOCK > _SCREEN_MAX_SHARE * width:  # no gain
-            return None
-        columns, real = _children(parents, counts, width)
-        values = levels[level - 1].gather(-1, columns).masked_fill_(~real, -torch.inf)
-    # every entry at or above the coarse `entry` has been gathered: a tighter bound is safe
+    step, entry = None, None
+    for level in reversed(levels[1:] or levels):  # coarse to fine, each start a valid bound
+        step, entry = _threshold_lower_bound(level, step, _SCREEN_STEPS)
+    values, columns, counts = _compact(z >= entry, z)
+    if values.shape[-1] > _SCREEN_MAX_SHARE * z.shape[-1]:  # no gain
+        return None
+    # every entry at or above `entry` has been gathered: a tighter bound is safe
     _, tighter = _threshold_lower_bound(values, step, _SCREEN_FINE_STEPS)
-    columns, counts = _compact(values >= torch.maximum(tighter, entry), columns)
+    values, columns, counts = _compact(values >= torch.maximum(tighter, entry), values, columns)
     if int(counts.min()) == 0:  # a bound rounded up to a row's maximum (huge entries)
         return None
-    filled = torch.arange(columns.shape[-1], device=z.device) < counts
-    candidates = z.gather(-1, columns).masked_fill_(~filled, -torch.inf)
-    values, order = candidates.sort(dim=-1, descending=True, stable=True)
+    values, order = values.sort(dim=-1, descending=True, stable=True)
     return values, columns.gather(-1, order), counts
 
 
