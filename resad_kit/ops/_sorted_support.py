@@ -28,12 +28,12 @@ rows the screen cannot narrow): rows whose support does not fit are widened, so 
 not depend on it; docs/benchmarks.md ("first pass") times it against a wider start."""
 
 SCREEN_MIN_COLUMNS = 2048
-"""``k="auto"`` screens rows of at least this many entries (:func:`_screened_top`): on shorter
-rows the levels of block maxima are too few to narrow the row."""
+"""``k="auto"`` screens rows of at least this many entries (:func:`_screened_top`); shorter
+rows take the top-``AUTO_K`` path."""
 
 _SCREEN_BLOCK = 8  # entries per block maximum (each level of block maxima is 8× narrower)
-_SCREEN_COARSE = 512  # levels of block maxima are added while the last is at least this wide
-_SCREEN_MAX_SHARE = 0.5  # give up when the kept blocks hold more than this share of a level
+_SCREEN_COARSE = 512  # coarser levels of maxima (they start the bound) while this wide
+_SCREEN_MAX_SHARE = 0.5  # give up when more than this share of a row reaches the bound
 _SCREEN_STEPS = 3  # Michelot steps of the coarse bound (every step is a valid bound)
 _SCREEN_FINE_STEPS = 1  # and of the bound on the gathered entries
 _BELOW_SCALE = 2.0**100  # see _largest_at_or_below

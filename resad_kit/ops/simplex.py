@@ -14,13 +14,12 @@ Three exact ways to get that sorted prefix are offered (argument ``k``):
   (at least twice as wide, and wide enough to hold every entry above the current lower bound
   of τ), until every row is resolved, ending at the full sort at worst;
 * ``k="auto"``: rows of at least ``SCREEN_MIN_COLUMNS`` entries are screened first: the
-  threshold of a subset of a row's entries (here maxima of blocks of entries) is a lower bound
-  of the row's τ, so only the entries above it can be in the support, and only the blocks
-  whose maximum reaches it need to be opened. The entries left are sorted; a row whose
-  support takes them all gets a wider pass. (On the CLIP-like features of docs/benchmarks.md,
-  with supports of ≈ 150 as on real images, the screen keeps too many blocks and gives way to
-  the top-``k`` path.) Shorter rows
-  (or rows the screen cannot narrow down) take the top-``k`` path from ``AUTO_K``;
+  threshold of a subset of a row's entries (here maxima of blocks of 8 entries) is a lower
+  bound of the row's τ, so only the entries above it can be in the support. One comparison
+  over the row gathers them; a tighter bound from those leaves the support and a few entries
+  past it, which are sorted; a row whose support takes them all gets a wider pass. Shorter
+  rows (or rows the screen cannot narrow to half their entries) take the top-``k`` path from
+  ``AUTO_K``;
 * ``k="dense"``: the full sort, stable (ties in column order), with every width taken from the
   shapes: no step reads a tensor value on the host (the other ways size their next step by the
   supports found, a device-to-host sync on a GPU). For hot paths that must not synchronise.

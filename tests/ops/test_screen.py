@@ -184,6 +184,25 @@ def test_default_threshold_screens_rows_of_2048_entries_and_more(monkeypatch, sc
     assert all(screened for *_, screened in screen_calls)  # and the screen paid off
 
 
+@pytest.mark.parametrize("scale", [0.3, 0.05, 0.02])
+def test_screen_narrows_rows_with_supports_of_tens_to_hundreds(monkeypatch, scale):
+    """With the real knobs, rows of 5,476 entries (K = 4 shots of a 37×37 grid) whose supports
+    are about 10, 60 and 130 entries are screened down to their support and a few entries past
+    it (at least the one at or below the bound), and equal the full sort."""
+    real_screen(monkeypatch)
+    x = scale * torch.randn(64, 5476, generator=torch.Generator().manual_seed(7))
+    full = simplex.sorted_support(x, None)
+    screened = simplex._screened_top(x)
+    assert screened is not None
+    values, indices, counts = screened
+    assert (counts > full.support).all()  # the support and at least one entry past it
+    assert (counts <= full.support + 4).all()  # ... and only a few more
+    filled = torch.arange(values.shape[-1]) < counts
+    assert torch.equal(x.gather(-1, indices)[filled], values[filled])
+    assert torch.isneginf(values[~filled]).all()
+    assert _equal_to_sort(x)
+
+
 def test_rows_the_screen_cannot_narrow_take_the_top_k_path(monkeypatch, screen_calls):
     """With the real knobs, near-constant rows (supports of most of the row) are not screened."""
     real_screen(monkeypatch)
