@@ -160,6 +160,13 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "docs/finegrainedad.md) that adds to or replaces the shipped table, e.g. for a "
         "category it does not cover",
     )
+    p.add_argument(
+        "--select-epoch-on-test",
+        action="store_true",
+        help="--method finegrainedad: keep each model's epoch of best pixel AUROC on the TEST "
+        "set, as the released code does; model selection on the test set, optimistic, "
+        "warned, and labelled method finegrainedad_test_selected (default: the last epoch)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     p.add_argument(
         "--precision",
@@ -331,6 +338,11 @@ def check_args(args: argparse.Namespace) -> None:
             )
         if not args.captions.is_file():
             raise UsageError(f"--captions {args.captions}: no such file")
+    if args.select_epoch_on_test and not entry.per_category:
+        raise UsageError(
+            f"--select-epoch-on-test is FineGrainedAD's released-code option; it needs "
+            f"--method finegrainedad (got --method {args.method})"
+        )
     if entry.per_category and args.batch_size is not None:
         raise UsageError(
             f"--batch-size: --method {args.method} trains on all K shots at once (one step "

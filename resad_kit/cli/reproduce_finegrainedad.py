@@ -73,7 +73,8 @@ def evaluate_per_category(
 
     Args:
         args: the checked flags (``--profile``, ``--backbone``, ``--shots``, ``--seeds``,
-            ``--eval-size``, ``--captions``, heat maps, cache, batch size, progress).
+            ``--eval-size``, ``--captions``, ``--select-epoch-on-test``, heat maps, cache,
+            batch size, progress).
         dist: the distributed context (the main rank writes ``config.json`` first).
         backbone: the :class:`~resad_kit.clip.image_backbone.ImageBackbone` of the run.
         specs: the target data sets.
@@ -105,6 +106,12 @@ def evaluate_per_category(
         "no auxiliary data set)",
         train_config.epochs,
     )
+    if args.select_epoch_on_test:
+        logger.warning(
+            "--select-epoch-on-test: each model keeps the epoch of best pixel AUROC on the "
+            "TEST set (the released code's selection); the numbers are optimistic and "
+            "labelled method finegrainedad_test_selected"
+        )
     progress = not args.no_progress
     cache = FeatureCache(
         backbone,
@@ -118,6 +125,7 @@ def evaluate_per_category(
         config=config,
         train_config=train_config,
         captions=caption_loader(args.captions),
+        select_epoch_on_test=args.select_epoch_on_test,
         shots=args.shots,
         seeds=args.seeds,
         eval_size=args.eval_size,

@@ -202,3 +202,40 @@ def test_defaults_of_the_method(backbone, eval_size):
     assert (args.shots, args.seeds, args.eval_size) == ([1, 2, 4], [111], eval_size)
     args = build_parser().parse_args(["--method", "finegrainedad", "--eval-size", "256"])
     assert resolve_defaults(args).eval_size == 256
+
+
+def test_select_epoch_on_test_is_labelled_warned_and_equals_the_direct_option(tmp_path):
+    """The released code's best-on-test epoch, only under its flag: the records are the
+    direct `evaluate_finegrainedad(select_epoch_on_test=True)`, labelled apart, warned."""
+    out = tmp_path / "run"
+    argv = [*ARGS, "--datasets", "synthetic", "--select-epoch-on-test", "--out", str(out)]
+    with pytest.warns(UserWarning, match="TEST set"):
+        assert main(argv) == 0
+    backbone = ClipBackbone.tiny(
+        seed=0, image_size=SIZE, layers=(4,), vv_blocks=4, global_ln_post=True
+    )
+    with pytest.warns(UserWarning, match="TEST set"):
+        want = evaluate_finegrainedad(
+            [DatasetSpec("synthetic", out / "data" / "synthetic", ("brick", "coins"))],
+            FeatureCache(ImageBackbone.wrap(backbone), progress=False),
+            config=dataclasses.replace(FineGrainedADConfig.paper(), memory_layers=(1, 3)),
+            train_config=TrainConfig.finegrainedad(epochs=EPOCHS),
+            select_epoch_on_test=True,
+            shots=(1,),
+            seeds=(111,),
+            heatmaps=0,
+            progress=False,
+        )
+    got = {_key(r): r.metrics for r in load_results(out)}
+    assert sorted(got) == sorted(_key(r) for r in want)
+    assert {k[-1] for k in got} == {"finegrainedad_test_selected"}
+    for record in want:
+        for name, value in record.metrics.items():
+            assert got[_key(record)][name] == pytest.approx(value, abs=1e-12)
+    assert "--select-epoch-on-test: each model keeps the epoch" in (out / "log.txt").read_text()
+
+
+def test_select_epoch_on_test_needs_finegrainedad(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--backbone", "tiny", "--select-epoch-on-test", "--out", str(tmp_path / "r")])
+    assert "it needs --method finegrainedad" in capsys.readouterr().err
