@@ -259,6 +259,23 @@ def _finegrainedad_notes() -> list[str]:
     return ["## Notes", "", *(f"- {n}" for n in notes)]
 
 
+def _plain_notes(method: str) -> list[str]:
+    """Notes of a method without paper numbers (e.g. a test-selected FineGrainedAD run)."""
+    notes = [
+        "Percent. Ours: for each seed the unweighted mean over the categories, then mean ± "
+        f"standard deviation over the seeds (population std, numpy ddof={STD_DDOF}). One "
+        "seed: mean only.",
+        f"No paper numbers are shown for {method}.",
+    ]
+    if method.endswith("_test_selected"):
+        notes.append(
+            "The model of every draw of shots was the epoch with the best pixel AUROC on the "
+            "TEST set (the released FineGrainedAD code's selection): optimistic, not a clean "
+            "result and not comparable with the paper's numbers."
+        )
+    return ["## Notes", "", *(f"- {n}" for n in notes)]
+
+
 def _method_sections(aggs: Sequence[DatasetAggregate], level: str) -> list[str]:
     if aggs[0].method == "afclip":  # AF-CLIP's own layouts (its Tables 1 and 2)
         from resad_kit.engine.results_render_afclip import afclip_notes, afclip_tables
@@ -276,8 +293,10 @@ def _method_sections(aggs: Sequence[DatasetAggregate], level: str) -> list[str]:
         lines += afclip_notes(aggs)
     elif aggs[0].method == "finegrainedad":
         lines += _finegrainedad_notes()
-    else:
+    elif aggs[0].method in ("res2clip", "winclip"):
         lines += _notes(aggs)
+    else:
+        lines += _plain_notes(aggs[0].method)
     return [line.replace("## ", level, 1) if line.startswith("## ") else line for line in lines]
 
 

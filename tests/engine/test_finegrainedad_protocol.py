@@ -211,6 +211,9 @@ def test_test_selected_results_are_labelled_apart(tmp_path, backbone):
     assert f"# {TEST_SELECTED_METHOD} results" in table
     assert "| FineGrainedAD |" not in table  # not FineGrainedAD's rows, no paper Δ
     assert "FineGrainedAD results" not in table
+    assert "Tables 6–10" not in table  # no other paper's numbers are named as its source
+    assert "TEST set" in table
+    assert "optimistic" in table
     assert TEST_SELECTED_METHOD in paths["csv"].read_text()
     with warnings.catch_warnings():  # the default: no warning, the plain method name
         warnings.simplefilter("error")
