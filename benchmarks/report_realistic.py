@@ -124,12 +124,21 @@ def _stage_summary(found: list[Any]) -> str:
         times = {k: c.get(f"stage_{k}_s") for k in STAGE_NAMES}
         beyond = sum(times.values()) - times["gemm"]
         top = max((k for k in times if k != "gemm"), key=times.get)
-        fallback = "" if c.get("screened") else "; the screen gave up on every layer"
+        screened = c.get("screened")
+        fallback = (
+            "; the screen gave up on every layer"
+            if not screened
+            else ""
+            if screened == 1
+            else f"; the screen narrowed {screened:.0%} of the layers"
+        )
+        fixed = times["gemm"] + times["penalty"] + times["gather_sum"]
         lines.append(
             f"- `{c.get('case')}`: the stages beyond the GEMM take {ms(beyond)} ms, "
             f"{beyond / times['gemm']:.2f}× the GEMM's {ms(times['gemm'])} ms; the largest is "
             f"the {STAGE_NAMES[top]}, {ms(times[top])} ms ({times[top] / beyond:.0%})"
-            f"{fallback}."
+            f"{fallback}. GEMM, penalty and gather-and-sum alone, the stages that do not "
+            f"depend on how the support is found: {fixed / times['gemm']:.2f}× the GEMM."
         )
     return "\n".join(lines)
 

@@ -12,7 +12,7 @@ with the library's own private kernels, and returns the median time of each over
 * ``widen``: the rest of ``sorted_support``: thresholds and the widening rounds of rows whose
   support fills the first prefix;
 * ``weights``: the sparsemax weights on the support (gather, cumulative sum, threshold);
-* ``gather_sum``: Eq. 34's gather-and-sum (``F.embedding_bag``).
+* ``gather_sum``: Eq. 34's gather-and-sum over the support's entries (``F.embedding_bag``).
 
 It also reports whether the screen paid off (``screened``: the share of layers where it did)
 and the widths of the first pass (``first_width``) and of the support (``support_width``).
@@ -27,7 +27,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 import resad_kit.ops._retrieval_core as core
 import resad_kit.ops._sorted_support as support
@@ -83,7 +82,7 @@ def stage_times(
             rounds,
         )
         gather, _ = _time(
-            lambda: F.embedding_bag(idx, one_bank[0], per_sample_weights=w, mode="sum"),  # noqa: B023
+            lambda: core._gather_sum(idx, w, top.support, one_bank[0]),  # noqa: B023
             rounds,
         )
         is_screened = isinstance(length, torch.Tensor)
