@@ -70,7 +70,7 @@ ENGINE = {
     "DatasetSpec", "CategoryResult", "aggregate", "write_results", "load_results",
     "summary_table", "PAPER_RESULTS", "PAPER_TABLE1", "overlay", "save_heatmaps",
     "init_distributed", "DistContext",
-    "FewShotFineGrainedAD", "train_on_shots",
+    "evaluate_finegrainedad", "FewShotFineGrainedAD", "train_on_shots",
 }  # fmt: skip
 
 # Each public module, the names it must export, and the document that describes them.

@@ -15,7 +15,7 @@ package; ``examples/res2clip_full.py`` drives it. See docs/engine.md.
   (``checkpoint.py``), phases and warm-up + cosine schedules (``schedule.py``);
 - :func:`run_evaluation`, :class:`DatasetSpec` (``protocol.py``): data sets × categories ×
   shots × seeds × modes;
-- :class:`FewShotFineGrainedAD`, :func:`train_on_shots` and ``evaluate_finegrainedad``
+- :func:`evaluate_finegrainedad`, :class:`FewShotFineGrainedAD`, :func:`train_on_shots`
   (``finegrainedad_protocol.py``): FineGrainedAD's protocol, one model per category trained
   on every draw of shots;
 - :class:`CategoryResult`, :func:`write_results`, :func:`summary_table` (``results.py``),
@@ -27,7 +27,11 @@ package; ``examples/res2clip_full.py`` drives it. See docs/engine.md.
 from resad_kit.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from resad_kit.engine.distributed import DistContext, init_distributed
 from resad_kit.engine.features import FeatureCache
-from resad_kit.engine.finegrainedad_protocol import FewShotFineGrainedAD, train_on_shots
+from resad_kit.engine.finegrainedad_protocol import (
+    FewShotFineGrainedAD,
+    evaluate_finegrainedad,
+    train_on_shots,
+)
 from resad_kit.engine.heatmaps import overlay, save_heatmaps
 from resad_kit.engine.paper_results import PAPER_RESULTS, PAPER_TABLE1
 from resad_kit.engine.protocol import DatasetSpec, evaluate_category, run_evaluation
@@ -54,6 +58,7 @@ __all__ = [
     "TrainResult",
     "aggregate",
     "evaluate_category",
+    "evaluate_finegrainedad",
     "init_distributed",
     "load_checkpoint",
     "load_results",
