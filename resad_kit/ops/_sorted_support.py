@@ -151,17 +151,20 @@ def _threshold_lower_bound(
     tau = torch.full_like(top, -1.0) if start is None else (start - top).clamp_min(-1.0)
     # a start that rounds up to the maximum (huge entries) leaves no entry above it: use −1
     tau = torch.where(tau < 0, tau, -1.0)
+    excess = torch.empty_like(shifted)  # one buffer for every step (fresh large buffers fault)
     for _ in range(steps):
-        excess = (shifted - tau).clamp_min_(0)
+        torch.sub(shifted, tau, out=excess).clamp_min_(0)
         total = excess.sum(dim=-1, keepdim=True)
         tau = tau + (total - 1) / excess.sign_().sum(dim=-1, keepdim=True)
     finite = torch.isfinite(top)
     bound = torch.where(finite, top + tau, -torch.inf)
-    below = _largest_at_or_below(y, bound)
+    below = _largest_at_or_below(y, bound, out=excess)
     return bound, torch.where(finite & (below > -torch.inf), below, bound)
 
 
-def _largest_at_or_below(y: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+def _largest_at_or_below(
+    y: torch.Tensor, bound: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``max{y_j : y_j ≤ bound}`` of every row ``(R, 1)``, at most ``bound`` (``-inf`` or NaN
     where no entry qualifies; callers replace those).
 
@@ -169,33 +172,42 @@ def _largest_at_or_below(y: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     on CPU): an entry above the bound becomes ``(bound − y)·2¹⁰⁰ + bound``, far below every
     entry of the row, and an entry at or below it stays itself exactly. Where an entry lies
     above the bound by less than about ``2⁻¹⁰⁰`` times the row's spread, the result may be a
-    value between the entries (still at most ``bound``): a valid but looser cut.
+    value between the entries (still at most ``bound``): a valid but looser cut. ``out``: a
+    scratch buffer shaped like ``y``.
     """
-    lifted = (bound - y).mul_(_BELOW_SCALE).add_(bound)
-    return torch.minimum(y, lifted).amax(dim=-1, keepdim=True)
+    lifted = torch.sub(bound, y, out=out).mul_(_BELOW_SCALE).add_(bound)
+    return torch.minimum(y, lifted, out=lifted).amax(dim=-1, keepdim=True)
 
 
 def _compact(
     keep: torch.Tensor, values: torch.Tensor, columns: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The entries of ``values`` where ``keep`` holds, moved to the front of their row in order.
-
-    Returns ``(values, columns, counts)``: ``(R, Q)`` kept values (``-inf`` past each row's
-    count), their ``columns`` (the entries of ``columns`` if given, else the column numbers;
-    0 past the count), ``Q`` the largest count, and the counts ``(R, 1)``. ``nonzero`` lists
-    the kept entries row by row, and each goes to the slot of its rank within its row (one
-    indexed write): cheaper on CPU than a running count over the whole row.
-    """
+    """The entries of ``values`` ``(R, W)`` where ``keep`` holds, moved to the front of their row
+    in order: :func:`_pack` of them, their ``columns`` (the entries of ``columns`` if given,
+    else the column numbers)."""
     rows, kept = keep.nonzero(as_tuple=True)
-    counts = torch.bincount(rows, minlength=keep.shape[0])
-    starts = counts.cumsum(0) - counts
-    slots = torch.arange(rows.shape[0], device=keep.device) - starts[rows]
+    flat = rows * keep.shape[1] + kept
+    picked = values.reshape(-1).index_select(0, flat)
+    where = kept if columns is None else columns.reshape(-1).index_select(0, flat)
+    return _pack(rows, picked, where, keep.shape[0])
+
+
+def _pack(
+    rows: torch.Tensor, values: torch.Tensor, columns: torch.Tensor, n_rows: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Entries listed row by row (``rows`` ascending, ``(P,)`` each) as ``(values, columns,
+    counts)``: ``(R, Q)`` values (``-inf`` past each row's count), ``(R, Q)`` columns (0
+    there), ``Q`` the largest count, and the counts ``(R, 1)``. Each entry goes to the slot of
+    its rank within its row, by flat index copies (cheaper on CPU than indexing by rows and
+    columns, or than a running count over whole rows)."""
+    counts = torch.bincount(rows, minlength=n_rows)
     width = int(counts.max())
-    out_values = values.new_full((keep.shape[0], width), -torch.inf)
-    out_values[rows, slots] = values[rows, kept]
-    out_columns = kept.new_zeros(keep.shape[0], width)
-    out_columns[rows, slots] = kept if columns is None else columns[rows, kept]
-    return out_values, out_columns, counts[:, None]
+    starts = counts.cumsum(0) - counts
+    slots = rows * width + torch.arange(rows.shape[0], device=rows.device)
+    slots -= starts.index_select(0, rows)
+    out_values = values.new_full((n_rows * width,), -torch.inf).index_copy_(0, slots, values)
+    out_columns = columns.new_zeros(n_rows * width).index_copy_(0, slots, columns)
+    return out_values.view(n_rows, width), out_columns.view(n_rows, width), counts[:, None]
 
 
 def _screened_top(
