@@ -240,7 +240,7 @@ def _screened_top(
     for level in reversed(levels[1:] or levels):  # coarse to fine, each start a valid bound
         step, entry = _threshold_lower_bound(level, step, _SCREEN_STEPS)
     values, columns, counts = _compact(z >= entry, z)
-    if values.shape[-1] > _SCREEN_MAX_SHARE * z.shape[-1]:  # no gain
+    if not 0 < values.shape[-1] <= _SCREEN_MAX_SHARE * z.shape[-1]:  # no gain (or no bound)
         return None
     # every entry at or above `entry` has been gathered: a tighter bound is safe
     _, tighter = _threshold_lower_bound(values, step, _SCREEN_FINE_STEPS)
