@@ -89,11 +89,11 @@ on 2 cores). The JSON behind this page is kept in `benchmarks/runs/`.
 - **Fast path**: `resad_kit.ops.retrieve` with its defaults, all four layers in one call:
   each layer's similarity GEMM writes its block directly and the radial penalty of the
   `K`-shot bank is subtracted as one `N×N` table per shot; the exact sparsemax support comes
-  from `k="auto"`: every row is screened by block maxima (two levels of maxima of 8 entries;
-  the sparsemax threshold of a subset of a row's entries is a lower bound of the row's
-  threshold, so only blocks whose maximum reaches that bound can hold the support), and the
-  few tens of entries above the bound are sorted; then one gather-and-sum over the support
-  (`F.embedding_bag`) for all layers.
+  from `k="auto"`: every row is screened (the sparsemax threshold of a subset of a row's
+  entries is a lower bound of the row's threshold: the maxima of blocks of 8 entries give
+  one; one comparison over the row keeps the entries at or above it, and a tighter bound
+  from those leaves the support and a few entries past it, which are sorted); then one
+  gather-and-sum over the support's entries (`F.embedding_bag`) for all layers.
 - **Correctness first**: every case checks its output against the baseline before it is
   timed (the baseline's own timed call produces the reference; float32: within 1e-6;
   bfloat16 inputs: within 2e-3 for the retrieved features and 4e-3 for the weights, a
@@ -127,9 +127,11 @@ NOTES = """## Notes
 - **Where the time goes.** Both paths compute the same similarity GEMM (`N·M·D`
   multiply-adds per layer; its rate is in the lower-bound line above); no exact method can
   skip it. The official path adds a full sort of every row (the sparsemax table) and a dense
-  `(N×M)·(M×D)` product (the aggregation table); the fast path adds one pass over the
-  similarity block (the block maxima), work on a few hundred entries per row and a
-  gather-and-sum over the support. The end-to-end speed-up is therefore capped by the
+  `(N×M)·(M×D)` product (the aggregation table); the fast path adds the radial penalty, two
+  passes over the similarity block (the block maxima, the comparison with the bound), work
+  on a few hundred entries per row and a gather-and-sum over the support (memory-bound: one
+  bank row read per support entry, so it grows with the support; see the stage table).
+  The end-to-end speed-up is therefore capped by the
   official time over the GEMM time, and the margin grows with K (more columns to sort and
   to multiply densely).
 {verdict}
@@ -142,8 +144,8 @@ NOTES = """## Notes
   far behind. The top-k start (the largest 64 entries of every row, then a wider pass for
   rows whose support fills them; the previous default) is kept for banks of fewer than 2,048
   entries and as the screen's fallback; the "first pass" table compares them. `sparsemax()`
-  keeps `k=None` (the full sort) as its default, as the architecture specifies; pass
-  `k="auto"` for the fast path.
+  keeps `k=None` (the full sort) as its default; pass `k="auto"` for the fast path
+  (`retrieve` uses it by default).
 - **Memory.** `chunk_size` bounds the similarity block at `chunk_size × M`; by default
   (`chunk_size=None`) a block holds about 2²³ similarities (32 MiB), or 1,024 rows where `M`
   is too large for that (every block's GEMM reads the whole bank, so a block needs rows
