@@ -14,6 +14,12 @@ with the library's own private kernels, and returns the median time of each over
 * ``weights``: the sparsemax weights on the support (gather, cumulative sum, threshold);
 * ``gather_sum``: Eq. 34's gather-and-sum over the support's entries (``F.embedding_bag``).
 
+Where the screen paid off, its parts are timed too (``SCREEN_PARTS``, a breakdown of
+``screen``, not added to the sum): ``screen_maxima`` (the levels of block maxima, a pass over
+the block), ``screen_bound`` (the threshold bounds on those levels), ``screen_select`` (the
+comparison of the whole block with the bound and the compaction of the entries kept) and
+``screen_tighten`` (the tighter bound on those and the second compaction).
+
 It also reports whether the screen paid off (``screened``: the share of layers where it did)
 and the widths of the first pass (``first_width``) and of the support (``support_width``).
 The stages are timed separately, so their sum is close to, not equal to, ``retrieve``'s time.
@@ -34,6 +40,38 @@ import resad_kit.ops._sorted_support as support
 __all__ = ["STAGES", "stage_times"]
 
 STAGES = ("gemm", "penalty", "screen", "sort", "widen", "weights", "gather_sum")
+SCREEN_PARTS = ("screen_maxima", "screen_bound", "screen_select", "screen_tighten")
+
+
+def _screen_parts(z: torch.Tensor, rounds: int) -> dict[str, float]:
+    """The parts of :func:`resad_kit.ops._sorted_support._screened_top`, timed one by one."""
+
+    def maxima():
+        levels = [z]
+        while levels[-1].shape[-1] >= support._SCREEN_COARSE:
+            levels.append(support._strided_max(levels[-1]))
+        return levels
+
+    def bound(levels):
+        step, entry = None, None
+        for level in reversed(levels[1:] or levels):
+            step, entry = support._threshold_lower_bound(level, step, support._SCREEN_STEPS)
+        return step, entry
+
+    def tighten(values, columns, step, entry):
+        _, tighter = support._threshold_lower_bound(values, step, support._SCREEN_FINE_STEPS)
+        return support._compact(values >= torch.maximum(tighter, entry), values, columns)
+
+    t_maxima, levels = _time(maxima, rounds)
+    t_bound, (step, entry) = _time(lambda: bound(levels), rounds)
+    t_select, (values, columns, _) = _time(lambda: support._compact(z >= entry, z), rounds)
+    t_tighten, _ = _time(lambda: tighten(values, columns, step, entry), rounds)
+    return {
+        "screen_maxima": t_maxima,
+        "screen_bound": t_bound,
+        "screen_select": t_select,
+        "screen_tighten": t_tighten,
+    }
 
 
 def _time(fn: Callable[[], Any], rounds: int) -> tuple[float, Any]:
@@ -65,7 +103,7 @@ def stage_times(
     """
     n = queries.shape[-2]
     penalty = (gamma * query_radius, core._period(gamma * bank_radius, n))
-    out = dict.fromkeys(STAGES, 0.0)
+    out = dict.fromkeys(STAGES + SCREEN_PARTS, 0.0)
     screened, first_width, support_width = 0, 0, 0
     for query, bank in zip(queries[:, 0], banks[:, 0], strict=True):
         rows, one_bank = query, bank[None]
@@ -86,6 +124,9 @@ def stage_times(
             rounds,
         )
         is_screened = isinstance(length, torch.Tensor)
+        if is_screened:
+            for part, seconds in _screen_parts(sim, rounds).items():
+                out[part] += seconds
         out["gemm"] += gemm
         out["penalty"] += block - gemm
         out["screen"] += first - (sort if is_screened else 0.0)

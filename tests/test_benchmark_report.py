@@ -471,8 +471,31 @@ def test_sweep_rows_are_sorted_by_support_and_the_target_follows_the_worst_ratio
         "within 1.3× of the floor across the sweep: **not met** (largest median ratio 1.67×)"
         in (section)
     )
+    assert "Within 1.3×: `s10`. Above: `s150` (1.67×); the stage table below" in section
     met = render(load([_write(tmp_path / "met.json", _json(cases[1:]))]))
     assert "across the sweep: met (largest median ratio 1.24×)" in met
+
+
+def test_stage_table_breaks_the_screen_down_where_it_paid_off(tmp_path):
+    stages = {"gemm": 0.5, "penalty": 0.02, "screen": 0.2, "sort": 0.05, "widen": 0.1}
+    stages |= {"weights": 0.03, "gather_sum": 0.01}
+    parts = {"screen_maxima": 0.02, "screen_bound": 0.03, "screen_select": 0.12}
+    parts |= {"screen_tighten": 0.03}
+    info = {f"stage_{k}_s": v for k, v in (stages | parts).items()}
+    info |= {"screened": 1.0, "first_width": 700, "support_width": 224}
+    case = _bench([1.0], kernel="stages", impl="stages", case="s150", device="cpu", **info)
+    page = render(load([_write(tmp_path / "bench.json", _json([case]))]))
+    section = page.split("### Where `retrieve`'s time goes")[1].split("###")[0]
+    lines = section.splitlines()
+    screen = lines.index("| screen (block maxima; or the top-64 start) | 200 |")
+    assert lines[screen + 3] == (
+        "| ↳ screen: block compared with the bound, entries kept compacted | 120 |"
+    )
+    assert f"| **sum of the stages** | **{ms(sum(stages.values()))}** |" in section  # not parts
+    assert (
+        "the screen's largest part: block compared with the bound, entries kept compacted, "
+        "120 ms (60% of its parts)" in section
+    )
 
 
 def test_stage_table_lists_every_stage_and_their_sum(tmp_path):

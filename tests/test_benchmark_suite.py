@@ -22,7 +22,7 @@ if str(BENCH) not in sys.path:  # the suite's modules import each other by plain
 import harness  # noqa: E402
 from baselines import official_prediction, official_references  # noqa: E402
 from bench_end_to_end import build_model, math_backbone, text_residual  # noqa: E402
-from stages import STAGES, stage_times  # noqa: E402
+from stages import SCREEN_PARTS, STAGES, stage_times  # noqa: E402
 from synthetic import SUPPORT_CASES, Structure, clip_like_features  # noqa: E402
 
 from resad_kit.clip import ClipBackbone  # noqa: E402
@@ -151,3 +151,5 @@ def test_stage_profile_covers_every_stage_and_the_supports():
     assert out["support_width"] == int(weights.support_size().max())
     assert out["first_width"] >= out["support_width"]
     assert out["screened"] in (0.0, 1.0)
+    parts = [out[f"stage_{p}_s"] for p in SCREEN_PARTS]
+    assert all(t > 0 for t in parts) if out["screened"] else all(t == 0 for t in parts)
