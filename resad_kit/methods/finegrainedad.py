@@ -219,8 +219,9 @@ class FineGrainedAD(Method):
         anchors = torch.cat([normal[:e], normal[e + 1 :]])  # components, background
         generator = torch.Generator(device=stitched.device).manual_seed(self.config.caption_seed)
         out = progressive_region_aggregation(
-            stitched, anchors, k=self.config.cluster_k, generator=generator
-        )
+            stitched, anchors, k=self.config.cluster_k, generator=generator,
+            semantic_centers=self.config.semantic_centers,
+        )  # fmt: skip
         matched = match_regions(stitched, out.regions, anchors, e + 1)
         grid = (gh * _TILES, gw * _TILES)
         return region_weights(out.regions, matched, grid=grid, pool=_TILES, gamma=self.config.gamma)

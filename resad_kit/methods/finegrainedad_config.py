@@ -43,6 +43,9 @@ class FineGrainedADConfig:
             (= 100), the paper's exp(⟨·⟩/τ).
         gamma: extra weight of a group's matched region (paper §4.4 + code: 1.5).
         cluster_k: density neighbours of the two DPC-KNN stages (code: 8, 5).
+        semantic_centers: the paper's initial cluster centres (§3.3, the tokens most similar
+            to the prompt features; :func:`~resad_kit.ops.progressive_region_aggregation`);
+            the released code disables them (top-``K`` density-peak scores).
         lambda_mean: weight λ₁ of ℓ_mean (code ``--lambda1``: 0.001).
         lambda_reg: weight of ℓ_reg (paper §4.4: 1).
         triplet_margin: margin ε of ℓ_trip (PromptAD ``TripletLoss(margin=1.0)``; paper: 1).
@@ -78,6 +81,7 @@ class FineGrainedADConfig:
     temperature: Literal["raw", "exp"] = "raw"
     gamma: float = 1.5
     cluster_k: tuple[int, int] = (8, 5)
+    semantic_centers: bool = False
     lambda_mean: float = 0.001
     lambda_reg: float = 1.0
     triplet_margin: float = 1.0
@@ -107,8 +111,9 @@ class FineGrainedADConfig:
             raise ValueError(
                 f"{fn}: `temperature` must be 'raw' or 'exp'; got {self.temperature!r}"
             )
-        if not isinstance(self.image_reweight, bool):
-            raise ValueError(f"{fn}: `image_reweight` must be a bool; got {self.image_reweight!r}")
+        for flag in ("image_reweight", "semantic_centers"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{fn}: `{flag}` must be a bool; got {getattr(self, flag)!r}")
         if self.attr_moe not in ATTR_MOE_LEVELS:
             raise ValueError(
                 f"{fn}: `attr_moe` must be one of {ATTR_MOE_LEVELS}; got {self.attr_moe!r}"
@@ -145,12 +150,13 @@ class FineGrainedADConfig:
     @classmethod
     def paper(cls) -> FineGrainedADConfig:
         """The paper's text: ``exp`` temperature, Query Former over all groups with its loss,
-        Eq. 6, Attr-MoE on the component-level prompts."""
+        Eq. 6, Attr-MoE on the component-level prompts, semantic initial cluster centres."""
         return cls(
             temperature="exp",
             query_former=QueryFormerConfig.paper(),
             image_reweight=True,
             attr_moe="components",
+            semantic_centers=True,
         )
 
     def to_dict(self) -> dict[str, Any]:

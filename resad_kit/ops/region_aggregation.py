@@ -252,6 +252,7 @@ def progressive_region_aggregation(
     k: tuple[int, int] = (8, 5),
     noise: float = 1e-6,
     generator: torch.Generator | None = None,
+    semantic_centers: bool = False,
 ) -> RegionAggregation:
     """FineGrainedAD's two-stage language-guided region aggregation (paper §3.3).
 
@@ -266,9 +267,13 @@ def progressive_region_aggregation(
     ``(8, 5)``, so stage 1 has 1 neighbour (the token itself) and its densities are the
     tie-breaking noise alone. Stage 1 decides the
     background of every image from its own clusters (the code reuses the first image's
-    cluster membership for all images of a batch); the paper's semantic initial centres
-    are disabled in the released code and not offered here (pass ``centers`` to
-    :func:`dpc_knn` to compose them).
+    cluster membership for all images of a batch). With ``semantic_centers`` the centres are
+    the paper's "initial center selection" (§3.3: the token with the highest cosine to each
+    prompt feature; disabled in the released code) instead of the top-``K`` scores: stage 1
+    takes the token most similar to any component anchor and the one most similar to the
+    background anchor, stage 2 the foreground token most similar to each anchor, in anchor
+    order; a token already taken goes to the next anchor's second best (and so on), so the
+    centres are distinct.
 
     Args:
         features: ``(B, N, D)`` patch tokens (the code: projected V-V tokens of the 960 px
@@ -277,6 +282,7 @@ def progressive_region_aggregation(
         k: density neighbours ``(stage 1, stage 2)`` before the rule above.
         noise: tie-breaking noise of the densities (see :func:`dpc_knn`).
         generator: random generator of that noise.
+        semantic_centers: the paper's centres (above) instead of the code's top-``K`` scores.
 
     Returns:
         :class:`RegionAggregation` ``(foreground, regions, stage1, stage2)``.
@@ -307,7 +313,12 @@ def progressive_region_aggregation(
     """
     if checks_enabled():
         _check_aggregation(features, anchors, k)
-    return _progressive(features, anchors, k, noise, generator)
+        if not isinstance(semantic_centers, bool):
+            raise TypeError(
+                "progressive_region_aggregation: `semantic_centers` must be a bool; "
+                f"got {semantic_centers!r}"
+            )
+    return _progressive(features, anchors, k, noise, generator, semantic_centers)
 
 
 def _check_aggregation(features: object, anchors: object, k: object) -> None:
@@ -329,13 +340,17 @@ def _progressive(
     k: tuple[int, int],
     noise: float,
     generator: torch.Generator | None,
+    semantic_centers: bool = False,
 ) -> RegionAggregation:
     dtype = compute_dtype(features, anchors)
     f = F.normalize(features.to(dtype), dim=-1, eps=_NORM_EPS)
     a = F.normalize(anchors.to(dtype), dim=-1, eps=_NORM_EPS)
     x = torch.einsum("bnd,gd->bng", f, a)
     n = x.shape[1]
-    stage1 = _dpc_knn(x, 2, min(_effective_k(k[0], 2), n), None, noise, generator, None)
+    centers = None
+    if semantic_centers:  # most like any component, most like the background
+        centers = _distinct_argmax(torch.stack([x[..., :-1].amax(-1), x[..., -1]], -1), None)
+    stage1 = _dpc_knn(x, 2, min(_effective_k(k[0], 2), n), None, noise, generator, centers)
     means = _cluster_means(features.to(dtype), stage1.labels, 2)  # (B, 2, D)
     background_cluster = (means @ anchors.to(dtype)[-1]).argmax(-1)  # (B,)
     foreground = stage1.labels != background_cluster[:, None]
@@ -347,5 +362,19 @@ def _progressive(
             f"fewer than the E + 1 = {num} regions of stage 2"
         )
     k2 = min(_effective_k(k[1], num), n)
-    stage2 = _dpc_knn(x, num, k2, foreground, noise, generator, None)
+    centers = _distinct_argmax(x, foreground) if semantic_centers else None
+    stage2 = _dpc_knn(x, num, k2, foreground, noise, generator, centers)
     return RegionAggregation(foreground, stage2.labels, stage1, stage2)
+
+
+def _distinct_argmax(scores: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """``(B, S)``: per image, the token of highest ``scores[..., s]`` ``(B, N, S)`` for each
+    ``s`` in turn among the ``allowed`` ``(B, N)`` tokens not taken by an earlier ``s``."""
+    free = torch.ones_like(scores[..., 0], dtype=torch.bool) if allowed is None else allowed
+    free = free.clone()
+    picked = []
+    for s in range(scores.shape[-1]):
+        best = scores[..., s].masked_fill(~free, -torch.inf).argmax(-1)  # (B,)
+        free.scatter_(-1, best[:, None], False)
+        picked.append(best)
+    return torch.stack(picked, -1)

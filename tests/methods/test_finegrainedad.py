@@ -16,6 +16,7 @@ from resad_kit.clip.mfsc import load_captions, load_vocabularies
 from resad_kit.clip.mllp import group_anchors
 from resad_kit.methods import TrainingBatch
 from resad_kit.methods.finegrainedad import FineGrainedAD, FineGrainedADConfig
+from resad_kit.ops import match_regions, progressive_region_aggregation, region_weights
 
 CONFIG = FineGrainedADConfig(memory_layers=(1, 3))
 
@@ -185,6 +186,37 @@ def test_region_weights_cover_every_group(fitted):
 
 
 @pytest.mark.parametrize("preset", ["official_code", "paper"])
+def test_region_weights_equal_a_direct_composition(fitted, preset):
+    """Region loss weights (§3.3): ×4 bicubic image cut into 4×4 tiles, V-V tokens stitched,
+    two-stage DPC-KNN against the normal component and background anchors (the paper preset
+    with its semantic initial centres), regions matched, γ-weighted, pooled 4×4."""
+    model0, refs = fitted
+    config = dataclasses.replace(getattr(FineGrainedADConfig, preset)(), memory_layers=(1, 3))
+    torch.manual_seed(0)
+    model = FineGrainedAD(model0.backbone, model0.captions, load_vocabularies(), config)
+    model.fit_references(refs)
+    with torch.no_grad():
+        big = F.interpolate(refs, scale_factor=4, mode="bicubic", align_corners=False)
+        k, side = refs.shape[0], refs.shape[-1]
+        tiles = big.unflatten(2, (4, side)).unflatten(4, (4, side))  # k c ty h tx w
+        tiles = tiles.permute(0, 2, 4, 1, 3, 5).reshape(k * 16, 3, side, side)
+        feats = model._tokens_view(tiles)
+        gh, gw = feats.grid
+        tokens = feats.patches[0].reshape(k, 4, 4, gh, gw, -1)  # k ty tx h w d
+        stitched = tokens.permute(0, 1, 3, 2, 4, 5).reshape(k, 16 * gh * gw, -1)
+        normal, _ = group_anchors(model.prompts())
+        e = model.num_components
+        anchors = torch.cat([normal[:e], normal[e + 1 :]])
+        out = progressive_region_aggregation(
+            stitched, anchors, k=(8, 5), generator=torch.Generator().manual_seed(0),
+            semantic_centers=preset == "paper",
+        )  # fmt: skip
+        matched = match_regions(stitched, out.regions, anchors, e + 1)
+        expected = region_weights(out.regions, matched, grid=(4 * gh, 4 * gw), pool=4, gamma=1.5)
+    torch.testing.assert_close(model.loss_weights, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("preset", ["official_code", "paper"])
 def test_training_touches_only_prompts_and_query_former(fitted, preset):
     model0, refs = fitted
     config = dataclasses.replace(getattr(FineGrainedADConfig, preset)(), memory_layers=(1, 3))
@@ -244,6 +276,9 @@ def test_config_round_trip_and_errors():
     code, paper = FineGrainedADConfig.official_code(), FineGrainedADConfig.paper()
     assert (code.image_reweight, code.attr_moe) == (False, "image")
     assert (paper.image_reweight, paper.attr_moe) == (True, "components")
+    assert (code.semantic_centers, paper.semantic_centers) == (False, True)
+    with pytest.raises(ValueError, match="semantic_centers"):
+        FineGrainedADConfig(semantic_centers="yes")
     with pytest.raises(ValueError, match="unknown"):
         FineGrainedADConfig.from_dict({"nope": 1})
 

@@ -215,6 +215,59 @@ def test_progressive_equals_composition_of_two_dpc_stages():
     assert torch.equal(out.stage1.centers, s1.centers)
 
 
+def _naive_semantic_centres(scores, allowed):
+    """Per image, anchor by anchor: the allowed token of highest score not yet taken."""
+    out = []
+    for bi in range(scores.shape[0]):
+        taken, row = set(), []
+        for s in range(scores.shape[-1]):
+            best, arg = -math.inf, None
+            for i in range(scores.shape[1]):
+                if i in taken or (allowed is not None and not bool(allowed[bi, i])):
+                    continue
+                if float(scores[bi, i, s]) > best:
+                    best, arg = float(scores[bi, i, s]), i
+            taken.add(arg)
+            row.append(arg)
+        out.append(row)
+    return torch.tensor(out)
+
+
+def test_progressive_semantic_centres_equal_composition():
+    """The paper's initial centres: stage 1 the tokens most like any component and most like
+    the background, stage 2 the foreground tokens most like each anchor, all distinct."""
+    feats, anchors = _scene(seed=4)
+    feats[0, 21] = feats[0, 20]  # two tokens tie for the background centre
+    kwargs = dict(generator=torch.Generator().manual_seed(5), semantic_centers=True)
+    out = progressive_region_aggregation(feats, anchors, **kwargs)
+    gen = torch.Generator().manual_seed(5)
+    x = (
+        torch.nn.functional.normalize(feats, dim=-1)
+        @ torch.nn.functional.normalize(anchors, dim=-1).T
+    )
+    c1 = _naive_semantic_centres(torch.stack([x[..., :2].amax(-1), x[..., 2]], -1), None)
+    s1 = dpc_knn(x, 2, k=1, generator=gen, centers=c1)
+    fg = []
+    for bi in range(feats.shape[0]):
+        means = [feats[bi][s1.labels[bi] == c].mean(0) for c in range(2)]
+        bg = max(range(2), key=lambda c: float(means[c] @ anchors[-1]))
+        fg.append(s1.labels[bi] != bg)
+    fg = torch.stack(fg)
+    c2 = _naive_semantic_centres(x, fg)
+    s2 = dpc_knn(x, 3, k=1, mask=fg, generator=gen, centers=c2)
+    assert torch.equal(out.stage1.centers, c1)
+    assert torch.equal(out.stage2.centers, c2)
+    assert torch.equal(out.foreground, fg)
+    assert torch.equal(out.regions, s2.labels)
+    assert all(len(set(row.tolist())) == 3 for row in out.stage2.centers)
+    plain = progressive_region_aggregation(
+        feats, anchors, generator=torch.Generator().manual_seed(5)
+    )
+    assert not torch.equal(plain.stage2.centers, out.stage2.centers)  # the flag changes them
+    with pytest.raises(TypeError, match="semantic_centers"):
+        progressive_region_aggregation(feats, anchors, semantic_centers=1)
+
+
 def test_progressive_separates_background_and_components():
     feats, anchors = _scene(b=1, seed=1)
     hits = 0
