@@ -141,7 +141,18 @@ def encode_with_context(
             f"{fn}: `ctx` must have shape (M, {width}), (1, M, {width}) or ({p}, M, {width}); "
             f"got shape {tuple(ctx.shape)}"
         )
-    m = c.shape[1]
+    return encode_sequences(model, *context_sequences(fn, model, ids, c, position))
+
+
+def context_sequences(
+    fn: str, model: nn.Module, ids: Tensor, ctx: Tensor, position: Position
+) -> tuple[Tensor, Tensor]:
+    """The token embeddings of ``ids`` ``(P, L)`` with the context ``ctx`` ``(1|P, M, W)``
+    inserted at ``position``, cut to ``L``, and the shifted EOT index: ``((P, L, W), (P,))``
+    (unchecked but for the EOT bound; ``fn`` names the caller in the error). The first half
+    of :func:`encode_with_context`, for callers that edit the sequences before encoding."""
+    length = model.positional_embedding.shape[0]
+    m = ctx.shape[1]
     eot = _eot_index(fn, model, ids) + m
     if bool((eot >= length).any()):
         raise ValueError(
@@ -150,17 +161,23 @@ def encode_with_context(
         )
     cast = model.transformer.get_cast_dtype()
     emb = model.token_embedding(ids).to(cast)  # (P, L, W)
-    c = c.to(cast).expand(p, -1, -1)
+    c = ctx.to(cast).expand(ids.shape[0], -1, -1)
     if position == "before_sot":
         x = torch.cat([c, emb], dim=1)
     else:
         x = torch.cat([emb[:, :1], c, emb[:, 1:]], dim=1)
-    x = x[:, :length] + model.positional_embedding.to(cast)
-    x = model.transformer(x, attn_mask=model.attn_mask)
-    x = model.ln_final(x)[torch.arange(p, device=x.device), eot]  # (P, W)
+    return x[:, :length], eot
+
+
+def encode_sequences(model: nn.Module, x: Tensor, eot: Tensor) -> Tensor:
+    """The frozen text tower on embedding sequences ``(P, L, W)``: positional embedding,
+    transformer with its causal mask, ``ln_final`` at ``eot`` ``(P,)``, ``text_projection``
+    → ``(P, D)`` float32. The second half of :func:`encode_with_context`."""
+    cast = model.transformer.get_cast_dtype()
+    x = model.transformer(x + model.positional_embedding.to(cast), attn_mask=model.attn_mask)
+    x = model.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot]  # (P, W)
     proj = model.text_projection
-    x = proj(x) if isinstance(proj, nn.Module) else x @ proj
-    return x.float()
+    return (proj(x) if isinstance(proj, nn.Module) else x @ proj).float()
 
 
 class LearnablePrompts(nn.Module):

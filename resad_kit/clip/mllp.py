@@ -35,7 +35,9 @@ positional embedding) become
 
 and the text tower reads the feature at the group prompt's own EOT (the code's
 ``encode_text_embeddings(embedding, tokens)``). The sums run through
-:func:`_encode_embeddings`, the tail of :func:`encode_with_context` on given sequences.
+:func:`~resad_kit.clip.learnable_prompts.context_sequences` and
+:func:`~resad_kit.clip.learnable_prompts.encode_sequences`, the two halves of
+:func:`encode_with_context`.
 
 Shape legend: ``G`` groups, ``W`` text width, ``D`` joint dim.
 """
@@ -49,9 +51,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resad_kit.clip.learnable_prompts import _eot_index, _text_tower, encode_with_context
+from resad_kit.clip.learnable_prompts import (
+    _text_tower,
+    context_sequences,
+    encode_sequences,
+    encode_with_context,
+)
 from resad_kit.clip.mfsc import PromptGroup
 from resad_kit.clip.mfsc_attributes import AttributePrompts
+
+_FN = "MultiLevelPrompts"
 
 if TYPE_CHECKING:
     from resad_kit.clip.backbone import ClipBackbone
@@ -205,10 +214,10 @@ class MultiLevelPrompts(nn.Module):
     def _encode_gated(self) -> tuple[Tensor, Tensor]:
         """``(fixed, learned)`` features with the Attr-MoE sums (module docstring)."""
         model, g, n_ab = self.backbone.model, len(self.groups), self.n_abnormal
-        xf, eot_f = _embed(model, self.fixed_tokens, self.normal_ctx)
+        xf, eot_f = context_sequences(_FN, model, self.fixed_tokens, self.normal_ctx, "after_sot")
         ctx_ab = torch.cat([self.normal_ctx.expand(n_ab, -1, -1), self.abnormal_ctx], dim=1)
         tokens = self.learned_tokens.repeat_interleave(n_ab, dim=0)
-        xl, eot_l = _embed(model, tokens, ctx_ab.repeat(g, 1, 1))
+        xl, eot_l = context_sequences(_FN, model, tokens, ctx_ab.repeat(g, 1, 1), "after_sot")
         starts = [0]
         for group in self.groups:
             starts.append(starts[-1] + 1 + len(group.abnormal))
@@ -216,10 +225,12 @@ class MultiLevelPrompts(nn.Module):
             normal_ids = getattr(self, f"attr_normal_tokens_{i}")  # (A, L)
             abnormal_ids = getattr(self, f"attr_abnormal_tokens_{i}")  # (A, k, L)
             n_attr, k = abnormal_ids.shape[:2]
-            e_n, _ = _embed(model, normal_ids, self.normal_ctx)
-            e_h, _ = _embed(model, abnormal_ids.flatten(0, 1), self.normal_ctx)
+            e_n, _ = context_sequences(_FN, model, normal_ids, self.normal_ctx, "after_sot")
+            e_h, _ = context_sequences(
+                _FN, model, abnormal_ids.flatten(0, 1), self.normal_ctx, "after_sot"
+            )
             ids_l = normal_ids.repeat_interleave(n_ab, dim=0)
-            e_l, _ = _embed(model, ids_l, ctx_ab.repeat(n_attr, 1, 1))
+            e_l, _ = context_sequences(_FN, model, ids_l, ctx_ab.repeat(n_attr, 1, 1), "after_sot")
             gate = torch.sigmoid(self.attr_gates[i]).to(e_n.dtype)
             d_fixed = torch.cat([
                 torch.einsum("a,alw->lw", gate[0], e_n)[None],
@@ -230,7 +241,7 @@ class MultiLevelPrompts(nn.Module):
             xf = xf.index_add(0, rows, d_fixed)
             rows = torch.arange(a.group * n_ab, (a.group + 1) * n_ab, device=xl.device)
             xl = xl.index_add(0, rows, d_learned)
-        return _encode_embeddings(model, xf, eot_f), _encode_embeddings(model, xl, eot_l)
+        return encode_sequences(model, xf, eot_f), encode_sequences(model, xl, eot_l)
 
     def _encode_fixed(self) -> Tensor:
         return encode_with_context(
@@ -260,31 +271,6 @@ class MultiLevelPrompts(nn.Module):
             ab = learned[i * self.n_abnormal : (i + 1) * self.n_abnormal]
             out.append(GroupPromptFeatures(normal, hand, ab))
         return tuple(out)
-
-
-def _embed(model: nn.Module, ids: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
-    """``[<SOT>, ctx, tokens…]`` cut to ``L`` (as ``encode_with_context(position="after_sot")``)
-    and the shifted EOT index: ``(P, L)`` ids, ``(1|P, M, W)`` ctx → ``(P, L, W)``, ``(P,)``."""
-    length = model.positional_embedding.shape[0]
-    eot = _eot_index("MultiLevelPrompts", model, ids) + ctx.shape[1]
-    if bool((eot >= length).any()):
-        raise ValueError(
-            f"MultiLevelPrompts: a prompt is too long for {ctx.shape[1]} context tokens: its "
-            f"EOT would sit at position {int(eot.max())} ≥ the context length {length}"
-        )
-    cast = model.transformer.get_cast_dtype()
-    emb = model.token_embedding(ids).to(cast)
-    c = ctx.to(cast).expand(ids.shape[0], -1, -1)
-    return torch.cat([emb[:, :1], c, emb[:, 1:]], dim=1)[:, :length], eot
-
-
-def _encode_embeddings(model: nn.Module, x: Tensor, eot: Tensor) -> Tensor:
-    """The text tower on embedding sequences ``(P, L, W)``, read at ``eot`` → ``(P, D)``."""
-    cast = model.transformer.get_cast_dtype()
-    x = model.transformer(x + model.positional_embedding.to(cast), attn_mask=model.attn_mask)
-    x = model.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot]
-    proj = model.text_projection
-    return (proj(x) if isinstance(proj, nn.Module) else x @ proj).float()
 
 
 def group_anchors(features: Sequence[GroupPromptFeatures]) -> tuple[Tensor, Tensor]:
