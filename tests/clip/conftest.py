@@ -41,8 +41,9 @@ def reference_features(
     global_ln_post: bool,
     return_tap_cls: bool = False,
 ) -> tuple[list[torch.Tensor], torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor, list]:
-    """Spec 1.4–1.5 written out directly: open_clip blocks for the ordinary stream, the V-V
-    stream added from LN_1 of the ordinary stream with no MLP, taps of the V-V stream.
+    """AnomalyCLIP's dual path (hito2448/Res2CLIP `clip_lib/AnomalyCLIP.py`) written out
+    directly: open_clip blocks for the ordinary stream, the V-V stream added from LN_1 of the
+    ordinary stream with no MLP, taps of the V-V stream.
     With ``return_tap_cls`` also the CLS row of every tap (through ``ln_post`` and ``proj``)."""
     vis = model.visual
     with torch.no_grad():
@@ -79,7 +80,7 @@ def naive_vv():
 
 @pytest.fixture(scope="session")
 def reference():
-    """The spec-1.4/1.5 reference forward: ``reference(model, images, layers=..., ...)``."""
+    """The dual-path reference forward: ``reference(model, images, layers=..., ...)``."""
     return reference_features
 
 

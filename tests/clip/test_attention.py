@@ -1,4 +1,5 @@
-"""V-V attention and the dual-path attention (resad_kit.clip.attention; spec 1.4)."""
+"""V-V attention and the dual-path attention (resad_kit.clip.attention; AnomalyCLIP's,
+as in hito2448/Res2CLIP `clip_lib/AnomalyCLIP.py`)."""
 
 from __future__ import annotations
 

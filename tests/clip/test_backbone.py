@@ -1,4 +1,5 @@
-"""ClipBackbone: parity with open_clip, V-V dual path, taps, positional embeddings (spec 1)."""
+"""ClipBackbone: parity with open_clip, V-V dual path, taps, positional embeddings (paper Sec. 4.1,
+App. F.2; hito2448/Res2CLIP `clip_lib/AnomalyCLIP.py`)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def test_interpolated_input_matches_open_clip_with_a_resized_table(model64, resi
     _close(features.cls, reference.encode_image(images))
 
 
-# ------------------------------------------------------------------ V-V dual path (spec 1.4)
+# ------------------------------------------- V-V dual path (AnomalyCLIP's, as in the official code)
 
 
 @pytest.mark.parametrize("vv_blocks", [0, 1, 3, 4])
@@ -162,7 +163,8 @@ def test_a_batch_equals_its_images_one_by_one():
 
 
 def test_paper_and_official_presets_on_a_24_block_vit():
-    """ViT-L/14-336 on the meta device (shapes only): the spec's blocks, taps and grid."""
+    """ViT-L/14-336 on the meta device (shapes only): the blocks, taps and grid of paper
+    Sec. 4.1 and of the official code."""
     config = open_clip.get_model_config("ViT-L-14-336")
     with torch.device("meta"):
         model = open_clip.CLIP(**config)

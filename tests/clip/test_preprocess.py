@@ -1,4 +1,5 @@
-"""Image preprocessing matching the CLIP weights (resad_kit.clip.preprocess; spec 1.1)."""
+"""Image preprocessing matching the CLIP weights (resad_kit.clip.preprocess;
+hito2448/Res2CLIP `utils/utils.py`, ``get_transform``)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def test_matches_the_official_torchvision_transform(size):
 
 
 @pytest.mark.skipif(
-    not HAZELNUT.is_dir(), reason="../shared/data/mvtec_mini is not beside the repo"
+    not HAZELNUT.is_dir(), reason="the mvtec_mini sample images are not beside the repo"
 )
 def test_matches_on_a_real_mvtec_image():
     path = sorted(HAZELNUT.glob("*.png"))[0]

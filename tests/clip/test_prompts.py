@@ -1,4 +1,4 @@
-"""Prompt ensemble, text anchors and text residual (resad_kit.clip.prompts; App. B, spec 2)."""
+"""Prompt ensemble, text anchors and text residual (resad_kit.clip.prompts; App. B)."""
 
 from __future__ import annotations
 

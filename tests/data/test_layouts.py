@@ -28,7 +28,7 @@ def test_standard_categories_counts_match_table_5():
 
 
 def test_standard_categories_names_and_aliases():
-    # the official code's lists (spec §6.1), as sets
+    # the official code's lists (hito2448/Res2CLIP `data/dataset.py`), as sets
     assert set(standard_categories("mvtec")) == {
         "carpet", "bottle", "hazelnut", "leather", "cable", "capsule", "grid", "pill",
         "transistor", "metal_nut", "screw", "toothbrush", "zipper", "tile", "wood",

@@ -91,7 +91,7 @@ def test_discrepancy_is_documented_and_table10_is_the_consistent_value() -> None
 def test_paper_pixel_auroc_exceeds_pixel_ap_and_spec_facts() -> None:
     for row in PAPER_RESULTS.values():
         assert row["P-AUROC"].mean > row["P-AP"].mean
-    # spec §6.4: average PRO at 4 shots, 90.8 (*) vs 92.1 (†)
+    # Table 1 and App. G.2: average PRO at 4 shots, 90.8 (*) vs 92.1 (†)
     assert PAPER_TABLE1[("average", 4, "training_free")]["PRO"] == 90.8
     assert PAPER_TABLE1[("average", 4, "fine_tuned")]["PRO"] == 92.1
 

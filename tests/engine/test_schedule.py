@@ -1,4 +1,5 @@
-"""Tests of the training schedule (resad_kit.engine.schedule; spec §4.4–4.5)."""
+"""Tests of the training schedule (resad_kit.engine.schedule; paper App. F.2,
+hito2448/Res2CLIP `train.py`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from resad_kit.engine.schedule import (
 
 
 def test_phase_alternates_starting_with_visual():
-    # spec §4.4 / §10.2 #12: 0-based even epochs train the residual visual adapters.
+    # App. F.2 read 0-based, as hito2448/Res2CLIP `train.py` does (``epoch % 2 == 0``):
+    # even epochs train the residual visual adapters.
     assert [phase_of_epoch(e) for e in range(10)] == ["visual", "text"] * 5
 
 

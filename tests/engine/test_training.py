@@ -1,4 +1,5 @@
-"""Tests of the training loop (resad_kit.engine.training; spec §4.4–4.6)."""
+"""Tests of the training loop (resad_kit.engine.training; paper App. F.2,
+hito2448/Res2CLIP `train.py`)."""
 
 from __future__ import annotations
 
@@ -191,7 +192,8 @@ def test_resume_reaches_the_same_state_as_an_uninterrupted_run(
 
 
 def test_learning_rates_follow_each_optimizers_own_schedule(uninterrupted):
-    """Warm-up over one epoch of each optimiser's own steps, then cosine to 0 (spec §4.5)."""
+    """Warm-up over one epoch of each optimiser's own steps, then cosine to 0 (App. F.2;
+    hito2448/Res2CLIP `utils/utils.py`, ``get_cosine_schedule_with_warmup``)."""
     result, _ = uninterrupted
     base = {"visual": 5e-4, "residual_visual": 5e-4, "text": 1e-4, "residual_text": 1e-4}
     total = {"visual": 9, "text": 9, "residual_visual": 6, "residual_text": 3}

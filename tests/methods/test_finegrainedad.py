@@ -187,7 +187,7 @@ def test_region_weights_cover_every_group(fitted):
 
 @pytest.mark.parametrize("preset", ["official_code", "paper"])
 def test_region_weights_equal_a_direct_composition(fitted, preset):
-    """Region loss weights (§3.3): ×4 bicubic image cut into 4×4 tiles, V-V tokens stitched,
+    """Region loss weights (Sec. 3.4): ×4 bicubic image cut into 4×4 tiles, V-V tokens stitched,
     two-stage DPC-KNN against the normal component and background anchors (the paper preset
     with its semantic initial centres), regions matched, γ-weighted, pooled 4×4."""
     model0, refs = fitted

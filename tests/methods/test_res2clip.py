@@ -43,7 +43,8 @@ def fine_tuned_like_training_free() -> Res2CLIPConfig:
 
 
 def direct_training_free(backbone, refs, queries, *, clamp=False):
-    """Res²CLIP* written out from the spec (§3.2–3.6) with the primitives, layer by layer."""
+    """Res²CLIP* written out from Sec. 3.2 (eqs. 5–12) and App. F.2 with the primitives,
+    layer by layer."""
     r_feats, q_feats = backbone(refs), backbone(queries)
     h, w = q_feats.grid
     k = refs.shape[0]

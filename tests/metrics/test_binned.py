@@ -23,7 +23,8 @@ trapezoid = getattr(np, "trapezoid", None) or np.trapz  # noqa: NPY201 (NumPy < 
 
 
 def adeval_reference(maps: np.ndarray, masks: np.ndarray, bins: int, limit: float = 0.3):
-    """adeval 1.1.0 ``EvalAccumulatorCuda`` as described in spec §6.3, step by step.
+    """adeval 1.1.0 ``EvalAccumulatorCuda`` with ``nstrips=200`` (as hito2448/Res2CLIP
+    `utils/metrics.py` calls it), step by step.
 
     Per image: pro weights float32(1/area) of 8-connected regions (1 for normal pixels);
     for each distinct weight, ``torch.histc`` of the positives and negatives with an

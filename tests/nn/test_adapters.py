@@ -227,7 +227,8 @@ def _count(module: nn.Module) -> int:
 
 
 def test_parameter_counts_match_spec() -> None:
-    """Spec §4.1: 296,448 (global), 411,648 (local), 4,182,528 in all (paper: 4.18 M)."""
+    """App. E with bias-free layers (hito2448/Res2CLIP `models/adapter.py`): 296,448 (global),
+    411,648 (local), 4,182,528 in all (paper App. G.2: 4.18 M)."""
     assert _count(GlobalAdapter(768)) == 296_448
     assert _count(LocalConvAdapter(768)) == 411_648
     adapters = Res2CLIPAdapters(768, 4)
@@ -431,7 +432,7 @@ def test_invalid_constructor_args(factory, match: str) -> None:
 
 
 def test_parameter_groups() -> None:
-    """Disjoint groups covering all parameters, with the lrs of spec §4.5."""
+    """Disjoint groups covering all parameters, with the lrs of paper App. F.2."""
     adapters = Res2CLIPAdapters(16, 2)
     groups = adapters.parameter_groups()
     names = [g["name"] for g in groups]
@@ -466,7 +467,7 @@ def test_parameter_groups_rejects_bad_lr(bad) -> None:
 
 
 def test_phase_modules() -> None:
-    """Spec §4.4: A_t, A_{v,l} always; "visual" (even epochs) adds the residual visual
+    """Eq. 15 and App. F.2: A_t, A_{v,l} always; "visual" (even epochs) adds the residual visual
     adapters, "text" (odd epochs) adds A_t^res; together they cover every adapter."""
     adapters = Res2CLIPAdapters(16, 2)
     visual = adapters.phase_modules("visual")

@@ -1,4 +1,4 @@
-"""Appendix A identities of the Res²CLIP paper, checked numerically (spec 5.1, items 1–9).
+"""Appendix A identities of the Res²CLIP paper, checked numerically (A.1–A.4, eqs. 17–29 and 39).
 
 Every identity is evaluated with the library primitives on one side and with an
 independent formula (plain torch arithmetic) on the other: on random vectors in
@@ -87,7 +87,7 @@ def test_a1_softmax_equals_sigmoid_small_d(f: np.ndarray, fn: np.ndarray, fa: np
 
 
 def test_a1_ranking_invariance(raw: dict[str, torch.Tensor]) -> None:
-    # item 2: ordering queries by S_text equals ordering them by ⟨f, R̂_t⟩
+    # A.1 remark: ordering queries by S_text equals ordering them by ⟨f, R̂_t⟩
     f = raw["f"].double()
     fn, fa = raw["Fn"].double(), raw["Fa"].double()
     logits = torch.stack([_cos(f, fn.expand_as(f)), _cos(f, fa.expand_as(f))], dim=-1)
@@ -187,7 +187,7 @@ def test_a4_upper_bound_equality_for_parallel_residual(raw: dict[str, torch.Tens
     torch.testing.assert_close(projection_score(-r_v, r_t), -magnitude_score(r_v), **TOL32)
 
 
-# --------------------------------------------------------------------------- item 8
+# ------------------------------------------------------ text residual norm (eq. 17, A.1)
 
 
 def test_text_residual_norm_identity(raw: dict[str, torch.Tensor]) -> None:
@@ -205,7 +205,7 @@ def test_text_residual_norm_identity_small_d(fn: np.ndarray, fa: np.ndarray) -> 
     )
 
 
-# --------------------------------------------------------------------------- item 9
+# ---------------------------------------- identical query and reference (eqs. 23, 26)
 
 
 def test_identical_query_and_reference_give_zero(raw: dict[str, torch.Tensor]) -> None:

@@ -1,4 +1,5 @@
-"""Tests for resad_kit.ops.maps: Gaussian smoothing and bilinear patch upsampling (spec 3.5)."""
+"""Tests for resad_kit.ops.maps: Gaussian smoothing and bilinear patch upsampling (Res²CLIP
+eqs. 6, 9, 11; App. F.2)."""
 
 from __future__ import annotations
 

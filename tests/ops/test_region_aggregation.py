@@ -1,4 +1,4 @@
-"""dpc_knn, progressive_region_aggregation, match_regions, region_weights (FineGrainedAD §3.3).
+"""dpc_knn, progressive_region_aggregation, match_regions, region_weights (FineGrainedAD Sec. 3.4).
 
 References are plain Python loops over tokens in float64 (O(N²) distances, densities,
 indicators, centre scores and assignments written from the equations), independent of the

@@ -1,4 +1,4 @@
-"""Radial penalty and sparsemax retrieval (Eq. 8, 33–34; spec §3.3, §5.2)."""
+"""Radial penalty and sparsemax retrieval (Res²CLIP Sec. 3.2.3, Eq. 8; App. C, Eq. 33–34)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def test_radial_distance_rejects_bad_sizes(bad):
 
 
 def test_radial_penalty_properties_k1_and_tiling():
-    """Spec §5.2: symmetric for K=1, zero diagonal, maximum 18√2·γ; K shots tile columns."""
+    """Eq. 8 penalty in patch-grid units (hito2448/Res2CLIP `models/knn.py`): symmetric for
+    K=1, zero diagonal, maximum 18√2·γ; K shots tile columns."""
     r = radial_distance(37, 37)
     p = radial_penalty(r, r, gamma=0.01)
     assert p.shape == (1369, 1369)
@@ -341,7 +342,7 @@ def test_sparse_weights_form():
 
 
 def test_own_patch_retrieved_when_margin_is_at_least_one():
-    """Spec §5.2: γ=0 and the query in the bank with a similarity margin ≥ 1 → exact copy."""
+    """γ=0 and the query in the bank with a similarity margin ≥ 1 → exact copy (App. C)."""
     query = torch.eye(6) * 3.0  # self-similarity 9, cross-similarity 0 (dot products)
     bank = torch.cat([torch.eye(6) * 3.0, torch.zeros(2, 6)])
     out = retrieve(query, bank, normalize=False)

@@ -1,4 +1,4 @@
-"""Sparsemax: properties (App. C / spec §5.2), the entmax reference, gradients, bad input."""
+"""Sparsemax: properties (Res²CLIP App. C, Eq. 33), the entmax reference, gradients, bad input."""
 
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def test_adversarial_inputs_equal_entmax(name, x):
 
 
 def test_closed_forms():
-    """Spec §5.2 item 5: one-hot for a gap ≥ 1, uniform for equal entries, the 2-entry form."""
+    """App. C closed form: one-hot for a gap ≥ 1, uniform for equal entries, the 2-entry form."""
     assert torch.equal(sparsemax(torch.tensor([3.0, 2.0, 0.5])), torch.tensor([1.0, 0.0, 0.0]))
     torch.testing.assert_close(sparsemax(torch.zeros(5)), torch.full((5,), 0.2))
     t = torch.linspace(-3, 3, 61, dtype=torch.float64)

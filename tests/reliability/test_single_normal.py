@@ -1,5 +1,5 @@
-"""A training category with a single normal image (spec §4.6: each query's reference is
-another normal image of its category).
+"""A training category with a single normal image (paper App. F.2 and hito2448/Res2CLIP
+`data/dataset.py`: each query's reference is another normal image of its category).
 
 :func:`resad_kit.data.sampling.training_reference` is the draw, with the official code's
 fallback (the query as its own reference) behind ``self_reference=True``; the example
