@@ -15,7 +15,7 @@
 * **Fusion** (Eq. 7): ``M = 1 / (1/(M_v + ε) + 1/(M_p + ε))``, upsampled bilinearly and
   smoothed (σ = 4); image score (Eq. 8): the same harmonic mean of ``max M_v`` and the
   PAD score of the global feature.
-* **Regions** (§3.3): at :meth:`FineGrainedAD.fit_references` the references are
+* **Regions** (§3.4): at :meth:`FineGrainedAD.fit_references` the references are
   upsampled ×4, cut into 4×4 tiles, encoded and stitched, clustered by
   :func:`~resad_kit.ops.progressive_region_aggregation` against the normal prompt features
   of the components and the background, and turned into per-token loss weights
@@ -195,7 +195,7 @@ class FineGrainedAD(Method):
         return raw if self.config.temperature == "raw" else float(torch.tensor(raw).exp())
 
     def fit_references(self, references: Tensor | Features) -> FineGrainedAD:
-        """Memory banks (Eq. 1) and region loss weights (§3.3) of ``K`` normal images."""
+        """Memory banks (Eq. 1) and region loss weights (§3.4) of ``K`` normal images."""
         images = self._check_images(references)
         with torch.no_grad():
             mem = self._memory_view(images).patches
@@ -205,7 +205,7 @@ class FineGrainedAD(Method):
         return self
 
     def _region_weights(self, images: Tensor) -> Tensor:
-        """``(K, E + 1, N)`` weights of the components and the background (regions §3.3)."""
+        """``(K, E + 1, N)`` weights of the components and the background (regions §3.4)."""
         big = F.interpolate(images, scale_factor=_TILES, mode="bicubic", align_corners=False)
         tiles = rearrange(big, "k c (ty h) (tx w) -> (k ty tx) c h w", ty=_TILES, tx=_TILES)
         feats = self._tokens_view(tiles)

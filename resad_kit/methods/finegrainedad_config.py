@@ -43,7 +43,7 @@ class FineGrainedADConfig:
             (= 100), the paper's exp(⟨·⟩/τ).
         gamma: extra weight of a group's matched region (paper §4.4 + code: 1.5).
         cluster_k: density neighbours of the two DPC-KNN stages (code: 8, 5).
-        semantic_centers: the paper's initial cluster centres (§3.3, the tokens most similar
+        semantic_centers: the paper's initial cluster centres (§3.4, the tokens most similar
             to the prompt features; :func:`~resad_kit.ops.progressive_region_aggregation`);
             the released code disables them (top-``K`` density-peak scores).
         lambda_mean: weight λ₁ of ℓ_mean (code ``--lambda1``: 0.001).

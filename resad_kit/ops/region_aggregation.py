@@ -15,7 +15,7 @@ al., CVPR 2022) and the released FineGrainedAD code (RetoFan233/FineGrainedAD, f
 * every token joins its nearest centre (``argmin_c δ_{c,i}``), a centre joins itself.
 
 :func:`progressive_region_aggregation` is FineGrainedAD's language-guided progressive region
-aggregation (paper §3.3, "modified DPC-KNN"): the tokens are first described by their cosine
+aggregation (paper §3.4, "modified DPC-KNN"): the tokens are first described by their cosine
 similarities to the prompt anchors (the "reference dimension"), clustered into foreground
 and background (stage 1), and the foreground is clustered again into ``E + 1`` regions with
 the background masked out (stage 2). :func:`~resad_kit.ops.match_regions` and
@@ -254,7 +254,7 @@ def progressive_region_aggregation(
     generator: torch.Generator | None = None,
     semantic_centers: bool = False,
 ) -> RegionAggregation:
-    """FineGrainedAD's two-stage language-guided region aggregation (paper §3.3).
+    """FineGrainedAD's two-stage language-guided region aggregation (paper §3.4).
 
     1. Reference dimension: ``x_i = cos(features_i, anchors) ∈ ℝ^{E+1}``.
     2. Stage 1: :func:`dpc_knn` with ``K = 2`` on all tokens; the cluster whose mean
@@ -268,7 +268,7 @@ def progressive_region_aggregation(
     tie-breaking noise alone. Stage 1 decides the
     background of every image from its own clusters (the code reuses the first image's
     cluster membership for all images of a batch). With ``semantic_centers`` the centres are
-    the paper's "initial center selection" (§3.3: the token with the highest cosine to each
+    the paper's "initial center selection" (§3.4: the token with the highest cosine to each
     prompt feature; disabled in the released code) instead of the top-``K`` scores: stage 1
     takes the token most similar to any component anchor and the one most similar to the
     background anchor, stage 2 the foreground token most similar to each anchor, in anchor

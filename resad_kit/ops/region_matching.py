@@ -1,4 +1,4 @@
-"""Region matching and region weights of FineGrainedAD's region aggregation (paper §3.3).
+"""Region matching and region weights of FineGrainedAD's region aggregation (paper §3.4).
 
 After :func:`~resad_kit.ops.progressive_region_aggregation` has split the foreground of
 the few normal images into regions, :func:`match_regions` pairs every prompt group (a
