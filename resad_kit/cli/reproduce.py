@@ -224,27 +224,26 @@ def _run_work(
         if args.precision != "fp32"
         else contextlib.nullcontext()
     )
-    if entry.per_category:  # FineGrainedAD: one model per category, trained on its shots
-        from resad_kit.cli.reproduce_finegrainedad import evaluate_per_category
-
-        specs = [all_specs[t] for t in targets]
-        with autocast:
-            config, results = evaluate_per_category(
-                args, dist, backbone, specs, train_config, metrics, write_config
-            )
-        _write_outputs(args, dist, backbone, config, results, warnings)
-        return
 
     def build(mode: str) -> Any:
         return build_method(args.method, backbone, mode, args.profile)
 
+    if entry.per_category:  # FineGrainedAD: one model per category, trained on its shots
+        from resad_kit.cli import reproduce_finegrainedad as per_category
+
+        method_config = per_category.method_config(args)
+        method_configs = {"fine_tuned": method_config.to_dict()}
+        mask_interpolation = per_category.MASK_INTERPOLATION
+    else:
+        method_configs = {m: build(m).config_dict() for m in modes}
+        mask_interpolation = profile.mask_interpolation
     config = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "backbone": repr(backbone),
         "backbone_config": dataclasses.asdict(backbone.config),
-        "method": {m: build(m).config_dict() for m in modes},
+        "method": method_configs,
         "metrics": dataclasses.asdict(metrics),
-        "mask_interpolation": profile.mask_interpolation,
+        "mask_interpolation": mask_interpolation,
         "train": dataclasses.asdict(train_config) if train_config else None,
         "world_size": dist.world_size,
     }
@@ -253,6 +252,14 @@ def _run_work(
     cache = FeatureCache(
         backbone, args.cache_dir, batch_size=args.eval_batch_size, progress=progress and is_main
     )
+    if entry.per_category:
+        specs = [all_specs[t] for t in targets]
+        with autocast:
+            results = per_category.evaluate_per_category(
+                args, dist, cache, specs, method_config, train_config, metrics
+            )
+        _write_outputs(args, dist, backbone, config, results, warnings)
+        return
     models: dict[tuple[str, str], Any] = {}
     trained: dict[str, Any] = {}
     with autocast:

@@ -13,11 +13,9 @@ writes are those of every method (:mod:`resad_kit.cli.reproduce`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from resad_kit.cli._common import UsageError
 from resad_kit.cli.registry import finegrainedad_config
@@ -29,11 +27,19 @@ from resad_kit.engine.finegrainedad_protocol import evaluate_finegrainedad
 from resad_kit.engine.protocol import DatasetSpec
 from resad_kit.engine.results import CategoryResult
 from resad_kit.engine.train_config import TrainConfig
+from resad_kit.methods.finegrainedad_config import FineGrainedADConfig
 from resad_kit.metrics import MetricConfig
 
-__all__ = ["caption_loader", "check_captions", "evaluate_per_category"]
+__all__ = [
+    "MASK_INTERPOLATION", "caption_loader", "check_captions", "evaluate_per_category",
+    "method_config",
+]  # fmt: skip
 
 logger = logging.getLogger("resad_kit.reproduce")
+
+MASK_INTERPOLATION = "nearest"
+"""Masks resized to the evaluation size by nearest neighbour, whatever ``--profile`` (the
+bilinear resize of ``--profile official`` comes from the Res²CLIP code)."""
 
 
 def caption_loader(path: Path | None) -> Callable[[str], CategoryCaptions]:
@@ -60,47 +66,35 @@ def check_captions(args: argparse.Namespace, specs: Sequence[DatasetSpec]) -> No
                 ) from None
 
 
+def method_config(args: argparse.Namespace) -> FineGrainedADConfig:
+    """The ``FineGrainedADConfig`` of ``--profile`` (and ``--backbone tiny``)."""
+    return finegrainedad_config(args.profile, tiny=args.backbone == "tiny")
+
+
 def evaluate_per_category(
     args: argparse.Namespace,
     dist: DistContext,
-    backbone: ImageBackbone,
+    cache: FeatureCache,
     specs: Sequence[DatasetSpec],
+    config: FineGrainedADConfig,
     train_config: TrainConfig,
     metrics: MetricConfig,
-    write_config: Callable[[Path, dict], None],
-) -> tuple[dict[str, Any], list[CategoryResult]]:
-    """The run's config and results: :func:`evaluate_finegrainedad` over ``specs``.
+) -> list[CategoryResult]:
+    """The results of :func:`evaluate_finegrainedad` over ``specs``.
 
     Args:
-        args: the checked flags (``--profile``, ``--backbone``, ``--shots``, ``--seeds``,
-            ``--eval-size``, ``--captions``, ``--select-epoch-on-test``, heat maps, cache,
-            batch size, progress).
-        dist: the distributed context (the main rank writes ``config.json`` first).
-        backbone: the :class:`~resad_kit.clip.image_backbone.ImageBackbone` of the run.
+        args: the checked flags (``--shots``, ``--seeds``, ``--eval-size``, ``--captions``,
+            ``--select-epoch-on-test``, heat maps, batch size, progress).
+        dist: the distributed context.
+        cache: the run's feature cache over an
+            :class:`~resad_kit.clip.image_backbone.ImageBackbone` (the registry's recipe).
         specs: the target data sets.
+        config: :func:`method_config` (what ``config.json`` records).
         train_config: :meth:`TrainConfig.finegrainedad` with the flags' overrides.
         metrics: the metric preset.
-        write_config: writes ``config.json`` (it marks a started run).
-
-    Returns:
-        ``(config, results)``: ``config`` as every method's ``config.json`` (``method``
-        holds the ``FineGrainedADConfig`` of the fine-tuned mode).
     """
-    if not isinstance(backbone, ImageBackbone):  # the registry's recipe wraps it
-        raise TypeError(f"evaluate_per_category: expected an ImageBackbone; got {backbone!r}")
-    config = finegrainedad_config(args.profile, tiny=args.backbone == "tiny")
-    run_config = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "backbone": repr(backbone),
-        "backbone_config": dataclasses.asdict(backbone.config),
-        "method": {"fine_tuned": config.to_dict()},
-        "metrics": dataclasses.asdict(metrics),
-        "mask_interpolation": "nearest",
-        "train": dataclasses.asdict(train_config),
-        "world_size": dist.world_size,
-    }
-    if dist.is_main:
-        write_config(args.out, run_config)
+    if not isinstance(cache.backbone, ImageBackbone):
+        raise TypeError(f"evaluate_per_category: expected an ImageBackbone; got {cache.backbone!r}")
     logger.info(
         "finegrainedad: one model per category and draw of shots (%d epochs each; "
         "no auxiliary data set)",
@@ -112,14 +106,7 @@ def evaluate_per_category(
             "TEST set (the released code's selection); the numbers are optimistic and "
             "labelled method finegrainedad_test_selected"
         )
-    progress = not args.no_progress
-    cache = FeatureCache(
-        backbone,
-        args.cache_dir,
-        batch_size=args.eval_batch_size,
-        progress=progress and dist.is_main,
-    )
-    results = evaluate_finegrainedad(
+    return evaluate_finegrainedad(
         specs,
         cache,
         config=config,
@@ -129,12 +116,11 @@ def evaluate_per_category(
         shots=args.shots,
         seeds=args.seeds,
         eval_size=args.eval_size,
-        mask_interpolation="nearest",
+        mask_interpolation=MASK_INTERPOLATION,
         batch_size=args.eval_batch_size,
         metric_config=metrics,
         heatmap_dir=args.out / "heatmaps",
         heatmaps=args.heatmaps,
         dist=dist,
-        progress=progress,
+        progress=not args.no_progress,
     )
-    return run_config, results
