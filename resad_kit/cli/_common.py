@@ -6,12 +6,13 @@ Nothing here imports torch at module level: ``resad-kit --help`` must answer at 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "check_ints",
     "is_main_process",
     "offline_reason",
+    "removing_new_handlers",
     "setup_logging",
 ]
 
@@ -162,3 +164,18 @@ def setup_logging(
         level=logging.INFO if main else logging.WARNING, handlers=handlers, force=True
     )
     return handlers
+
+
+@contextlib.contextmanager
+def removing_new_handlers() -> Iterator[None]:
+    """Remove (and close) the root logger handlers added inside the block, e.g. by
+    :func:`setup_logging`, whatever happens: a command run in-process (tests, notebooks)
+    leaves no open ``log.txt`` behind."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+            handler.close()

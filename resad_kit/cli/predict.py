@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from resad_kit.cli._common import UsageError, setup_logging
+from resad_kit.cli._common import UsageError, removing_new_handlers, setup_logging
 from resad_kit.cli.predict_args import build_parser, check_args, image_files
 from resad_kit.cli.registry import build_method
 from resad_kit.clip import ClipBackbone
@@ -185,16 +185,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "resad-kit predict") 
     """Run ``predict``; returns the exit status (a usage error exits with status 2)."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    root = logging.getLogger()
-    before = list(root.handlers)
-    try:
-        check_args(args)
-        scores_file = run(args)
-    except UsageError as error:
-        parser.error(str(error))
-    finally:
-        for handler in [h for h in root.handlers if h not in before]:
-            root.removeHandler(handler)
-            handler.close()
+    with removing_new_handlers():
+        try:
+            check_args(args)
+            scores_file = run(args)
+        except UsageError as error:
+            parser.error(str(error))
     print(f"written to {args.out}/: {scores_file.name}, heatmaps/, index.html, log.txt")
     return 0

@@ -21,7 +21,12 @@ from typing import Any
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from resad_kit.cli._common import UsageError, offline_reason, setup_logging
+from resad_kit.cli._common import (
+    UsageError,
+    offline_reason,
+    removing_new_handlers,
+    setup_logging,
+)
 from resad_kit.cli.registry import METHODS, build_method
 from resad_kit.cli.reproduce_args import build_parser, check_args
 from resad_kit.cli.reproduce_data import (
@@ -361,15 +366,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "resad-kit reproduce"
         dist = init_distributed(args.device)
     except (UsageError, ValueError) as error:
         parser.error(str(error))
-    root = logging.getLogger()
-    before = list(root.handlers)
     try:
-        run(args, dist)
-    except UsageError as error:
-        parser.error(str(error))
+        with removing_new_handlers():
+            try:
+                run(args, dist)
+            except UsageError as error:
+                parser.error(str(error))
     finally:
-        for handler in [h for h in root.handlers if h not in before]:
-            root.removeHandler(handler)
-            handler.close()
         cleanup(dist)
     return 0
