@@ -34,12 +34,7 @@ TRAINABLE = NearestNeighborConfig.patchcore(trainable=True, lr=0.05)
 FAST = TrainConfig.paper(epochs=2, batch_size=4, warmup_epochs=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

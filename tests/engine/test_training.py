@@ -33,13 +33,7 @@ FINE_TUNED = Res2CLIPConfig.paper(mode="fine_tuned")
 FAST = TrainConfig.paper(batch_size=4, warmup_epochs=0, lr_scale=50.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread start-up costs more than the work (and 2 cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

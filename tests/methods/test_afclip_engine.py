@@ -20,12 +20,7 @@ FAST = TrainConfig.afclip(epochs=1, batch_size=4)
 CONFIG = AFCLIPConfig.official_code(adapter_inner_dim=32, n_ctx=4, lr=1e-3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
