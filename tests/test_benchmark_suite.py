@@ -21,7 +21,7 @@ if str(BENCH) not in sys.path:  # the suite's modules import each other by plain
 
 import harness  # noqa: E402
 from baselines import official_prediction, official_references  # noqa: E402
-from bench_end_to_end import build_model, math_backbone, text_residual  # noqa: E402
+from bench_end_to_end import build_model, math_backbone  # noqa: E402
 from stages import SCREEN_PARTS, STAGES, stage_times  # noqa: E402
 from synthetic import SUPPORT_CASES, Structure, clip_like_features  # noqa: E402
 
@@ -46,7 +46,7 @@ def test_official_prediction_equals_res2clip(mode):
     refs = official_references(slow, references, model.used_taps)
     want = model(queries)
     score, anomaly = official_prediction(
-        slow, refs, queries, text_residual(model), model.taps, model.config, model.adapters
+        slow, refs, queries, model._text_residual(), model.taps, model.config, model.adapters
     )
     assert anomaly.shape == want.anomaly_map.shape == (3, 64, 64)
     torch.testing.assert_close(anomaly, want.anomaly_map, atol=1e-5, rtol=0)
