@@ -190,6 +190,26 @@ def _scene(b=2, seed=0):
     return torch.cat(parts, dim=1), torch.eye(3)
 
 
+def _two_stages(feats, anchors, gen, centres=None):
+    """Cosine reference dims, stage 1 (k=8 -> 1 neighbour), the background test, stage 2
+    (k=5, K=3 -> 1 neighbour) on the foreground, one generator in that order; ``centres``
+    ``(x, foreground or None) -> (B, K)`` gives each stage's centres (else top-K scores)."""
+    x = (
+        torch.nn.functional.normalize(feats, dim=-1)
+        @ torch.nn.functional.normalize(anchors, dim=-1).T
+    )
+    c1 = None if centres is None else centres(x, None)
+    s1 = dpc_knn(x, 2, k=1, generator=gen, centers=c1)
+    fg = []
+    for bi in range(feats.shape[0]):
+        means = [feats[bi][s1.labels[bi] == c].mean(0) for c in range(2)]
+        bg = max(range(2), key=lambda c: float(means[c] @ anchors[-1]))
+        fg.append(s1.labels[bi] != bg)
+    fg = torch.stack(fg)
+    c2 = None if centres is None else centres(x, fg)
+    return s1, fg, dpc_knn(x, 3, k=1, mask=fg, generator=gen, centers=c2)
+
+
 def test_progressive_equals_composition_of_two_dpc_stages():
     feats, anchors = _scene()
     out = progressive_region_aggregation(feats, anchors, generator=torch.Generator().manual_seed(3))
@@ -197,19 +217,7 @@ def test_progressive_equals_composition_of_two_dpc_stages():
     assert isinstance(out.stage1, DensityPeaks)
     # direct composition: cosine reference dims, stage 1 (k=8 -> 1 neighbour), background test,
     # stage 2 (k=5, K=3 -> 1 neighbour) on the foreground, one generator in that order
-    gen = torch.Generator().manual_seed(3)
-    x = (
-        torch.nn.functional.normalize(feats, dim=-1)
-        @ torch.nn.functional.normalize(anchors, dim=-1).T
-    )
-    s1 = dpc_knn(x, 2, k=1, generator=gen)
-    fg = []
-    for bi in range(feats.shape[0]):
-        means = [feats[bi][s1.labels[bi] == c].mean(0) for c in range(2)]
-        bg = max(range(2), key=lambda c: float(means[c] @ anchors[-1]))
-        fg.append(s1.labels[bi] != bg)
-    fg = torch.stack(fg)
-    s2 = dpc_knn(x, 3, k=1, mask=fg, generator=gen)
+    s1, fg, s2 = _two_stages(feats, anchors, torch.Generator().manual_seed(3))
     assert torch.equal(out.foreground, fg)
     assert torch.equal(out.regions, s2.labels)
     assert torch.equal(out.stage1.centers, s1.centers)
@@ -237,24 +245,18 @@ def test_progressive_semantic_centres_equal_composition():
     """The paper's initial centres: stage 1 the tokens most like any component and most like
     the background, stage 2 the foreground tokens most like each anchor, all distinct."""
     feats, anchors = _scene(seed=4)
-    feats[0, 21] = feats[0, 20]  # two tokens tie for the background centre
     kwargs = dict(generator=torch.Generator().manual_seed(5), semantic_centers=True)
     out = progressive_region_aggregation(feats, anchors, **kwargs)
-    gen = torch.Generator().manual_seed(5)
-    x = (
-        torch.nn.functional.normalize(feats, dim=-1)
-        @ torch.nn.functional.normalize(anchors, dim=-1).T
-    )
-    c1 = _naive_semantic_centres(torch.stack([x[..., :2].amax(-1), x[..., 2]], -1), None)
-    s1 = dpc_knn(x, 2, k=1, generator=gen, centers=c1)
-    fg = []
-    for bi in range(feats.shape[0]):
-        means = [feats[bi][s1.labels[bi] == c].mean(0) for c in range(2)]
-        bg = max(range(2), key=lambda c: float(means[c] @ anchors[-1]))
-        fg.append(s1.labels[bi] != bg)
-    fg = torch.stack(fg)
-    c2 = _naive_semantic_centres(x, fg)
-    s2 = dpc_knn(x, 3, k=1, mask=fg, generator=gen, centers=c2)
+
+    given = []  # the naive centres of stage 1 and stage 2
+
+    def centres(x, foreground):  # stage 1: most like any component, most like the background
+        scores = torch.stack([x[..., :2].amax(-1), x[..., 2]], -1) if foreground is None else x
+        given.append(_naive_semantic_centres(scores, foreground))
+        return given[-1]
+
+    _, fg, s2 = _two_stages(feats, anchors, torch.Generator().manual_seed(5), centres)
+    c1, c2 = given
     assert torch.equal(out.stage1.centers, c1)
     assert torch.equal(out.stage2.centers, c2)
     assert torch.equal(out.foreground, fg)
