@@ -46,26 +46,10 @@ SCREEN_PARTS = ("screen_maxima", "screen_bound", "screen_select", "screen_tighte
 def _screen_parts(z: torch.Tensor, rounds: int) -> dict[str, float]:
     """The parts of :func:`resad_kit.ops._sorted_support._screened_top`, timed one by one."""
 
-    def maxima():
-        levels = [z]
-        while levels[-1].shape[-1] >= support._SCREEN_COARSE:
-            levels.append(support._strided_max(levels[-1]))
-        return levels
-
-    def bound(levels):
-        step, entry = None, None
-        for level in reversed(levels[1:] or levels):
-            step, entry = support._threshold_lower_bound(level, step, support._SCREEN_STEPS)
-        return step, entry
-
-    def tighten(values, columns, step, entry):
-        _, tighter = support._threshold_lower_bound(values, step, support._SCREEN_FINE_STEPS)
-        return support._compact(values >= torch.maximum(tighter, entry), values, columns)
-
-    t_maxima, levels = _time(maxima, rounds)
-    t_bound, (step, entry) = _time(lambda: bound(levels), rounds)
+    t_maxima, levels = _time(lambda: support._block_maxima(z), rounds)
+    t_bound, (step, entry) = _time(lambda: support._maxima_bound(levels), rounds)
     t_select, (values, columns, _) = _time(lambda: support._compact(z >= entry, z), rounds)
-    t_tighten, _ = _time(lambda: tighten(values, columns, step, entry), rounds)
+    t_tighten, _ = _time(lambda: support._tighten(values, columns, step, entry), rounds)
     return {
         "screen_maxima": t_maxima,
         "screen_bound": t_bound,

@@ -233,22 +233,43 @@ def _screened_top(
         with ``-inf`` (column 0) past each row's ``counts`` ``(R, 1)``; or ``None`` when the
         bound leaves too many entries for the screen to pay off.
     """
-    levels = [z]
-    while levels[-1].shape[-1] >= _SCREEN_COARSE:
-        levels.append(_strided_max(levels[-1]))
-    step, entry = None, None
-    for level in reversed(levels[1:] or levels):  # coarse to fine, each start a valid bound
-        step, entry = _threshold_lower_bound(level, step, _SCREEN_STEPS)
+    step, entry = _maxima_bound(_block_maxima(z))
     values, columns, counts = _compact(z >= entry, z)
     if not 0 < values.shape[-1] <= _SCREEN_MAX_SHARE * z.shape[-1]:  # no gain (or no bound)
         return None
-    # every entry at or above `entry` has been gathered: a tighter bound is safe
-    _, tighter = _threshold_lower_bound(values, step, _SCREEN_FINE_STEPS)
-    values, columns, counts = _compact(values >= torch.maximum(tighter, entry), values, columns)
+    values, columns, counts = _tighten(values, columns, step, entry)
     if int(counts.min()) == 0:  # a bound rounded up to a row's maximum (huge entries)
         return None
     values, order = values.sort(dim=-1, descending=True, stable=True)
     return values, columns.gather(-1, order), counts
+
+
+def _block_maxima(z: torch.Tensor) -> list[torch.Tensor]:
+    """``[z, maxima of z, maxima of those, …]`` (:func:`_strided_max`), while the last level
+    is at least ``_SCREEN_COARSE`` wide."""
+    levels = [z]
+    while levels[-1].shape[-1] >= _SCREEN_COARSE:
+        levels.append(_strided_max(levels[-1]))
+    return levels
+
+
+def _maxima_bound(levels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(bound, entry)`` of :func:`_threshold_lower_bound` on the finest level of maxima
+    (on ``z`` itself if there is none), each coarser level's bound starting the next: a
+    coarse level is a subset of the finer one, so its bound is a valid start."""
+    step, entry = None, None
+    for level in reversed(levels[1:] or levels):
+        step, entry = _threshold_lower_bound(level, step, _SCREEN_STEPS)
+    return step, entry
+
+
+def _tighten(
+    values: torch.Tensor, columns: torch.Tensor, step: torch.Tensor, entry: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The entries of ``values`` ``(R, Q)`` (every entry of the row ``≥ entry``, and
+    ``-inf``) at or above a tighter bound started at ``step``: :func:`_pack` of them."""
+    _, tighter = _threshold_lower_bound(values, step, _SCREEN_FINE_STEPS)
+    return _compact(values >= torch.maximum(tighter, entry), values, columns)
 
 
 def _first_pass(
