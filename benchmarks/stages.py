@@ -37,7 +37,7 @@ import torch
 import resad_kit.ops._retrieval_core as core
 import resad_kit.ops._sorted_support as support
 
-__all__ = ["STAGES", "stage_times"]
+__all__ = ["SCREEN_PARTS", "STAGES", "stage_times"]
 
 STAGES = ("gemm", "penalty", "screen", "sort", "widen", "weights", "gather_sum")
 SCREEN_PARTS = ("screen_maxima", "screen_bound", "screen_select", "screen_tighten")

@@ -30,6 +30,13 @@ __all__ = [
 STD_DDOF = 0
 """Delta degrees of freedom of the std over seeds: 0, the population std (``numpy.std``)."""
 
+OURS_NOTE = (
+    "Percent. Ours: for each seed the unweighted mean over the categories, then mean ± "
+    f"standard deviation over the seeds (population std, numpy ddof={STD_DDOF}). One "
+    "seed: mean only."
+)
+"""The first note under every method's tables in ``table.md``: how "ours" is aggregated."""
+
 
 @dataclass(frozen=True)
 class CategoryResult:

@@ -21,7 +21,12 @@ from resad_kit.engine.paper_results import (
     PaperValue,
     paper_average,
 )
-from resad_kit.engine.results_records import STD_DDOF, DatasetAggregate, _dataset_order
+from resad_kit.engine.results_records import (
+    OURS_NOTE,
+    STD_DDOF,
+    DatasetAggregate,
+    _dataset_order,
+)
 from resad_kit.metrics import METRIC_NAMES
 
 __all__ = ["NA", "UNTRAINED_WARNING", "render_summary", "render_table_md"]
@@ -249,9 +254,7 @@ def _notes(aggs: Sequence[DatasetAggregate]) -> list[str]:
 
 def _finegrainedad_notes() -> list[str]:
     notes = [
-        "Percent. Ours: for each seed the unweighted mean over the categories, then mean ± "
-        f"standard deviation over the seeds (population std, numpy ddof={STD_DDOF}). One "
-        "seed: mean only.",
+        OURS_NOTE,
         "Δ = ours − paper in percentage points. Paper numbers: FineGrainedAD's Table 1 "
         "(image / pixel AUROC on MVTec AD and VisA at 1, 2 and 4 shots; the paper reports "
         "no standard deviation); – where the paper has no number.",
@@ -262,9 +265,7 @@ def _finegrainedad_notes() -> list[str]:
 def _plain_notes(method: str) -> list[str]:
     """Notes of a method without paper numbers (e.g. a test-selected FineGrainedAD run)."""
     notes = [
-        "Percent. Ours: for each seed the unweighted mean over the categories, then mean ± "
-        f"standard deviation over the seeds (population std, numpy ddof={STD_DDOF}). One "
-        "seed: mean only.",
+        OURS_NOTE,
         f"No paper numbers are shown for {method}.",
     ]
     if method.endswith("_test_selected"):

@@ -20,7 +20,11 @@ from collections.abc import Sequence
 
 from resad_kit.data import standard_categories
 from resad_kit.engine.paper_results import AFCLIP_DATASETS, AFCLIP_METRICS
-from resad_kit.engine.results_records import STD_DDOF, DatasetAggregate, _dataset_order
+from resad_kit.engine.results_records import (
+    OURS_NOTE,
+    DatasetAggregate,
+    _dataset_order,
+)
 from resad_kit.engine.results_render import (
     NA,
     _dataset_name,
@@ -132,9 +136,7 @@ def _why(dataset: str, group: Sequence[DatasetAggregate]) -> str:
 def afclip_notes(aggs: Sequence[DatasetAggregate]) -> list[str]:
     """The notes under the AF-CLIP block: sources of the numbers, and why a "–"."""
     notes = [
-        "Percent. Ours: for each seed the unweighted mean over the categories, then mean ± "
-        f"standard deviation over the seeds (population std, numpy ddof={STD_DDOF}). One "
-        "seed: mean only.",
+        OURS_NOTE,
         "Paper numbers: AF-CLIP (Fang, Lv, Su, ACM MM 2025) Table 1 (zero-shot, one run) and "
         "Table 2 (AF-CLIP+, mean ± std over five runs, MVTec AD and VisA). Δ = ours − paper "
         "in percentage points. The paper reports I-AUROC, I-AP, P-AUROC and PRO only; the "
