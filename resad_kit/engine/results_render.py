@@ -268,7 +268,9 @@ def _plain_notes(method: str) -> list[str]:
         OURS_NOTE,
         f"No paper numbers are shown for {method}.",
     ]
-    if method.endswith("_test_selected"):
+    from resad_kit.engine.finegrainedad_protocol import TEST_SELECTED_METHOD
+
+    if method == TEST_SELECTED_METHOD:
         notes.append(
             "The model of every draw of shots was the epoch with the best pixel AUROC on the "
             "TEST set (the released FineGrainedAD code's selection): optimistic, not a clean "
