@@ -151,31 +151,33 @@ def _stage_summary(found: list[Any]) -> str:
         times = {k: c.get(f"stage_{k}_s") for k in STAGE_NAMES}
         beyond = sum(times.values()) - times["gemm"]
         top = max((k for k in times if k != "gemm"), key=times.get)
-        screened = c.get("screened")
-        fallback = (
-            "; the screen gave up on every layer"
-            if not screened
-            else ""
-            if screened == 1
-            else f"; the screen narrowed {screened:.0%} of the layers"
-        )
-        parts = {k: c.get(f"stage_{k}_s") for k in SCREEN_PART_NAMES}
-        if screened and all(v is not None for v in parts.values()):
-            part = max(parts, key=parts.get)
-            name = SCREEN_PART_NAMES[part].removeprefix("↳ screen: ")
-            fallback += (
-                f"; the screen's largest part: {name}, {ms(parts[part])} ms "
-                f"({parts[part] / sum(parts.values()):.0%} of its parts)"
-            )
-        fixed = times["gemm"] + times["penalty"] + times["gather_sum"]
         lines.append(
             f"- `{c.get('case')}`: the stages beyond the GEMM take {ms(beyond)} ms, "
             f"{beyond / times['gemm']:.2f}× the GEMM's {ms(times['gemm'])} ms; the largest is "
             f"the {STAGE_NAMES[top]}, {ms(times[top])} ms ({times[top] / beyond:.0%})"
-            f"{fallback}. GEMM, penalty and gather-and-sum alone, the stages that do not "
-            f"depend on how the support is found: {fixed / times['gemm']:.2f}× the GEMM."
+            f"{_screen_summary(c)}. GEMM, penalty and gather-and-sum alone, the stages that "
+            "do not depend on how the support is found: "
+            f"{(times['gemm'] + times['penalty'] + times['gather_sum']) / times['gemm']:.2f}× "
+            "the GEMM."
         )
     return "\n".join(lines)
+
+
+def _screen_summary(case: Any) -> str:
+    """Whether the screen paid off, and its largest part where it did."""
+    screened = case.get("screened")
+    if not screened:
+        return "; the screen gave up on every layer"
+    out = "" if screened == 1 else f"; the screen narrowed {screened:.0%} of the layers"
+    parts = {k: case.get(f"stage_{k}_s") for k in SCREEN_PART_NAMES}
+    if all(v is not None for v in parts.values()):
+        part = max(parts, key=parts.get)
+        name = SCREEN_PART_NAMES[part].removeprefix("↳ screen: ")
+        out += (
+            f"; the screen's largest part: {name}, {ms(parts[part])} ms "
+            f"({parts[part] / sum(parts.values()):.0%} of its parts)"
+        )
+    return out
 
 
 def _sweep_support(cases: Cases, case: str, device: str) -> float:
